@@ -1,0 +1,23 @@
+"""keras_facemargin: margin-based softmax face recognition for Keras 3.
+
+Public API::
+
+    import keras_facemargin as kfm
+    kfm.layers.ArcMarginDense, kfm.layers.KappaMarginDense, ...
+    kfm.backbones.IResNet, kfm.backbones.MobileFaceNet, kfm.backbones.KerasApplicationBackbone
+    kfm.FaceRecognizer, kfm.callbacks.KappaUpdater
+    kfm.data.synthetic, kfm.evaluation.verification
+"""
+
+__version__ = "0.1.0"
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from keras_facemargin import backbones  # noqa: E402,F401
+from keras_facemargin import callbacks  # noqa: E402,F401
+from keras_facemargin import data  # noqa: E402,F401
+from keras_facemargin import evaluation  # noqa: E402,F401
+from keras_facemargin import layers  # noqa: E402,F401
+from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401

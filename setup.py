@@ -1,0 +1,46 @@
+"""Installation script for keras_facemargin."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "keras_facemargin" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="keras_facemargin",
+    version=VERSION,
+    description=(
+        "Margin-based softmax face recognition (ArcFace, KappaFace, CosFace, ...) "
+        "for Keras 3 / TensorFlow 2: layers, backbones, training, evaluation, export."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_facemargin", "keras_facemargin.*"]),
+    install_requires=[
+        # CPU wheel by default; GPU users install `tensorflow` (or `[gpu]`) instead.
+        "tensorflow-cpu>=2.16; platform_machine == 'x86_64' or platform_machine == 'aarch64'",
+        "keras>=3.6",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "opencv-python-headless>=4.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "onnx": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
+        "tflite": ["ai-edge-litert>=1.0"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={
+        "console_scripts": ["keras-facemargin-demo=keras_facemargin.demo:main"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
