@@ -1,0 +1,124 @@
+"""Backend glue for the non-trainable state of the margin heads.
+
+The margin formulas themselves are written in `keras.ops`. Row-wise scatter
+updates of large state tables (a memory buffer of |D| x d rows, a C x d
+accumulator) and cross-replica gathers are not expressible efficiently in
+`keras.ops`, so they live here, with a fast TensorFlow path (sparse scatter,
+`ReplicaContext.all_gather`) and a dense, backend-agnostic fallback.
+"""
+
+from keras import backend, ops
+
+
+def _tf():
+    if backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf
+
+
+def _local_tf_variable(variable):
+    """The per-replica TF variable behind a Keras variable.
+
+    For a `synchronization="on_read"` variable inside a replica context this is
+    the replica's own copy (TensorFlow does not implement scatter ops on the
+    distributed wrapper); otherwise it is the variable itself.
+    """
+    tf = _tf()
+    value = variable.value
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        return value
+    local = getattr(value, "_get_on_device_or_primary", None)
+    if local is not None and variable.synchronization == "on_read":
+        return local()
+    return value
+
+
+def scatter_add_rows(variable, indices, updates):
+    """`variable[indices] += updates` (duplicate indices accumulate)."""
+    updates = ops.cast(updates, variable.dtype)
+    tf = _tf()
+    if tf is not None:
+        _local_tf_variable(variable).scatter_add(tf.IndexedSlices(updates, indices))
+        return
+    shape = tuple(variable.shape)
+    variable.assign_add(ops.segment_sum(updates, indices, num_segments=shape[0]))
+
+
+def scatter_update_rows(variable, indices, updates):
+    """`variable[indices] = updates` (one of duplicate indices wins)."""
+    updates = ops.cast(updates, variable.dtype)
+    tf = _tf()
+    if tf is not None:
+        _local_tf_variable(variable).scatter_update(tf.IndexedSlices(updates, indices))
+        return
+    variable.assign(ops.scatter_update(variable.value, ops.expand_dims(indices, -1), updates))
+
+
+def gather_rows(variable, indices):
+    """`variable[indices]` as a tensor."""
+    return ops.take(variable.value, indices, axis=0)
+
+
+def all_gather(x):
+    """Concatenate `x` along axis 0 across all replicas in sync.
+
+    Outside a multi-replica `tf.distribute` step this is the identity.
+    """
+    tf = _tf()
+    if tf is None or not tf.distribute.has_strategy():
+        return x
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_gather(x, axis=0)
+
+
+def num_replicas_in_sync():
+    tf = _tf()
+    if tf is None or not tf.distribute.has_strategy():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def check_labels_in_range(labels, num_classes, name="labels"):
+    """Fail with a clear message when a label is outside [0, num_classes).
+
+    Eagerly (NumPy or eager tensors) this raises `ValueError`. Inside a compiled
+    TensorFlow graph it adds an assertion that fails the step with an
+    `InvalidArgumentError` carrying the same message, instead of silently
+    producing an all-zero one-hot row.
+    """
+    message = (
+        f"`{name}` must be integer class ids in [0, num_classes={num_classes}); "
+        "got a label outside that range."
+    )
+    tf = _tf()
+    if tf is not None and tf.is_tensor(labels) and not tf.executing_eagerly():
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.num_elements() == 0:
+            return labels
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_greater_equal(labels, tf.zeros([], labels.dtype), message=message),
+                tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message),
+            ]
+        ):
+            return tf.identity(labels)
+    if ops.is_tensor(labels) and not _is_concrete(labels):
+        return labels  # traced on another backend: no cheap check available
+    values = ops.convert_to_numpy(labels)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            message[:-1] + f": min={int(values.min())}, max={int(values.max())}."
+        )
+    return labels
+
+
+def _is_concrete(x):
+    try:
+        ops.convert_to_numpy(x)
+        return True
+    except Exception:  # noqa: BLE001 - symbolic/traced tensors cannot be converted
+        return False

@@ -1,0 +1,175 @@
+"""Shared base of the margin heads: a bias-free dense layer on the unit sphere."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_facemargin.layers import _state
+
+# Cosines are clipped to [-1 + COS_EPS, 1 - COS_EPS] before acos/sqrt so that
+# neither the value nor the gradient is ever NaN or infinite.
+COS_EPS = 1e-7
+
+
+def _check_positive(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_nonnegative(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative finite number. Received: {name}={value!r}")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class CosineDense(keras.layers.Layer):
+    """Scaled cosine classifier `s * cos(theta_j)` with L2-normalised weights.
+
+    This is Norm-Softmax (NormFace, Wang et al. 2017) and the base class of all
+    margin heads. Subclasses override `target_logit(cos_y, labels)` to change
+    the target-class cosine.
+
+    Call with `[embeddings, labels]` during training or with `embeddings` (or
+    `[embeddings]`) at inference. Embeddings are L2-normalised inside the layer.
+    Labels are integer class ids of shape (B,) or (B, 1).
+
+    Args:
+        num_classes: number of identities C.
+        scale: the logit scale s.
+        kernel_initializer: initializer of the (d, C) class-centre matrix.
+        kernel_regularizer: optional regularizer of that matrix.
+
+    Example:
+        >>> head = CosineDense(num_classes=10, scale=30.0)
+        >>> logits = head([embeddings, labels])
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        scale=64.0,
+        kernel_initializer="glorot_normal",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        # Margin heads stay float32 under mixed precision unless asked otherwise.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+        self.num_classes = num_classes
+        self.scale = _check_positive("scale", scale)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    # -- inputs -----------------------------------------------------------------
+    @staticmethod
+    def _split_inputs(inputs):
+        if isinstance(inputs, (list, tuple)):
+            if not 1 <= len(inputs) <= 3:
+                raise ValueError(
+                    "Expected `inputs` to be embeddings or [embeddings, labels(, extra)]; "
+                    f"got a sequence of length {len(inputs)}."
+                )
+            embeddings = inputs[0]
+            labels = inputs[1] if len(inputs) > 1 else None
+            extra = inputs[2] if len(inputs) > 2 else None
+            return embeddings, labels, extra
+        return inputs, None, None
+
+    @staticmethod
+    def _embedding_shape(input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            return tuple(input_shape[0])
+        return tuple(input_shape)
+
+    def build(self, input_shape):
+        shape = self._embedding_shape(input_shape)
+        if len(shape) != 2 or shape[-1] is None:
+            raise ValueError(
+                "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
+                f"dimension. Received shape: {shape}"
+            )
+        self.embedding_dim = int(shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.embedding_dim, self.num_classes),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            trainable=True,
+        )
+
+    # -- math -------------------------------------------------------------------
+    def cosine(self, embeddings):
+        """cos(theta_j) between L2-normalised embeddings and class centres, (B, C)."""
+        x = ops.normalize(ops.cast(embeddings, self.compute_dtype), axis=-1, epsilon=1e-12)
+        w = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0, epsilon=1e-12)
+        return ops.clip(ops.matmul(x, w), -1.0, 1.0)
+
+    def target_logit(self, cos_y, labels):
+        """Target-class cosine after the margin; identity for Norm-Softmax."""
+        return cos_y
+
+    def _prepare_labels(self, labels, batch_size_like):
+        labels = ops.reshape(labels, (-1,))
+        if not str(labels.dtype).startswith("int"):
+            labels = ops.cast(labels, "int32")
+        return _state.check_labels_in_range(labels, self.num_classes)
+
+    def apply_margin(self, cos, labels, cos_y_new):
+        """Replace the target column of `cos` by `cos_y_new`, then scale."""
+        one_hot = ops.one_hot(labels, self.num_classes, dtype=cos.dtype)
+        cos_y = ops.sum(cos * one_hot, axis=-1)
+        return self.scale * (cos + one_hot * ops.expand_dims(cos_y_new - cos_y, -1))
+
+    def call(self, inputs, training=None):
+        embeddings, labels, _ = self._split_inputs(inputs)
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos
+        labels = self._prepare_labels(labels, cos)
+        cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
+        return self.apply_margin(cos, labels, self.target_logit(cos_y, labels))
+
+    def compute_output_shape(self, input_shape):
+        shape = self._embedding_shape(input_shape)
+        return (shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "scale": self.scale,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config
+
+
+def clipped_cos_sin(cos):
+    """Clip cos(theta) away from +-1 and return (cos, sin(theta) >= 0)."""
+    cos = ops.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS)
+    sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), 0.0))
+    return cos, sin
+
+
+def arc_target(cos_y, margin, easy_margin=False):
+    """ArcFace target `cos(theta + m)` with the original fallback (eq. 3 of ArcFace).
+
+    Where `theta + m > pi` the function would stop decreasing, so insightface
+    uses `cos(theta) - m * sin(m)` there (monotone). With `easy_margin` the
+    margin is applied only where `cos(theta) > 0`. `margin` may be a scalar or a
+    per-sample tensor (KappaFace).
+    """
+    cos_c, sin = clipped_cos_sin(cos_y)
+    cos_m, sin_m = ops.cos(margin), ops.sin(margin)
+    phi = cos_c * cos_m - sin * sin_m
+    if easy_margin:
+        return ops.where(cos_c > 0.0, phi, cos_c)
+    threshold = ops.cos(math.pi - margin)
+    return ops.where(cos_c > threshold, phi, cos_c - margin * sin_m)
