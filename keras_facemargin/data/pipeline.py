@@ -1,0 +1,206 @@
+"""``tf.data`` input pipelines with the package-wide element contract.
+
+Every training dataset yields batches structured as::
+
+    ({"images": float32 (B, H, W, 3) in [-0.996, 0.996],   # (x - 127.5) / 128
+      "labels": int32 (B,),                              # class id in [0, num_classes)
+      "index":  int32 (B,)},                             # position of the sample in the training set
+     labels int32 (B,))
+
+``index`` identifies the sample across epochs (KappaFace keeps a per-sample
+memory buffer). Pipelines shuffle *indices* and gather/render whole batches, so
+per-step cost does not depend on the image buffer size. Shuffling and flipping
+are deterministic given ``seed``; both change from epoch to epoch.
+
+Example::
+
+    ds = make_training_dataset(images_uint8, labels, batch_size=64, seed=0)
+    inputs, y = next(iter(ds))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["normalize_images", "make_training_dataset", "make_synthetic_training_dataset"]
+
+
+def normalize_images(images):
+    """Map pixel values ``[0, 255]`` to float32 ``(x - 127.5) / 128`` (ArcFace convention).
+
+    The single place where input normalisation is defined; used by the
+    pipelines and by :mod:`keras_facemargin.evaluation`.
+
+    Args:
+        images: uint8 (or any real dtype holding 0..255 values) NumPy array or TF tensor.
+
+    Returns:
+        float32 array / tensor of the same shape and kind as the input.
+
+    Example::
+
+        normalize_images(np.array([0, 255], np.uint8))  # -> [-0.99609375, 0.99609375]
+    """
+    if tf.is_tensor(images):
+        return (tf.cast(images, tf.float32) - 127.5) / 128.0
+    arr = np.asarray(images)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"`images` must have a numeric dtype, got {arr.dtype}.")
+    return ((arr.astype(np.float32) - np.float32(127.5)) / np.float32(128.0)).astype(np.float32)
+
+
+def _check_common(num_samples, batch_size, drop_remainder, seed):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+    if num_samples == 0:
+        raise ValueError("The training set is empty (0 samples).")
+    if num_samples >= 2**31:
+        raise ValueError("At most 2**31 - 1 samples are supported (int32 `index`).")
+    if drop_remainder and num_samples < batch_size:
+        raise ValueError(
+            f"`batch_size` ({batch_size}) exceeds the number of samples ({num_samples}) with "
+            "`drop_remainder=True`; the dataset would be empty."
+        )
+
+
+def _check_labels(labels, num_samples):
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != num_samples:
+        raise ValueError(
+            f"`labels` must be 1-D with one entry per image ({num_samples}), got shape {lab.shape}."
+        )
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"`labels` must be integers, got dtype {lab.dtype}.")
+    if lab.size and (lab.min() < 0 or lab.max() >= 2**31):
+        raise ValueError("`labels` must be in [0, 2**31).")
+    return lab.astype(np.int32)
+
+
+def _build(num_samples, labels, fetch, batch_size, shuffle, seed, augment_flip, drop_remainder,
+           repeat, num_parallel_calls=tf.data.AUTOTUNE):
+    """Index pipeline -> batched fetch (int64 indices -> uint8 images) -> flip -> normalise."""
+    labels_t = tf.constant(labels, tf.int32)
+    seed = int(seed)
+    ds = tf.data.Dataset.range(num_samples)
+    if shuffle:
+        ds = ds.shuffle(num_samples, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # One fresh random int64 per batch (different every epoch, deterministic given seed).
+    rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, rand))
+    flip_seed = tf.constant(seed % (2**31), tf.int64)
+
+    def _map(idx, r):
+        images = fetch(idx)
+        if augment_flip:
+            n = tf.shape(idx)[0]
+            u = tf.random.stateless_uniform([n], seed=tf.stack([r, flip_seed]))
+            images = tf.where((u < 0.5)[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        lab = tf.gather(labels_t, idx)
+        inputs = {"images": normalize_images(images), "labels": lab, "index": tf.cast(idx, tf.int32)}
+        return inputs, lab
+
+    ds = ds.map(_map, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_training_dataset(images, labels, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
+                          augment_flip: bool = True, drop_remainder: bool = True,
+                          repeat: bool = False) -> tf.data.Dataset:
+    """Batched training dataset over in-memory uint8 images.
+
+    Args:
+        images: uint8 ``(N, H, W, 3)`` array; row ``i`` is training sample ``index == i``.
+        labels: int ``(N,)`` class ids.
+        batch_size: images per batch.
+        shuffle: reshuffle sample order every epoch (seeded).
+        seed: seed for shuffling and flips.
+        augment_flip: random horizontal flip with probability 0.5.
+        drop_remainder: drop the last incomplete batch (static batch shape).
+        repeat: repeat indefinitely (use ``steps_per_epoch`` in ``fit``).
+
+    Returns:
+        ``tf.data.Dataset`` of ``({"images", "labels", "index"}, labels)`` (see module docstring).
+
+    Raises:
+        ValueError: bad shapes/dtypes, mismatched lengths, or an empty result.
+
+    Example::
+
+        x, y, _ = SyntheticFaces(50, image_size=64).to_arrays()
+        ds = make_training_dataset(x, y, batch_size=32)
+    """
+    imgs = np.asarray(images)
+    if imgs.ndim != 4 or imgs.shape[-1] != 3:
+        raise ValueError(f"`images` must have shape (N, H, W, 3), got {imgs.shape}.")
+    if imgs.dtype != np.uint8:
+        raise ValueError(f"`images` must be uint8 (raw pixels), got {imgs.dtype}.")
+    n = imgs.shape[0]
+    lab = _check_labels(labels, n)
+    _check_common(n, batch_size, drop_remainder, seed)
+    images_t = tf.constant(imgs)
+
+    def fetch(idx):
+        return tf.gather(images_t, idx)
+
+    return _build(n, lab, fetch, int(batch_size), shuffle, seed, augment_flip, drop_remainder, repeat)
+
+
+def make_synthetic_training_dataset(faces, identities=None, batch_size: int = 64, shuffle: bool = True,
+                                    seed: int = 0, augment_flip: bool = True,
+                                    drop_remainder: bool = True, repeat: bool = False,
+                                    cache="auto", max_cache_bytes: int = 1 << 30) -> tf.data.Dataset:
+    """Training dataset over all images of ``identities`` of a :class:`SyntheticFaces`.
+
+    Sample ``index`` ``i`` is row ``i`` of ``faces.image_specs(identities)`` (identity-major);
+    labels are positions of identities in ``identities`` (``0..len(identities)-1``).
+
+    Pre-rendering (``cache``) renders every image once (~1,300 images/s at 112 px on
+    one core) and then gathers from memory, so later epochs cost nothing; on 2 CPU
+    cores this is faster than re-rendering each epoch. On-the-fly rendering
+    (``tf.numpy_function`` per batch, parallel map) is used for sets too large to
+    hold; it produces identical pixels since each image depends only on
+    ``(seed, identity, sample)``.
+
+    Args:
+        faces: a :class:`~keras_facemargin.data.synthetic.SyntheticFaces`.
+        identities: distinct training identities (default: all).
+        batch_size, shuffle, seed, augment_flip, drop_remainder, repeat: as in
+            :func:`make_training_dataset`.
+        cache: ``True`` pre-render, ``False`` render on the fly, ``"auto"`` pre-render
+            when the images need at most ``max_cache_bytes``.
+        max_cache_bytes: memory limit for ``cache="auto"``.
+
+    Example::
+
+        faces = SyntheticFaces(200, image_size=64)
+        train_ids, _ = faces.split(150)
+        ds = make_synthetic_training_dataset(faces, train_ids, batch_size=64)
+    """
+    if cache not in (True, False, "auto"):
+        raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
+    img_ids, samples, labels = faces.image_specs(identities)
+    n = img_ids.size
+    _check_common(n, batch_size, drop_remainder, seed)
+    s = faces.image_size
+    nbytes = n * s * s * 3
+    if cache is True or (cache == "auto" and nbytes <= max_cache_bytes):
+        images = faces.render_batch(img_ids, samples)
+        return make_training_dataset(images, labels, batch_size, shuffle, seed, augment_flip,
+                                     drop_remainder, repeat)
+
+    def _render(idx):
+        return faces.render_batch(img_ids[idx], samples[idx])
+
+    def fetch(idx):
+        images = tf.numpy_function(_render, [idx], tf.uint8, stateful=False)
+        images.set_shape([idx.shape[0], s, s, 3])
+        return images
+
+    return _build(n, labels.astype(np.int32), fetch, int(batch_size), shuffle, seed, augment_flip,
+                  drop_remainder, repeat)
