@@ -80,23 +80,24 @@ class FaceRecognizer(keras.Model):
 
     def call(self, inputs, training=None):
         images, labels, index = split_face_inputs(inputs)
+        kappa_training = bool(training) and labels is not None and isinstance(self.head, KappaMarginDense)
+        if kappa_training and self.momentum_encoder is not None:
+            # EMA from the weights as they were before this step touches them.
+            self._update_momentum_encoder()
         embeddings = self.backbone(images, training=training)
         if labels is None:
             return self.head(embeddings, training=training)
-        extra = None
-        if training and isinstance(self.head, KappaMarginDense):
-            if self.momentum_encoder is not None:
-                self._update_momentum_encoder()
-                extra = self.momentum_encoder(images, training=False)
-            else:
-                if index is None:
-                    raise ValueError(
-                        "KappaMarginDense with the memory buffer needs the sample index: feed "
-                        "{'images', 'labels', 'index'} (keras_facemargin.data pipelines do)."
-                    )
-                extra = index
-        if extra is None:
+        if not kappa_training:
             return self.head([embeddings, labels], training=training)
+        if self.momentum_encoder is not None:
+            extra = self.momentum_encoder(images, training=False)
+        elif index is None:
+            raise ValueError(
+                "KappaMarginDense with the memory buffer needs the sample index: feed "
+                "{'images', 'labels', 'index'} (keras_facemargin.data pipelines do)."
+            )
+        else:
+            extra = index
         return self.head([embeddings, labels, extra], training=training)
 
     @property

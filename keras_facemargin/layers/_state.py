@@ -35,6 +35,20 @@ def _local_tf_variable(variable):
     return value
 
 
+def state_updates_enabled():
+    """False while Keras traces a layer symbolically (build / output-spec).
+
+    Keras runs `call` on symbolic tensors to infer shapes; the state updates
+    must be skipped there, as they are for BatchNormalization's statistics.
+    """
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # pragma: no cover - older/newer Keras layouts
+        return True
+    return not (in_stateless_scope() or in_symbolic_scope())
+
+
 def scatter_add_rows(variable, indices, updates):
     """`variable[indices] += updates` (duplicate indices accumulate)."""
     updates = ops.cast(updates, variable.dtype)

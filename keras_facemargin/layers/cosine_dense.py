@@ -152,8 +152,12 @@ class CosineDense(keras.layers.Layer):
 
 
 def clipped_cos_sin(cos):
-    """Clip cos(theta) away from +-1 and return (cos, sin(theta) >= 0)."""
-    cos = ops.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS)
+    """Clip cos(theta) away from +-1 and return (cos, sin(theta) >= 0).
+
+    The clip is straight-through: its gradient is 1, so a cosine of exactly +-1
+    still receives the (finite) gradient of the clipped point instead of 0.
+    """
+    cos = cos + ops.stop_gradient(ops.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS) - cos)
     sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), 0.0))
     return cos, sin
 

@@ -263,7 +263,7 @@ class KappaMarginDense(CosineDense):
             target = arc_target(cos_y, margin)
         else:
             target = cos_y - margin
-        if training:
+        if training and _state.state_updates_enabled():
             self._update_state(embeddings, labels, extra)
         return self.apply_margin(cos, labels, target)
 
