@@ -245,3 +245,19 @@ def test_make_training_dataset_validation():
     assert np.array_equal(idx, np.arange(10))
     rep = make_training_dataset(x, np.arange(10), batch_size=4, repeat=True)
     assert sum(1 for _ in rep.take(7)) == 7
+
+
+def test_flip_augmentation_seeded_and_varies_per_epoch():
+    x = np.zeros((64, 4, 4, 3), np.uint8)
+    x[:, :, :2] = 255  # left half white: a flipped image has a black top-left pixel
+
+    def flips(ds):
+        return next(iter(ds))[0]["images"].numpy()[:, 0, 0, 0] < 0
+
+    ds = make_training_dataset(x, np.arange(64), batch_size=64, shuffle=False, seed=5)
+    e1, e2 = flips(ds), flips(ds)
+    assert 10 < e1.sum() < 54 and not np.array_equal(e1, e2)  # ~half flipped, new draw each epoch
+    fresh = make_training_dataset(x, np.arange(64), batch_size=64, shuffle=False, seed=5)
+    assert np.array_equal(flips(fresh), e1)  # deterministic given the seed
+    off = make_training_dataset(x, np.arange(64), batch_size=64, shuffle=False, augment_flip=False)
+    assert not flips(off).any()
