@@ -1,0 +1,140 @@
+"""Train-step overhead of the margin heads against a plain Dense + softmax head.
+
+For each number of classes (1k, 10k, 85k by default) it times `fit` steps of
+the same backbone with: a plain `Dense(C)` softmax head (the baseline),
+`ArcMarginDense`, `KappaMarginDense` with the memory buffer and with the
+momentum encoder. It prints each step time as a ratio to the baseline measured
+in the same run. For the momentum encoder it also prints the ratio with the
+encoder's own forward pass subtracted (timed separately), which is what the
+KappaFace paper's "negligible overhead" claim covers.
+
+Targets (paper): ArcFace <= 1.05x, KappaFace memory buffer <= 1.10x.
+
+    python benchmarks/margin_overhead.py            # 1k, 10k, 85k classes
+    python benchmarks/margin_overhead.py --quick    # 1k, 10k; fewer steps
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_facemargin as kfm  # noqa: E402
+
+
+class PlainSoftmaxHead(keras.layers.Layer):
+    """Baseline: `Dense(C)` on the embedding, labels ignored."""
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(num_classes, name="logits")
+
+    def call(self, inputs, training=None):
+        embeddings = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        return self.dense(embeddings)
+
+
+def make_backbone(args):
+    return kfm.backbones.IResNet(
+        depth=18,
+        image_shape=(args.image_size, args.image_size, 3),
+        embedding_dim=args.embedding_dim,
+        stage_blocks=(1, 1, 1, 1),
+        stage_filters=(32, 64, 128, 256),
+    )
+
+
+def make_head(kind, num_classes, num_samples):
+    counts = np.full(num_classes, max(1, num_samples // num_classes))
+    if kind == "softmax":
+        return PlainSoftmaxHead(num_classes)
+    if kind == "arcface":
+        return kfm.layers.ArcMarginDense(num_classes)
+    if kind == "kappa_buffer":
+        return kfm.layers.KappaMarginDense(num_classes, class_counts=counts, num_samples=num_samples)
+    if kind == "kappa_encoder":
+        return kfm.layers.KappaMarginDense(num_classes, class_counts=counts, estimator="momentum_encoder")
+    raise ValueError(kind)
+
+
+def time_steps(model, dataset, steps, repeats):
+    """Best-of-`repeats` seconds per step over `steps` steps (after a warm-up)."""
+    model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def time_encoder_forward(model, images, steps, repeats):
+    encoder = model.momentum_encoder
+    fwd = tf.function(lambda x: encoder(x, training=False))
+    fwd(images)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            fwd(images).numpy()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--classes", type=int, nargs="+", default=[1000, 10000, 85742])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=56)
+    p.add_argument("--embedding-dim", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1k and 10k classes, 8 steps, 2 repeats")
+    args = p.parse_args()
+    if args.quick:
+        args.classes, args.steps, args.repeats = [1000, 10000], 8, 2
+
+    rng = np.random.default_rng(0)
+    b = args.batch_size
+    images = rng.standard_normal((b, args.image_size, args.image_size, 3)).astype("float32")
+    print(
+        f"device: CPU x{os.cpu_count()}  backbone: IResNet (1 block/stage, widths 32-256) "
+        f"{args.image_size}x{args.image_size}, d={args.embedding_dim}, batch {b}, "
+        f"best of {args.repeats} x {args.steps} steps"
+    )
+    header = f"{'classes':>8}  {'head':<14} {'ms/step':>9}  {'ratio':>6}  {'ratio w/o encoder fwd':>22}"
+    print(header)
+    print("-" * len(header))
+    for num_classes in args.classes:
+        num_samples = max(4 * num_classes, 100_000)
+        labels = rng.integers(0, num_classes, b).astype("int32")
+        index = rng.choice(num_samples, b, replace=False).astype("int32")
+        inputs = {"images": images, "labels": labels, "index": index}
+        dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
+        baseline = None
+        for kind in ("softmax", "arcface", "kappa_buffer", "kappa_encoder"):
+            keras.utils.set_random_seed(0)
+            model = kfm.FaceRecognizer(make_backbone(args), make_head(kind, num_classes, num_samples))
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-4),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            step = time_steps(model, dataset, args.steps, args.repeats)
+            baseline = baseline or step
+            extra = ""
+            if kind == "kappa_encoder":
+                fwd = time_encoder_forward(model, images, args.steps, args.repeats)
+                extra = f"{(step - fwd) / baseline:>22.3f}"
+            print(f"{num_classes:>8}  {kind:<14} {1000 * step:>9.1f}  {step / baseline:>6.3f}  {extra}", flush=True)
+            del model
+            keras.backend.clear_session()
+
+
+if __name__ == "__main__":
+    main()
