@@ -17,3 +17,27 @@ __all__ = [
     "make_training_dataset",
     "normalize_images",
 ]
+
+# File-backed training sets (RecordIO, image folders, TFRecord) and bad-record reporting.
+from keras_facemargin.data.errors import BadRecordError, BadRecordReport  # noqa: E402,F401
+from keras_facemargin.data.folders import make_folder_dataset, scan_image_folder  # noqa: E402,F401
+from keras_facemargin.data.recordio import (  # noqa: E402,F401
+    RecordIOReader,
+    make_dataset,
+    make_recordio_dataset,
+    write_recordio,
+)
+from keras_facemargin.data.tfrecord import make_tfrecord_dataset, write_tfrecords  # noqa: E402,F401
+
+__all__ += [
+    "BadRecordError",
+    "BadRecordReport",
+    "RecordIOReader",
+    "make_dataset",
+    "make_recordio_dataset",
+    "write_recordio",
+    "make_folder_dataset",
+    "scan_image_folder",
+    "make_tfrecord_dataset",
+    "write_tfrecords",
+]
