@@ -1,0 +1,28 @@
+"""The embedded default (README command (a)) runs end to end on a tiny setting."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_facemargin import demo
+
+
+@pytest.mark.parametrize("loss, extra", [("kappaface", []), ("kappaface", ["--estimator", "momentum_encoder"]), ("arcface", [])])
+def test_demo_runs_and_reports_verification(tmp_path, loss, extra):
+    out = tmp_path / "run"
+    results = demo.main(
+        ["--loss", loss, "--identities", "40", "--heldout", "20", "--epochs", "2", "--image-size", "32",
+         "--pairs", "200", "--batch-size", "16", "--output", str(out)] + extra
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["verification"]["num_pairs"] == 200
+    assert 0.0 <= saved["verification"]["accuracy_mean"] <= 1.0
+    assert len(saved["history"]["loss"]) == 2 and np.all(np.isfinite(saved["history"]["loss"]))
+    if loss == "kappaface":
+        assert "margin_mean" in saved["history"]
+    assert json.loads((out / "config.json").read_text())["loss"] == loss
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert model.embedder.output_shape == (None, 128)
+    assert results["verification"]["accuracy_mean"] == saved["verification"]["accuracy_mean"]
