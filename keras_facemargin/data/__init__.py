@@ -41,3 +41,44 @@ __all__ += [
     "make_tfrecord_dataset",
     "write_tfrecords",
 ]
+
+# Face alignment and real-data loaders (LFW pairs, identity folders such as CelebA).
+from keras_facemargin.data.align import (  # noqa: E402,F401
+    ARCFACE_TEMPLATE_112,
+    MTCNNDetector,
+    align_face,
+    align_folder,
+    estimate_transform,
+    parse_landmarks_file,
+    reference_landmarks,
+)
+from keras_facemargin.data.identity_folders import (  # noqa: E402,F401
+    CELEBA_ARCFACE_CROP_BOX,
+    IdentityFolderData,
+    load_identity_folder,
+)
+from keras_facemargin.data.lfw import (  # noqa: E402,F401
+    LFW_CENTER_CROP_BOX,
+    LFWPairs,
+    lfw_verification,
+    load_lfw_images,
+    load_lfw_pairs,
+)
+
+__all__ += [
+    "ARCFACE_TEMPLATE_112",
+    "MTCNNDetector",
+    "align_face",
+    "align_folder",
+    "estimate_transform",
+    "parse_landmarks_file",
+    "reference_landmarks",
+    "CELEBA_ARCFACE_CROP_BOX",
+    "IdentityFolderData",
+    "load_identity_folder",
+    "LFW_CENTER_CROP_BOX",
+    "LFWPairs",
+    "lfw_verification",
+    "load_lfw_images",
+    "load_lfw_pairs",
+]

@@ -1,0 +1,278 @@
+"""Training sets stored as one folder per identity (e.g. CelebA aligned 10k).
+
+Layout::
+
+    root/<identity>/<image>.jpg      # e.g. celeba_align_10k/images/2880/000001.jpg (89x109)
+
+Ordering is deterministic and the same as :func:`keras_facemargin.data.folders.scan_image_folder`:
+identity folders sorted by name (string order: CelebA identity ``"10"`` precedes ``"2"``),
+files sorted by name within each; label ``c`` is the ``c``-th kept identity.
+
+Crop policies (``crop=``), all followed by a resize to ``image_size``:
+
+* ``"auto"`` (default): ``"celeba_arcface"`` for images with CelebA's aligned aspect
+  (W/H = 89/109, e.g. 89x109 or 178x218), the whole image for square images (e.g.
+  output of ``tools/align_faces.py``), else ``"center_square"``.
+* ``"celeba_arcface"``: :data:`CELEBA_ARCFACE_CROP_BOX` ``(13, 26, 75, 88)`` in 89x109
+  coordinates (scaled to the actual size): the mean, over 320 random images, of the
+  region that MTCNN 5-point alignment maps onto the 112x112 ArcFace crop (per-coordinate
+  std ~2 px). It gives the same face geometry as ArcFace-aligned crops and as the LFW
+  default :data:`~keras_facemargin.data.lfw.LFW_CENTER_CROP_BOX`, so models trained on
+  CelebA see LFW faces at the same scale and position. (The 62 px box is upsampled to 112.)
+* ``"center_square"``: the central ``min(H, W)`` square (89x89 for CelebA: a looser
+  crop with hair; eye distance ~0.22 of the width vs 0.31 for ArcFace crops).
+* ``"none"``: the whole image (aspect ratio not preserved).
+* ``(x0, y0, x1, y1)``: an explicit pixel box.
+
+Example::
+
+    data = load_identity_folder("../shared/data/celeba_align_10k/images", image_size=64, min_images=3)
+    x, y, names, counts = data
+    ds = make_training_dataset(x, y, batch_size=64)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from keras_facemargin.data.align import read_rgb
+
+__all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "load_identity_folder", "list_identity_folder"]
+
+logger = logging.getLogger(__name__)
+
+#: (x0, y0, x1, y1) in CelebA aligned 89x109 images; ArcFace-like geometry on average.
+CELEBA_ARCFACE_CROP_BOX = (13, 26, 75, 88)
+_CELEBA_SIZE = (89, 109)  # (W, H)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # as data.folders
+
+
+@dataclass
+class IdentityFolderData:
+    """Result of :func:`load_identity_folder`; unpacks as ``images, labels, class_names, class_counts``.
+
+    Attributes:
+        images: uint8 ``(N, H, W, 3)`` RGB.
+        labels: int32 ``(N,)`` in ``0..C-1``.
+        class_names: ``C`` identity folder names, label order.
+        class_counts: int64 ``(C,)`` images per class.
+        paths: ``N`` paths relative to ``root`` (``identity/file``), row order.
+        unreadable: ``[(relative path, error)]`` files that could not be decoded (skipped
+            with ``on_error="skip"``).
+        dropped_identities: ``{name: readable images}`` removed by ``min_images``.
+        ignored: relative paths of files without an image extension or outside identity folders.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list
+    class_counts: np.ndarray
+    paths: list = field(default_factory=list)
+    unreadable: list = field(default_factory=list)
+    dropped_identities: dict = field(default_factory=dict)
+    ignored: list = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.images, self.labels, self.class_names, self.class_counts))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
+    """``({identity: [relative paths]}, ignored)`` sorted by name (see module docstring).
+
+    Identities are the non-hidden sub-folders of ``root``; images are the files with an
+    image extension directly inside them -- the same classes, order and labels as
+    :func:`keras_facemargin.data.folders.scan_image_folder`. Everything else (files at the
+    top level, other files, nested or hidden folders) is returned in ``ignored``.
+
+    Args:
+        root: folder of identity sub-folders.
+        extensions: lower-case image suffixes.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Identity folder root not found: {root}")
+    exts = tuple(e.lower() for e in extensions)
+    ids, ignored = {}, []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            files = []
+            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                rel = f"{entry.name}/{sub.name}"
+                if sub.is_file() and sub.name.lower().endswith(exts):
+                    files.append(rel)
+                else:
+                    ignored.append(rel + ("/" if sub.is_dir() else ""))
+            ids[entry.name] = files
+        else:
+            ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+    return ids, sorted(ignored)
+
+
+def _resolve_box(crop, w, h):
+    if isinstance(crop, str):
+        if crop == "auto":
+            if abs(w / h - _CELEBA_SIZE[0] / _CELEBA_SIZE[1]) < 0.01:
+                crop = "celeba_arcface"
+            elif w == h:
+                crop = "none"
+            else:
+                crop = "center_square"
+        if crop == "celeba_arcface":
+            sx, sy = w / _CELEBA_SIZE[0], h / _CELEBA_SIZE[1]
+            x0, y0, x1, y1 = CELEBA_ARCFACE_CROP_BOX
+            return (int(round(x0 * sx)), int(round(y0 * sy)), int(round(x1 * sx)), int(round(y1 * sy)))
+        if crop == "center_square":
+            s = min(w, h)
+            x0, y0 = (w - s) // 2, (h - s) // 2
+            return (x0, y0, x0 + s, y0 + s)
+        if crop == "none":
+            return (0, 0, w, h)
+        raise ValueError(f"Unknown `crop` policy {crop!r}; use 'auto', 'celeba_arcface', "
+                         "'center_square', 'none' or (x0, y0, x1, y1).")
+    return crop
+
+
+def _crop_resize(img, box, size_hw):
+    x0, y0, x1, y1 = box
+    h, w = img.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"crop box {box} does not fit in a {w}x{h} image")
+    crop = img[y0:y1, x0:x1]
+    if crop.shape[:2] == tuple(size_hw):
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if crop.shape[0] > size_hw[0] else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size_hw[1], size_hw[0]), interpolation=interp)
+
+
+def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1, on_error: str = "raise",
+                         max_identities: int | None = None, extensions=IMAGE_EXTENSIONS,
+                         num_threads: int = 2, progress: bool = False) -> IdentityFolderData:
+    """Load an identity-folder training set into memory as uint8 face crops.
+
+    Args:
+        root: folder of ``<identity>/`` sub-folders (for CelebA 10k: ``celeba_align_10k/images``).
+        image_size: output side (int) or ``(H, W)``.
+        crop: crop policy or pixel box (see module docstring); default ``"auto"``.
+        min_images: keep identities with at least this many *readable* images.
+        on_error: ``"raise"`` on the first undecodable file, or ``"skip"`` it (counted in
+            ``unreadable`` and logged).
+        max_identities: keep only the first ``max_identities`` identities (after ``min_images``);
+            reading stops once they are found (``unreadable``/``dropped_identities`` then cover
+            only the identities read).
+        extensions: image suffixes; other files are listed in ``ignored`` (and logged).
+        num_threads: decoding threads.
+        progress: tqdm progress bar.
+
+    Returns:
+        :class:`IdentityFolderData` (``images, labels, class_names, class_counts = data``).
+
+    Raises:
+        FileNotFoundError: ``root`` missing. ValueError: bad arguments, an undecodable file
+        with ``on_error="raise"`` (named), a crop box outside an image, or no identity left.
+
+    Example::
+
+        x, y, names, counts = load_identity_folder(celeba / "images", image_size=64, min_images=3)
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        size_hw = (int(image_size), int(image_size))
+    else:
+        try:
+            size_hw = tuple(int(v) for v in image_size)
+        except (TypeError, ValueError):
+            size_hw = ()
+        if len(size_hw) != 2:
+            raise ValueError(f"`image_size` must be an int or (H, W), got {image_size!r}.")
+    if min(size_hw) <= 0:
+        raise ValueError(f"`image_size` must be positive, got {image_size!r}.")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"`on_error` must be 'raise' or 'skip', got {on_error!r}.")
+    if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+        raise ValueError(f"`min_images` must be a positive integer, got {min_images!r}.")
+    if not isinstance(crop, str):
+        try:
+            crop = tuple(int(v) for v in crop)
+        except (TypeError, ValueError):
+            crop = ()
+        if len(crop) != 4 or crop[2] <= crop[0] or crop[3] <= crop[1]:
+            raise ValueError("`crop` must be a policy name or (x0, y0, x1, y1) with x1 > x0, y1 > y0.")
+    else:
+        _resolve_box(crop, 89, 109)  # validates the name
+    root = Path(root)
+    ids, ignored = list_identity_folder(root, extensions)
+    if ignored:
+        logger.warning("%d file(s) under %s are not images in identity folders and were ignored (first: %s).",
+                       len(ignored), root, ignored[0])
+    files = [f for fs in ids.values() for f in fs]
+
+    def _load(rel):
+        try:
+            img = read_rgb(root / rel)
+        except OSError as e:
+            return None, f"{type(e).__name__}: {e}"
+        if img is None:
+            return None, "OpenCV could not decode the file"
+        h, w = img.shape[:2]
+        try:
+            return _crop_resize(img, _resolve_box(crop, w, h), size_hw), None
+        except ValueError as e:
+            raise ValueError(f"{root / rel}: {e}") from None
+
+    names, counts, dropped, rows, labels, unreadable = [], [], {}, [], [], []
+    out = {}
+    order = list(ids.items())
+    limit = None if max_identities is None else int(max_identities)
+    chunk_files = 512
+    with ThreadPoolExecutor(max(1, int(num_threads))) as pool, \
+            tqdm(total=len(files), desc="identity folder", unit="img", disable=not progress) as bar:
+        i = 0
+        # identities are loaded in chunks so that `max_identities` stops reading early
+        while i < len(order) and (limit is None or len(names) < limit):
+            j, n = i, 0
+            while j < len(order) and (n == 0 or n + len(order[j][1]) <= chunk_files):
+                n += len(order[j][1])
+                j += 1
+            chunk = [f for _, fs in order[i:j] for f in fs]
+            for rel, (img, err) in zip(chunk, pool.map(_load, chunk)):
+                bar.update(1)
+                if img is None:
+                    if on_error == "raise":
+                        raise ValueError(f"Cannot read image {root / rel}: {err} (use on_error='skip' to "
+                                         "skip and list unreadable files).")
+                    unreadable.append((rel, err))
+                else:
+                    out[rel] = img
+            for name, fs in order[i:j]:
+                if limit is not None and len(names) >= limit:
+                    break
+                ok = [f for f in fs if f in out]
+                if len(ok) < min_images:
+                    dropped[name] = len(ok)
+                    continue
+                labels.extend([len(names)] * len(ok))
+                rows.extend(ok)
+                names.append(name)
+                counts.append(len(ok))
+            i = j
+    if unreadable:
+        logger.warning("Skipped %d unreadable image(s) under %s (first: %s).", len(unreadable), root,
+                       unreadable[0][0])
+    if not names:
+        raise ValueError(f"No identity under {root} has >= {min_images} readable image(s).")
+    images = np.stack([out[r] for r in rows])
+    return IdentityFolderData(images=images, labels=np.asarray(labels, np.int32), class_names=names,
+                              class_counts=np.asarray(counts, np.int64), paths=rows, unreadable=unreadable,
+                              dropped_identities=dropped, ignored=ignored)

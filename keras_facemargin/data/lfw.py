@@ -1,0 +1,357 @@
+"""LFW (deep-funneled) pairs, images and end-to-end 10-fold verification.
+
+Layout expected under ``root`` (see ``shared/data/README.md``)::
+
+    root/pairs.txt                       # View 2: "10 300", then 10 x (300 matched + 300 mismatched)
+    root/images/<Name>/<Name>_NNNN.jpg   # 250x250 RGB, face centred but NOT ArcFace-aligned
+
+Face crops (``align=``):
+
+* ``"center"`` (default, no detector): the fixed box :data:`LFW_CENTER_CROP_BOX`
+  ``(x0, y0, x1, y1) = (58, 49, 192, 183)`` (134x134 px) resized to ``image_size``.
+  The box is the mean, over 320 random LFW images, of the region that MTCNN 5-point
+  alignment maps onto the 112x112 ArcFace crop (per-coordinate std 6-7 px), so the
+  crop has ArcFace geometry on average and matches
+  :data:`~keras_facemargin.data.identity_folders.CELEBA_ARCFACE_CROP_BOX` for training.
+* ``"mtcnn"``: 5-point alignment to the ArcFace template with landmarks from
+  :class:`~keras_facemargin.data.align.MTCNNDetector` (optional ``mtcnn`` package).
+  With several faces the large-and-central one is used
+  (:func:`~keras_facemargin.data.align.select_face`); an image without a detected
+  face falls back to the centre crop and is counted and listed in the returned info
+  (and logged). MTCNN costs ~0.025 s/image batched on 2 CPU cores (~6 min for all
+  13,233 images), so results are cached as ``.npz`` under ``cache_dir``.
+
+Example::
+
+    pairs = load_lfw_pairs(root)                      # 6000 pairs, fold k = pairs 600k..600k+599
+    result = lfw_verification(model, root)            # VerificationResult
+    print(format_table({"my model": result}))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from keras_facemargin.data.align import MTCNNDetector, align_face, read_rgb, select_face
+
+__all__ = [
+    "LFW_CENTER_CROP_BOX",
+    "LFWPairs",
+    "load_lfw_pairs",
+    "load_lfw_images",
+    "lfw_verification",
+    "default_cache_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+#: (x0, y0, x1, y1) in the 250x250 deep-funneled image; ArcFace-like geometry on average.
+LFW_CENTER_CROP_BOX = (58, 49, 192, 183)
+
+
+def default_cache_dir() -> Path:
+    """``$KFM_CACHE_DIR`` if set, else ``~/.cache/keras_facemargin``."""
+    env = os.environ.get("KFM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "keras_facemargin"
+
+
+@dataclass
+class LFWPairs:
+    """Parsed ``pairs.txt``. Unpacks as ``paths_a, paths_b, is_same = pairs``.
+
+    Attributes:
+        paths_a, paths_b: ``(n,)`` str arrays of absolute image paths.
+        is_same: ``(n,)`` bool, True for matched (genuine) pairs.
+        fold: ``(n,)`` int fold id (pairs ``k*2P .. (k+1)*2P-1`` form fold ``k``).
+        num_folds: folds declared in the header.
+        pairs_per_fold: matched (= mismatched) pairs per fold declared in the header.
+    """
+
+    paths_a: np.ndarray
+    paths_b: np.ndarray
+    is_same: np.ndarray
+    fold: np.ndarray
+    num_folds: int
+    pairs_per_fold: int
+
+    def __iter__(self):
+        return iter((self.paths_a, self.paths_b, self.is_same))
+
+    def __len__(self):
+        return int(self.is_same.size)
+
+    def unique_paths(self):
+        """``(paths, index_a, index_b)``: sorted distinct paths and each side's index into them."""
+        paths, inv = np.unique(np.concatenate([self.paths_a, self.paths_b]), return_inverse=True)
+        n = len(self)
+        return paths, inv[:n], inv[n:]
+
+
+def _lfw_path(images_dir, name, num, src, lineno):
+    try:
+        k = int(num)
+    except ValueError:
+        raise ValueError(f"{src}:{lineno}: image number {num!r} is not an integer") from None
+    if k < 1:
+        raise ValueError(f"{src}:{lineno}: image number {k} must be >= 1 (1-based)")
+    return str(images_dir / name / f"{name}_{k:04d}.jpg")
+
+
+def load_lfw_pairs(root, pairs_file: str = "pairs.txt", images_dir: str = "images",
+                   check_exists: bool = True) -> LFWPairs:
+    """Parse LFW View 2 ``pairs.txt`` into pair paths and labels, in file order.
+
+    Header ``F P``; then ``F`` folds of ``P`` matched lines ``name i j`` followed by
+    ``P`` mismatched lines ``name1 i name2 j`` (image numbers 1-based; files are
+    ``images/<name>/<name>_<i:04d>.jpg``).
+
+    Args:
+        root: LFW folder holding ``pairs_file`` and ``images_dir``.
+        pairs_file, images_dir: names relative to ``root`` (or absolute).
+        check_exists: raise if any referenced image is missing.
+
+    Returns:
+        :class:`LFWPairs` (``2 * F * P`` pairs; fold ``k`` = pairs ``2Pk .. 2P(k+1)-1``).
+
+    Raises:
+        FileNotFoundError: missing ``pairs_file`` / ``images_dir`` / images (names the
+            first missing files and the lines referencing them).
+        ValueError: naming file and line, for a malformed header or line, a line of the
+            wrong kind for its position, or a wrong number of lines.
+
+    Example::
+
+        a, b, same = load_lfw_pairs("../shared/data/lfw")
+        len(same), same.sum()  # (6000, 3000)
+    """
+    root = Path(root)
+    src = root / pairs_file
+    img_root = root / images_dir
+    if not src.is_file():
+        raise FileNotFoundError(f"LFW pairs file not found: {src}")
+    if check_exists and not img_root.is_dir():
+        raise FileNotFoundError(f"LFW images folder not found: {img_root}")
+    with open(src, encoding="utf-8") as fh:
+        lines = [(i, ln.split()) for i, ln in enumerate(fh, 1) if ln.strip()]
+    if not lines:
+        raise ValueError(f"{src}: empty file")
+    hl, header = lines[0]
+    try:
+        if len(header) != 2:
+            raise ValueError
+        num_folds, per_fold = int(header[0]), int(header[1])
+        if num_folds < 1 or per_fold < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{src}:{hl}: header must be '<folds> <pairs per fold>', got {' '.join(header)!r}") from None
+    body = lines[1:]
+    expected = 2 * num_folds * per_fold
+    if len(body) != expected:
+        raise ValueError(f"{src}: header '{num_folds} {per_fold}' implies {expected} pair lines, "
+                         f"found {len(body)}")
+    pa, pb, same, line_of = [], [], [], []
+    for k, (lineno, f) in enumerate(body):
+        matched = (k % (2 * per_fold)) < per_fold
+        if matched:
+            if len(f) != 3:
+                raise ValueError(f"{src}:{lineno}: expected a matched pair 'name i j' (fold {k // (2 * per_fold)}, "
+                                 f"line {k % (2 * per_fold) + 1} of the fold), got {' '.join(f)!r}")
+            a = _lfw_path(img_root, f[0], f[1], src, lineno)
+            b = _lfw_path(img_root, f[0], f[2], src, lineno)
+        else:
+            if len(f) != 4:
+                raise ValueError(f"{src}:{lineno}: expected a mismatched pair 'name1 i name2 j' "
+                                 f"(fold {k // (2 * per_fold)}, line {k % (2 * per_fold) + 1} of the fold), "
+                                 f"got {' '.join(f)!r}")
+            a = _lfw_path(img_root, f[0], f[1], src, lineno)
+            b = _lfw_path(img_root, f[2], f[3], src, lineno)
+        pa.append(a)
+        pb.append(b)
+        same.append(matched)
+        line_of.append(lineno)
+    if check_exists:
+        missing = [(p, ln) for a, b, ln in zip(pa, pb, line_of) for p in (a, b) if not os.path.isfile(p)]
+        if missing:
+            uniq = sorted({p for p, _ in missing})
+            show = "; ".join(f"{p} (line {ln})" for p, ln in missing[:5])
+            raise FileNotFoundError(f"{src}: {len(uniq)} referenced image(s) missing, e.g. {show}")
+    fold = np.repeat(np.arange(num_folds), 2 * per_fold)
+    return LFWPairs(np.array(pa), np.array(pb), np.array(same, bool), fold, num_folds, per_fold)
+
+
+def _crop_resize(img, box, image_size):
+    x0, y0, x1, y1 = box
+    h, w = img.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        # pad with black where the box leaves the image (keeps geometry)
+        pad = max(0, -x0, -y0, x1 - w, y1 - h)
+        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        x0, x1, y0, y1 = x0 + pad, x1 + pad, y0 + pad, y1 + pad
+    crop = img[y0:y1, x0:x1]
+    if crop.shape[0] == image_size[0] and crop.shape[1] == image_size[1]:
+        return np.ascontiguousarray(crop)
+    shrink = crop.shape[0] > image_size[0]
+    return cv2.resize(crop, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _check_box(crop):
+    try:
+        box = tuple(int(v) for v in crop)
+    except (TypeError, ValueError):
+        raise ValueError(f"`crop` must be (x0, y0, x1, y1) integers, got {crop!r}.") from None
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"`crop` must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {crop!r}.")
+    return box
+
+
+def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
+                    cache_dir=None, cache="auto", detector=None, progress: bool = True,
+                    return_info: bool = False):
+    """Load LFW images as uint8 ``(N, image_size, image_size, 3)`` RGB face crops.
+
+    Args:
+        paths: image paths (e.g. from :meth:`LFWPairs.unique_paths`).
+        image_size: output side.
+        align: ``"center"`` (fixed ``crop`` box resized) or ``"mtcnn"`` (5-point ArcFace
+            alignment; images without a detected face fall back to the ``crop`` box).
+        crop: ``(x0, y0, x1, y1)`` box for ``"center"`` and the fallback; default
+            :data:`LFW_CENTER_CROP_BOX`.
+        cache_dir: folder for the ``.npz`` cache (default :func:`default_cache_dir`).
+        cache: ``True``/``False``/``"auto"`` (``"auto"``: cache ``"mtcnn"`` results only).
+            The key hashes the settings and every path with its size and mtime.
+        detector: a :class:`MTCNNDetector`-like object (default: a new ``MTCNNDetector``).
+        progress: tqdm progress bar.
+        return_info: also return ``{"no_face": [paths], "multiple_faces": int, "cache_file": str|None,
+            "from_cache": bool}``.
+
+    Returns:
+        uint8 array, or ``(array, info)`` with ``return_info``.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing or undecodable image (named), bad arguments.
+
+    Example::
+
+        paths, ia, ib = load_lfw_pairs(root).unique_paths()
+        imgs = load_lfw_images(paths, 112)                 # centre crop, ~10 s for 7,701 images
+        imgs = load_lfw_images(paths, 112, align="mtcnn")  # ~4 min first time, then cached
+    """
+    from tqdm.auto import tqdm
+
+    if align not in ("center", "mtcnn"):
+        raise ValueError(f"`align` must be 'center' or 'mtcnn', got {align!r}.")
+    if cache not in (True, False, "auto"):
+        raise ValueError(f"`cache` must be True, False or 'auto', got {cache!r}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+        raise ValueError(f"`image_size` must be a positive integer, got {image_size!r}.")
+    size = int(image_size)
+    box = _check_box(crop)
+    paths = [str(p) for p in np.asarray(paths).reshape(-1)]
+    if not paths:
+        raise ValueError("`paths` is empty.")
+    use_cache = cache is True or (cache == "auto" and align == "mtcnn")
+    cache_file = None
+    if use_cache:
+        h = hashlib.sha1(json.dumps({"v": 1, "size": size, "align": align, "crop": box}).encode())
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                raise FileNotFoundError(f"LFW image not found: {p}") from None
+            h.update(f"\n{p}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cache_file = cdir / f"lfw_{align}_{size}_{h.hexdigest()[:16]}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file, allow_pickle=False) as z:
+                images = z["images"]
+                info = {"no_face": [str(p) for p in z["no_face"]], "multiple_faces": int(z["multiple_faces"]),
+                        "cache_file": str(cache_file), "from_cache": True}
+            if images.shape == (len(paths), size, size, 3):
+                return (images, info) if return_info else images
+            logger.warning("Ignoring cache %s with unexpected shape %s.", cache_file, images.shape)
+    if align == "mtcnn" and detector is None:
+        detector = MTCNNDetector()
+    images = np.empty((len(paths), size, size, 3), np.uint8)
+    no_face, multiple = [], 0
+    chunk = max(1, int(getattr(detector, "batch_size", 16))) if align == "mtcnn" else 256
+    with tqdm(total=len(paths), desc=f"LFW ({align})", unit="img", disable=not progress) as bar:
+        for start in range(0, len(paths), chunk):
+            batch = []
+            for p in paths[start:start + chunk]:
+                if not os.path.isfile(p):
+                    raise FileNotFoundError(f"LFW image not found: {p}")
+                img = read_rgb(p)
+                if img is None:
+                    raise ValueError(f"Cannot decode LFW image: {p}")
+                batch.append(img)
+            dets = detector.detect_batch(batch) if align == "mtcnn" else [None] * len(batch)
+            for k, (img, d) in enumerate(zip(batch, dets)):
+                i = start + k
+                if align == "mtcnn" and d:
+                    j = 0 if len(d) == 1 else select_face(d, img.shape)
+                    multiple += len(d) > 1
+                    images[i] = align_face(img, d[j]["landmarks"], size)
+                else:
+                    if align == "mtcnn":
+                        no_face.append(paths[i])
+                    images[i] = _crop_resize(img, box, (size, size))
+            bar.update(len(batch))
+    if no_face:
+        logger.warning("MTCNN found no face in %d of %d LFW images; used the centre crop %s for them "
+                       "(first: %s).", len(no_face), len(paths), box, no_face[0])
+    info = {"no_face": no_face, "multiple_faces": multiple,
+            "cache_file": str(cache_file) if cache_file else None, "from_cache": False}
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.stem + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, images=images, paths=np.array(paths), no_face=np.array(no_face, dtype=str),
+                 multiple_faces=np.int64(multiple))
+        os.replace(tmp, cache_file)
+    return (images, info) if return_info else images
+
+
+def lfw_verification(model, root, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
+                     flip: bool = True, batch_size: int = 64, cache_dir=None, cache="auto",
+                     detector=None, progress: bool = True, **kfold_kwargs):
+    """LFW 10-fold verification of ``model`` on the 6,000 ``pairs.txt`` pairs.
+
+    Each distinct image (7,701) is loaded and embedded once; pair scores and the
+    protocol are those of :func:`keras_facemargin.evaluation.evaluate_pairs` (identical
+    result: embeddings are per-image, so embedding distinct images once and gathering
+    gives the same scores as embedding both pair sides).
+
+    Args:
+        model: Keras model / ``FaceRecognizer`` / callable on float32 normalised batches
+            (see :func:`keras_facemargin.evaluation.embed_images`).
+        root: LFW folder (``pairs.txt``, ``images/``).
+        image_size, align, crop, cache_dir, cache, detector, progress: see :func:`load_lfw_images`.
+        flip, batch_size: see :func:`~keras_facemargin.evaluation.embed_images`.
+        **kfold_kwargs: ``thresholds``, ``far_targets`` for
+            :func:`~keras_facemargin.evaluation.kfold_verification` (folds come from pairs.txt).
+
+    Returns:
+        :class:`~keras_facemargin.evaluation.VerificationResult`.
+
+    Example::
+
+        r = lfw_verification(recognizer, "../shared/data/lfw", image_size=112)
+        print(f"{100 * r.accuracy_mean:.2f} +- {100 * r.accuracy_std:.2f}")
+    """
+    from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
+
+    if "folds" in kfold_kwargs:
+        raise ValueError("`folds` is fixed by pairs.txt for LFW.")
+    pairs = load_lfw_pairs(root)
+    paths, ia, ib = pairs.unique_paths()
+    images = load_lfw_images(paths, image_size=image_size, align=align, crop=crop, cache_dir=cache_dir,
+                             cache=cache, detector=detector, progress=progress)
+    emb = embed_images(model, images, batch_size=batch_size, flip=flip)
+    return kfold_verification(pair_scores(emb[ia], emb[ib]), pairs.is_same, folds=pairs.fold, **kfold_kwargs)
