@@ -20,7 +20,9 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-LOSSES = ("kappaface", "arcface", "cosface", "combined", "normsoftmax")
+from keras_facemargin.layers.registry import build_head, head_names  # noqa: E402
+
+LOSSES = tuple(head_names())
 
 # The papers' margins (KappaFace m0=0.8, ArcFace m=0.5) are tuned for MS1MV2's
 # 85k identities and 5.8M images. On this small synthetic set, trained from
@@ -29,26 +31,6 @@ LOSSES = ("kappaface", "arcface", "cosface", "combined", "normsoftmax")
 # against 91% with m=0.5), so the demo uses m0=0.5 for KappaFace; its adaptive
 # margins then average ~0.31. `--margin` overrides.
 DEMO_MARGINS = {"kappaface": 0.5}
-
-
-def build_head(loss, num_classes, class_counts, num_samples, scale, estimator, margin=None):
-    """The margin head for `loss`, with the papers' margins (or `margin`) and the given scale."""
-    from keras_facemargin import layers
-
-    m = {} if margin is None else {"margin": margin}
-    if loss == "kappaface":
-        return layers.KappaMarginDense(
-            num_classes, class_counts=class_counts, scale=scale, estimator=estimator, num_samples=num_samples, **m
-        )
-    if loss == "arcface":
-        return layers.ArcMarginDense(num_classes, scale=scale, **m)
-    if loss == "cosface":
-        return layers.CosMarginDense(num_classes, scale=scale, **m)
-    if loss == "combined":
-        return layers.CombinedMarginDense(num_classes, scale=scale)
-    if loss == "normsoftmax":
-        return layers.CosineDense(num_classes, scale=scale)
-    raise ValueError(f"`--loss` must be one of {LOSSES}. Received: {loss!r}")
 
 
 def parse_args(argv=None):
@@ -105,7 +87,10 @@ def run(args):
         name="demo_iresnet",
     )
     margin = args.margin if args.margin is not None else DEMO_MARGINS.get(args.loss)
-    head = build_head(args.loss, args.identities, counts, len(labels), args.scale, args.estimator, margin)
+    extra = {"estimator": args.estimator} if args.loss == "kappaface" else {}
+    head = build_head(
+        args.loss, args.identities, class_counts=counts, num_samples=len(labels), scale=args.scale, margin=margin, **extra
+    )
     model = kfm.FaceRecognizer(backbone, head)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps * args.epochs))
     model.compile(

@@ -6,6 +6,7 @@ from keras_facemargin.layers.combined import CombinedMarginDense
 from keras_facemargin.layers.cosface import CosMarginDense
 from keras_facemargin.layers.cosine_dense import CosineDense
 from keras_facemargin.layers.kappaface import KappaMarginDense
+from keras_facemargin.layers.registry import HEADS, build_head, head_names, register_head
 
 __all__ = [
     "ArcMarginDense",
@@ -14,4 +15,8 @@ __all__ = [
     "CosineDense",
     "KappaMarginDense",
     "kappa_math",
+    "HEADS",
+    "build_head",
+    "head_names",
+    "register_head",
 ]

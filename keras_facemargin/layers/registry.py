@@ -1,0 +1,62 @@
+"""Margin heads by name: one registry for the demo, the examples and the CLIs.
+
+Each entry maps a loss name to its layer class and the published defaults
+(the class defaults are the papers'); `build_head` fills in what the head
+needs from the training set (class counts, number of samples).
+
+Example:
+    >>> head = build_head("kappaface", num_classes=10, class_counts=counts, num_samples=123)
+    >>> head = build_head("arcface", num_classes=10, margin=0.4)
+"""
+
+import inspect
+
+from keras_facemargin.layers.arcface import ArcMarginDense
+from keras_facemargin.layers.combined import CombinedMarginDense
+from keras_facemargin.layers.cosface import CosMarginDense
+from keras_facemargin.layers.cosine_dense import CosineDense
+from keras_facemargin.layers.kappaface import KappaMarginDense
+
+# name -> (layer class, keyword overrides of the class defaults)
+HEADS = {
+    "kappaface": (KappaMarginDense, {}),
+    "arcface": (ArcMarginDense, {}),
+    "cosface": (CosMarginDense, {}),
+    "combined": (CombinedMarginDense, {}),
+    "normsoftmax": (CosineDense, {}),
+}
+
+
+def register_head(name, layer_class, **defaults):
+    """Add (or replace) a named head; `defaults` override the class defaults."""
+    HEADS[name] = (layer_class, dict(defaults))
+
+
+def head_names():
+    """Sorted names accepted by `build_head`."""
+    return sorted(HEADS)
+
+
+def build_head(name, num_classes, class_counts=None, num_samples=None, **overrides):
+    """Build the head registered as `name`.
+
+    Args:
+        name: a name from `head_names()`.
+        num_classes: number of identities.
+        class_counts: images per class (passed to heads that take it, e.g. KappaFace).
+        num_samples: training-set size (passed to heads that take it).
+        **overrides: layer arguments (e.g. `scale`, `margin`); `None` values are ignored.
+    """
+    if name not in HEADS:
+        raise ValueError(f"Unknown loss/head name {name!r}. Known: {', '.join(head_names())}.")
+    layer_class, defaults = HEADS[name]
+    params = inspect.signature(layer_class.__init__).parameters
+    kwargs = dict(defaults)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if "class_counts" in params:
+        if class_counts is None:
+            raise ValueError(f"Head {name!r} needs `class_counts` (images per class).")
+        kwargs["class_counts"] = class_counts
+    if "num_samples" in params and num_samples is not None:
+        kwargs.setdefault("num_samples", num_samples)
+    return layer_class(num_classes, **kwargs)
