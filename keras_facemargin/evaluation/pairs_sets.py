@@ -1,0 +1,299 @@
+"""Image-folder + pairs-file verification sets (LFW, CFP) as :class:`~.bin_sets.PairSet`.
+
+LFW (View 2, http://vis-www.cs.umass.edu/lfw/, ``pairs.txt``)::
+
+    <root>/pairs.txt                      first line "10 300": 10 folds x (300 matched + 300 mismatched)
+                                          matched:    "name  i  j"       (1-based image numbers)
+                                          mismatched: "name1 i name2 j"
+    <root>/images/<name>/<name>_NNNN.jpg  NNNN = 4-digit image number
+
+Pairs keep the file order; fold ``k`` is the ``k``-th block of 600 lines (the official
+10 folds). ``pairs.txt`` is parsed by :mod:`keras_facemargin.data.lfw` when that
+module is available, else by a built-in parser of the same format.
+
+CFP (Sengupta et al., WACV 2016, ``cfp-dataset``)::
+
+    <root>/Protocol/Pair_list_F.txt       "k ../Data/Images/001/frontal/01.jpg" (k = 1..5000), path relative to Protocol/
+    <root>/Protocol/Pair_list_P.txt       same for the profile images (k = 1..2000)
+    <root>/Protocol/Split/FP/01..10/same.txt, diff.txt   "a,b": 1-based; a in the F list, b in the P list
+    <root>/Protocol/Split/FF/01..10/same.txt, diff.txt   "a,b": both in the F list
+
+Pairs are ordered fold 01..10, within a fold ``same.txt`` (350) then ``diff.txt`` (350);
+fold ids follow the ``Split`` folders (the official 10 folds).
+
+Images are loaded once per unique file, optionally centre-cropped (``crop`` pixels,
+square, around the image centre -- LFW deep-funneled faces are centred in 250x250,
+``crop=128`` keeps roughly the ArcFace 112 field of view) and resized to ``image_size``.
+These are *not* 5-point aligned crops; use insightface's ``lfw.bin`` / ``cfp_fp.bin``
+for numbers comparable with published results.
+
+Example::
+
+    ps = load_lfw_folder("../shared/data/lfw", image_size=(112, 112), crop=128)
+    ps.num_pairs, ps.images.shape   # 6000, (7701, 112, 112, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from keras_facemargin.evaluation.bin_sets import PairSet, _check_image_size, _resize
+
+__all__ = ["parse_lfw_pairs", "load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
+
+
+def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
+    """Read RGB images, centre-crop to ``crop`` x ``crop`` (if given), resize to ``image_size``.
+
+    Args:
+        paths: image files.
+        image_size: ``(H, W)`` or int; ``None`` keeps the (cropped) size (all must agree).
+        crop: side of the central square to keep, in pixels, or None.
+        num_threads: decoding threads (OpenCV releases the GIL).
+
+    Returns:
+        uint8 ``(len(paths), H, W, 3)``.
+    """
+    size = _check_image_size(image_size)
+    if crop is not None and (isinstance(crop, bool) or int(crop) <= 0):
+        raise ValueError(f"`crop` must be a positive number of pixels or None, got {crop!r}.")
+
+    def one(path):
+        img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"could not read image {path}.")
+        if crop is not None:
+            c = int(crop)
+            h, w = img.shape[:2]
+            if c > min(h, w):
+                raise ValueError(f"{path}: crop {c} exceeds the image size {w}x{h}.")
+            top, left = (h - c) // 2, (w - c) // 2
+            img = img[top:top + c, left:left + c]
+        return _resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no image paths given.")
+    with ThreadPoolExecutor(max(1, int(num_threads))) as ex:
+        imgs = list(ex.map(one, paths))
+    shapes = {im.shape for im in imgs}
+    if len(shapes) != 1:
+        raise ValueError(f"images have different sizes {sorted(shapes)[:4]}; pass `image_size` or `crop`.")
+    return np.stack(imgs)
+
+
+# ---------------------------------------------------------------------- LFW
+def _builtin_parse_lfw_pairs(path):
+    with open(path) as f:
+        lines = [ln.split() for ln in f if ln.strip()]
+    if not lines or len(lines[0]) != 2:
+        raise ValueError(f"{path}: first line must be '<num_folds> <pairs_per_class>', got {lines[:1]}.")
+    folds, per = int(lines[0][0]), int(lines[0][1])
+    body = lines[1:]
+    if len(body) != folds * 2 * per:
+        raise ValueError(f"{path}: expected {folds} x 2 x {per} = {folds * 2 * per} pair lines, got {len(body)}.")
+    pairs = []
+    for k in range(folds):
+        for j in range(2 * per):
+            t = body[k * 2 * per + j]
+            lineno = 2 + k * 2 * per + j
+            if j < per:
+                if len(t) != 3:
+                    raise ValueError(f"{path}:{lineno}: matched pair must be 'name i j', got {' '.join(t)!r}.")
+                pairs.append((t[0], int(t[1]), t[0], int(t[2]), True, k))
+            else:
+                if len(t) != 4:
+                    raise ValueError(f"{path}:{lineno}: mismatched pair must be 'name1 i name2 j', "
+                                     f"got {' '.join(t)!r}.")
+                pairs.append((t[0], int(t[1]), t[2], int(t[3]), False, k))
+    return pairs
+
+
+def parse_lfw_pairs(path):
+    """Parse an LFW ``pairs.txt`` (View 2 format).
+
+    Args:
+        path: the ``pairs.txt`` file.
+
+    Returns:
+        list of ``(name1, num1, name2, num2, is_same, fold)`` in file order (numbers 1-based).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"LFW pairs file not found: {path}")
+    try:  # the data.lfw loader, when present, is the package's reference parser
+        from keras_facemargin.data import lfw as _lfw  # noqa: F401
+    except ImportError:
+        _lfw = None
+    parser = getattr(_lfw, "parse_pairs", None) if _lfw is not None else None
+    if parser is not None:
+        try:
+            return _normalise_lfw_pairs(parser(path), path)
+        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
+            # Different API shape than expected: fall back to the built-in parser.
+            pass
+    return _builtin_parse_lfw_pairs(path)
+
+
+def _normalise_lfw_pairs(parsed, path):
+    """Accept data.lfw's result if it is a sequence of pair records we understand."""
+    out = []
+    items = list(parsed)
+    for rec in items:
+        if isinstance(rec, dict):
+            rec = (rec["name1"], rec["num1"], rec["name2"], rec["num2"], rec["is_same"], rec["fold"])
+        elif hasattr(rec, "_fields"):
+            d = rec._asdict()
+            rec = (d["name1"], d["num1"], d["name2"], d["num2"], d["is_same"], d["fold"])
+        n1, i1, n2, i2, same, fold = rec
+        out.append((str(n1), int(i1), str(n2), int(i2), bool(same), int(fold)))
+    if not out:
+        raise ValueError(f"{path}: no pairs.")
+    return out
+
+
+def load_lfw_folder(root, image_size=(112, 112), crop=128, num_threads=4, pairs_file="pairs.txt",
+                    images_dir="images") -> PairSet:
+    """LFW View-2 pairs from ``<root>/pairs.txt`` and ``<root>/images`` as a :class:`PairSet`.
+
+    Each referenced image is read once; ``index_a``/``index_b`` point into the unique images.
+
+    Args:
+        root: the LFW folder.
+        image_size: output ``(H, W)``.
+        crop: centre square (pixels) cut from the 250x250 image before resizing; None = whole image.
+        num_threads: decoding threads.
+        pairs_file, images_dir: names inside ``root``.
+
+    Returns:
+        :class:`PairSet` with explicit fold ids (600 pairs per fold for the standard file).
+
+    Example::
+
+        ps = load_lfw_folder("../shared/data/lfw")
+    """
+    root = Path(root)
+    pairs = parse_lfw_pairs(root / pairs_file)
+    img_root = root / images_dir
+    keys, index = {}, []
+    for n1, i1, n2, i2, _, _ in pairs:
+        row = []
+        for n, i in ((n1, i1), (n2, i2)):
+            p = img_root / n / f"{n}_{i:04d}.jpg"
+            if p not in keys:
+                keys[p] = len(keys)
+            row.append(keys[p])
+        index.append(row)
+    missing = [p for p in keys if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images referenced by {root / pairs_file} are missing "
+                                f"(first: {missing[0]}).")
+    images = read_images(list(keys), image_size=image_size, crop=crop, num_threads=num_threads)
+    index = np.asarray(index, dtype=np.int64)
+    return PairSet(name="lfw", images=images, index_a=index[:, 0], index_b=index[:, 1],
+                   is_same=np.array([p[4] for p in pairs], bool),
+                   folds=np.array([p[5] for p in pairs], np.int64), source=str(root))
+
+
+# ---------------------------------------------------------------------- CFP
+def _read_cfp_list(path):
+    out = []
+    with open(path) as f:
+        for lineno, ln in enumerate(f, 1):
+            t = ln.split()
+            if not t:
+                continue
+            if len(t) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 'index relative/path.jpg', got {ln.strip()!r}.")
+            out.append(t[1])
+    return out
+
+
+def _read_cfp_split(path, n_a, n_b):
+    rows = []
+    with open(path) as f:
+        for lineno, ln in enumerate(f, 1):
+            if not ln.strip():
+                continue
+            try:
+                a, b = (int(v) for v in ln.strip().split(","))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: expected 'a,b' (1-based indices), got {ln.strip()!r}.") from None
+            if not (1 <= a <= n_a and 1 <= b <= n_b):
+                raise ValueError(f"{path}:{lineno}: index out of range ({a},{b}); lists hold {n_a} and {n_b}.")
+            rows.append((a - 1, b - 1))
+    return rows
+
+
+def parse_cfp_protocol(root, protocol="FP"):
+    """Parse the CFP protocol files.
+
+    Args:
+        root: the ``cfp-dataset`` folder (holding ``Protocol/``).
+        protocol: ``"FP"`` (frontal-profile) or ``"FF"`` (frontal-frontal).
+
+    Returns:
+        ``(paths_a, paths_b, is_same, folds)``: absolute image paths per pair side, bool and
+        int fold-id arrays, ordered fold by fold, same before diff.
+    """
+    protocol = str(protocol).upper()
+    if protocol not in ("FP", "FF"):
+        raise ValueError(f"`protocol` must be 'FP' or 'FF', got {protocol!r}.")
+    proto = Path(root) / "Protocol"
+    lf = proto / "Pair_list_F.txt"
+    lp = proto / "Pair_list_P.txt"
+    for p in (lf, lp) if protocol == "FP" else (lf,):
+        if not p.is_file():
+            raise FileNotFoundError(f"CFP list not found: {p}")
+    list_a = [str((proto / r).resolve()) for r in _read_cfp_list(lf)]
+    list_b = [str((proto / r).resolve()) for r in _read_cfp_list(lp)] if protocol == "FP" else list_a
+    split = proto / "Split" / protocol
+    fold_dirs = sorted((d for d in split.iterdir() if d.is_dir()), key=lambda d: int(d.name)) \
+        if split.is_dir() else []
+    if not fold_dirs:
+        raise FileNotFoundError(f"CFP split folders not found under {split} (expected 01..10).")
+    pa, pb, same, folds = [], [], [], []
+    for k, d in enumerate(fold_dirs):
+        for fname, label in (("same.txt", True), ("diff.txt", False)):
+            f = d / fname
+            if not f.is_file():
+                raise FileNotFoundError(f"CFP split file not found: {f}")
+            for a, b in _read_cfp_split(f, len(list_a), len(list_b)):
+                pa.append(list_a[a])
+                pb.append(list_b[b])
+                same.append(label)
+                folds.append(k)
+    return pa, pb, np.array(same, bool), np.array(folds, np.int64)
+
+
+def load_cfp_folder(root, protocol="FP", image_size=(112, 112), crop=None, num_threads=4) -> PairSet:
+    """CFP-FP / CFP-FF pairs from the original ``cfp-dataset`` layout as a :class:`PairSet`.
+
+    Args:
+        root: the ``cfp-dataset`` folder.
+        protocol: ``"FP"`` or ``"FF"``.
+        image_size: output ``(H, W)``.
+        crop: optional centre square (pixels) before resizing.
+        num_threads: decoding threads.
+
+    Example::
+
+        ps = load_cfp_folder("cfp-dataset", "FP")   # 7000 pairs, 10 folds of 700
+    """
+    pa, pb, same, folds = parse_cfp_protocol(root, protocol)
+    keys = {}
+    for p in pa + pb:
+        keys.setdefault(p, len(keys))
+    missing = [p for p in keys if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} CFP images are missing (first: {missing[0]}).")
+    images = read_images(list(keys), image_size=image_size, crop=crop, num_threads=num_threads)
+    return PairSet(name=f"cfp_{protocol.lower()}", images=images,
+                   index_a=np.array([keys[p] for p in pa], np.int64),
+                   index_b=np.array([keys[p] for p in pb], np.int64),
+                   is_same=same, folds=folds, source=str(root))
