@@ -19,3 +19,30 @@ __all__ = [
     "pair_scores",
     "tar_at_far",
 ]
+
+# Standard benchmarks (insightface .bin sets, LFW/CFP folders, IJB-B/C, MegaFace) and the callback.
+from keras_facemargin.evaluation.bin_sets import (  # noqa: E402,F401
+    KNOWN_BIN_SETS,
+    PairSet,
+    UnsafeBinError,
+    evaluate_pair_set,
+    evaluate_verification_sets,
+    find_verification_sets,
+    load_bin,
+    load_verification_set,
+)
+from keras_facemargin.evaluation.callback import VerificationCallback  # noqa: E402,F401
+from keras_facemargin.evaluation.plots import plot_roc  # noqa: E402,F401
+
+__all__ += [
+    "KNOWN_BIN_SETS",
+    "PairSet",
+    "UnsafeBinError",
+    "evaluate_pair_set",
+    "evaluate_verification_sets",
+    "find_verification_sets",
+    "load_bin",
+    "load_verification_set",
+    "VerificationCallback",
+    "plot_roc",
+]
