@@ -77,6 +77,21 @@ def test_lfw_pairs_structure(lfw_root):
     assert (paths[ia] == a).all() and (paths[ib] == b).all()
 
 
+def test_parse_pairs_records_agree_with_evaluation_parser(lfw_root):
+    from keras_facemargin.data.lfw import parse_pairs
+
+    recs = parse_pairs(lfw_root / "pairs.txt")
+    assert len(recs) == 6000 and recs[0][:6] == ("Abel_Pacheco", 1, "Abel_Pacheco", 4, True, 0)
+    assert recs[0].line == 2 and recs[300][:6] == ("Abdel_Madi_Shabneh", 1, "Dean_Barker", 1, False, 0)
+    try:  # the evaluation package's own parser, when present, is a second reference
+        from keras_facemargin.evaluation.pairs_sets import _builtin_parse_lfw_pairs, parse_lfw_pairs
+    except ImportError:
+        return
+    ref = _builtin_parse_lfw_pairs(str(lfw_root / "pairs.txt"))
+    assert [tuple(r[:6]) for r in recs] == [tuple(r) for r in ref]
+    assert parse_lfw_pairs(lfw_root / "pairs.txt") == [tuple(r) for r in ref]
+
+
 def _write_pairs(root, lines, images=()):
     root.mkdir(parents=True, exist_ok=True)
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")

@@ -37,6 +37,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -46,6 +47,8 @@ from keras_facemargin.data.align import MTCNNDetector, align_face, read_rgb, sel
 __all__ = [
     "LFW_CENTER_CROP_BOX",
     "LFWPairs",
+    "LFWPairRecord",
+    "parse_pairs",
     "load_lfw_pairs",
     "load_lfw_images",
     "lfw_verification",
@@ -96,50 +99,53 @@ class LFWPairs:
         return paths, inv[:n], inv[n:]
 
 
-def _lfw_path(images_dir, name, num, src, lineno):
+class LFWPairRecord(NamedTuple):
+    """One line of ``pairs.txt`` (image numbers 1-based; ``fold`` 0-based; ``line`` 1-based)."""
+
+    name1: str
+    num1: int
+    name2: str
+    num2: int
+    is_same: bool
+    fold: int
+    line: int
+
+
+def _image_number(num, src, lineno):
     try:
         k = int(num)
     except ValueError:
         raise ValueError(f"{src}:{lineno}: image number {num!r} is not an integer") from None
     if k < 1:
         raise ValueError(f"{src}:{lineno}: image number {k} must be >= 1 (1-based)")
-    return str(images_dir / name / f"{name}_{k:04d}.jpg")
+    return k
 
 
-def load_lfw_pairs(root, pairs_file: str = "pairs.txt", images_dir: str = "images",
-                   check_exists: bool = True) -> LFWPairs:
-    """Parse LFW View 2 ``pairs.txt`` into pair paths and labels, in file order.
+def parse_pairs(path) -> list:
+    """Parse an LFW View 2 ``pairs.txt`` into :class:`LFWPairRecord` s, in file order.
 
     Header ``F P``; then ``F`` folds of ``P`` matched lines ``name i j`` followed by
-    ``P`` mismatched lines ``name1 i name2 j`` (image numbers 1-based; files are
-    ``images/<name>/<name>_<i:04d>.jpg``).
+    ``P`` mismatched lines ``name1 i name2 j``. Blank lines are ignored.
 
     Args:
-        root: LFW folder holding ``pairs_file`` and ``images_dir``.
-        pairs_file, images_dir: names relative to ``root`` (or absolute).
-        check_exists: raise if any referenced image is missing.
+        path: the pairs file.
 
     Returns:
-        :class:`LFWPairs` (``2 * F * P`` pairs; fold ``k`` = pairs ``2Pk .. 2P(k+1)-1``).
+        list of ``2 * F * P`` :class:`LFWPairRecord` (matched pairs have ``name1 == name2``).
 
     Raises:
-        FileNotFoundError: missing ``pairs_file`` / ``images_dir`` / images (names the
-            first missing files and the lines referencing them).
+        FileNotFoundError: missing file.
         ValueError: naming file and line, for a malformed header or line, a line of the
             wrong kind for its position, or a wrong number of lines.
 
     Example::
 
-        a, b, same = load_lfw_pairs("../shared/data/lfw")
-        len(same), same.sum()  # (6000, 3000)
+        recs = parse_pairs("../shared/data/lfw/pairs.txt")
+        recs[0]  # LFWPairRecord(name1='Abel_Pacheco', num1=1, name2='Abel_Pacheco', num2=4, is_same=True, ...)
     """
-    root = Path(root)
-    src = root / pairs_file
-    img_root = root / images_dir
+    src = Path(path)
     if not src.is_file():
         raise FileNotFoundError(f"LFW pairs file not found: {src}")
-    if check_exists and not img_root.is_dir():
-        raise FileNotFoundError(f"LFW images folder not found: {img_root}")
     with open(src, encoding="utf-8") as fh:
         lines = [(i, ln.split()) for i, ln in enumerate(fh, 1) if ln.strip()]
     if not lines:
@@ -158,34 +164,65 @@ def load_lfw_pairs(root, pairs_file: str = "pairs.txt", images_dir: str = "image
     if len(body) != expected:
         raise ValueError(f"{src}: header '{num_folds} {per_fold}' implies {expected} pair lines, "
                          f"found {len(body)}")
-    pa, pb, same, line_of = [], [], [], []
+    out = []
     for k, (lineno, f) in enumerate(body):
-        matched = (k % (2 * per_fold)) < per_fold
-        if matched:
-            if len(f) != 3:
-                raise ValueError(f"{src}:{lineno}: expected a matched pair 'name i j' (fold {k // (2 * per_fold)}, "
-                                 f"line {k % (2 * per_fold) + 1} of the fold), got {' '.join(f)!r}")
-            a = _lfw_path(img_root, f[0], f[1], src, lineno)
-            b = _lfw_path(img_root, f[0], f[2], src, lineno)
-        else:
-            if len(f) != 4:
-                raise ValueError(f"{src}:{lineno}: expected a mismatched pair 'name1 i name2 j' "
-                                 f"(fold {k // (2 * per_fold)}, line {k % (2 * per_fold) + 1} of the fold), "
-                                 f"got {' '.join(f)!r}")
-            a = _lfw_path(img_root, f[0], f[1], src, lineno)
-            b = _lfw_path(img_root, f[2], f[3], src, lineno)
-        pa.append(a)
-        pb.append(b)
-        same.append(matched)
-        line_of.append(lineno)
+        fold, pos = divmod(k, 2 * per_fold)
+        matched = pos < per_fold
+        if matched and len(f) != 3:
+            raise ValueError(f"{src}:{lineno}: expected a matched pair 'name i j' (fold {fold}, "
+                             f"line {pos + 1} of the fold), got {' '.join(f)!r}")
+        if not matched and len(f) != 4:
+            raise ValueError(f"{src}:{lineno}: expected a mismatched pair 'name1 i name2 j' "
+                             f"(fold {fold}, line {pos + 1} of the fold), got {' '.join(f)!r}")
+        n1, i1, n2, i2 = (f[0], f[1], f[0], f[2]) if matched else f
+        out.append(LFWPairRecord(n1, _image_number(i1, src, lineno), n2, _image_number(i2, src, lineno),
+                                 matched, fold, lineno))
+    return out
+
+
+def load_lfw_pairs(root, pairs_file: str = "pairs.txt", images_dir: str = "images",
+                   check_exists: bool = True) -> LFWPairs:
+    """Parse LFW View 2 ``pairs.txt`` into pair paths and labels, in file order.
+
+    Lines are parsed by :func:`parse_pairs`; image ``i`` of ``name`` is
+    ``images/<name>/<name>_<i:04d>.jpg``.
+
+    Args:
+        root: LFW folder holding ``pairs_file`` and ``images_dir``.
+        pairs_file, images_dir: names relative to ``root`` (or absolute).
+        check_exists: raise if any referenced image is missing.
+
+    Returns:
+        :class:`LFWPairs` (``2 * F * P`` pairs; fold ``k`` = pairs ``2Pk .. 2P(k+1)-1``).
+
+    Raises:
+        FileNotFoundError: missing ``pairs_file`` / ``images_dir`` / images (names the
+            first missing files and the lines referencing them).
+        ValueError: malformed file (see :func:`parse_pairs`).
+
+    Example::
+
+        a, b, same = load_lfw_pairs("../shared/data/lfw")
+        len(same), same.sum()  # (6000, 3000)
+    """
+    root = Path(root)
+    src = root / pairs_file
+    img_root = root / images_dir
+    recs = parse_pairs(src)
+    if check_exists and not img_root.is_dir():
+        raise FileNotFoundError(f"LFW images folder not found: {img_root}")
+    pa = [str(img_root / r.name1 / f"{r.name1}_{r.num1:04d}.jpg") for r in recs]
+    pb = [str(img_root / r.name2 / f"{r.name2}_{r.num2:04d}.jpg") for r in recs]
     if check_exists:
-        missing = [(p, ln) for a, b, ln in zip(pa, pb, line_of) for p in (a, b) if not os.path.isfile(p)]
+        missing = [(p, r.line) for a, b, r in zip(pa, pb, recs) for p in (a, b) if not os.path.isfile(p)]
         if missing:
             uniq = sorted({p for p, _ in missing})
             show = "; ".join(f"{p} (line {ln})" for p, ln in missing[:5])
             raise FileNotFoundError(f"{src}: {len(uniq)} referenced image(s) missing, e.g. {show}")
-    fold = np.repeat(np.arange(num_folds), 2 * per_fold)
-    return LFWPairs(np.array(pa), np.array(pb), np.array(same, bool), fold, num_folds, per_fold)
+    fold = np.array([r.fold for r in recs], np.int64)
+    num_folds = int(fold.max()) + 1
+    return LFWPairs(np.array(pa), np.array(pb), np.array([r.is_same for r in recs], bool), fold,
+                    num_folds, len(recs) // (2 * num_folds))
 
 
 def _crop_resize(img, box, image_size):
