@@ -196,5 +196,5 @@ def test_lfw_folder_layout(tmp_path):
     np.testing.assert_array_equal(ps.images[ps.index_a[1]], imgs[2][10:20, 10:20])
     assert ps.index_a[0] == ps.index_b[2] and ps.index_b[0] == ps.index_a[2]  # same files -> same rows
     (tmp_path / "pairs.txt").write_text("1\t1\nAnn\t1\nAnn\t1\tBob\t1\n")
-    with pytest.raises(ValueError, match="pairs.txt:2: matched pair"):
+    with pytest.raises(ValueError, match=r"pairs.txt:2: expected a matched pair"):
         load_lfw_folder(tmp_path, image_size=None)

@@ -8,8 +8,8 @@ LFW (View 2, http://vis-www.cs.umass.edu/lfw/, ``pairs.txt``)::
     <root>/images/<name>/<name>_NNNN.jpg  NNNN = 4-digit image number
 
 Pairs keep the file order; fold ``k`` is the ``k``-th block of 600 lines (the official
-10 folds). ``pairs.txt`` is parsed by :mod:`keras_facemargin.data.lfw` when that
-module is available, else by a built-in parser of the same format.
+10 folds). ``pairs.txt`` is parsed by :func:`keras_facemargin.data.lfw.parse_pairs` (a built-in
+parser of the same format is used only if that module is missing).
 
 CFP (Sengupta et al., WACV 2016, ``cfp-dataset``)::
 
@@ -126,18 +126,11 @@ def parse_lfw_pairs(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LFW pairs file not found: {path}")
-    try:  # the data.lfw loader, when present, is the package's reference parser
-        from keras_facemargin.data import lfw as _lfw  # noqa: F401
-    except ImportError:
-        _lfw = None
-    parser = getattr(_lfw, "parse_pairs", None) if _lfw is not None else None
-    if parser is not None:
-        try:
-            return _normalise_lfw_pairs(parser(path), path)
-        except (TypeError, AttributeError, ValueError, KeyError, IndexError):
-            # Different API shape than expected: fall back to the built-in parser.
-            pass
-    return _builtin_parse_lfw_pairs(path)
+    try:  # data.lfw is the package's reference parser; its errors (file:line) propagate
+        from keras_facemargin.data.lfw import parse_pairs as _parse_pairs
+    except ImportError:  # pragma: no cover - older checkouts without data.lfw
+        return _builtin_parse_lfw_pairs(path)
+    return _normalise_lfw_pairs(_parse_pairs(path), path)
 
 
 def _normalise_lfw_pairs(parsed, path):
