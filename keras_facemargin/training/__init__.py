@@ -1,0 +1,23 @@
+"""Training recipes: config, lr schedules, strategies, custom loop, callbacks and the trainer.
+
+Example:
+    >>> from keras_facemargin import training
+    >>> cfg = training.get_experiment("ms1mv2", data="/data/faces_emore")   # the KappaFace paper recipe
+    >>> training.run(cfg)
+"""
+
+from keras_facemargin.training.callbacks import (  # noqa: F401
+    HistoryFile,
+    NaNGuard,
+    NonFiniteLossError,
+    ThroughputLogger,
+    TrainingCheckpoint,
+    plot_training,
+    read_history,
+)
+from keras_facemargin.training.config import EXPERIMENTS, LOSSES, TrainConfig, get_experiment  # noqa: F401
+from keras_facemargin.training.custom_loop import CustomLoop  # noqa: F401
+from keras_facemargin.training.heads import DEFAULT_MARGINS, build_head  # noqa: F401
+from keras_facemargin.training.schedules import EpochStepDecay, scaled_lr  # noqa: F401
+from keras_facemargin.training.strategy import get_strategy, is_chief, task_info  # noqa: F401
+from keras_facemargin.training.trainer import Trainer, epoch_seed, prepare_data, run  # noqa: F401

@@ -1,0 +1,413 @@
+"""Putting a run together: data, strategy, model, optimizer, callbacks, resume, outputs.
+
+`run(config)` is what `examples/train_ms1mv2.py` calls. Outputs in `config.run_dir`:
+
+    config.json        the resolved TrainConfig
+    checkpoints/       tf.train checkpoints (fault tolerance; see TrainingCheckpoint)
+    history.jsonl      one JSON line of logs per epoch (loss, lr, images_per_second, kappa_*, val_*)
+    training.png       loss, mean kappa per epoch, margin histogram (matplotlib)
+    model.keras        the trained FaceRecognizer
+    results.json       summary (and the held-out verification of the synthetic default)
+
+Example:
+    >>> from keras_facemargin.training import get_experiment, run
+    >>> results = run(get_experiment("synthetic", epochs=2))
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from keras_facemargin.training import callbacks as tcb
+from keras_facemargin.training.config import TrainConfig
+
+
+def epoch_seed(seed, epoch):
+    """Data-order seed of `epoch`: the order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
+
+
+@dataclass
+class DataSpec:
+    """What the trainer needs to know about the training set.
+
+    Attributes:
+        num_classes, class_counts, num_samples: identities, images per identity, |D|.
+        image_shape: (H, W, 3).
+        steps_per_epoch: global steps S per epoch.
+        make_dataset: `(epoch, batch_size, shard) -> tf.data.Dataset`, `shard` = (num, index) or None.
+        description: one line for the log.
+        heldout: `(images_a, images_b, is_same)` pairs of held-out identities (synthetic), or None.
+    """
+
+    num_classes: int
+    class_counts: np.ndarray
+    num_samples: int
+    image_shape: tuple
+    steps_per_epoch: int
+    make_dataset: Callable
+    description: str
+    heldout: Optional[tuple] = None
+
+
+def prepare_data(config: TrainConfig, num_workers=1):
+    """The `DataSpec` of `config.data` (insightface RecordIO folder) or of the synthetic default."""
+    if config.synthetic:
+        return _synthetic_data(config, num_workers)
+    return _recordio_data(config, num_workers)
+
+
+def _steps(num_samples, config, num_workers):
+    per_worker = config.batch_size // num_workers
+    steps = (num_samples // num_workers) // per_worker
+    if config.steps_per_epoch is not None:
+        if config.steps_per_epoch > steps:
+            raise ValueError(
+                f"`steps_per_epoch`={config.steps_per_epoch} exceeds the {steps} full batches of "
+                f"{config.batch_size} images in the training set."
+            )
+        steps = config.steps_per_epoch
+    if steps == 0:
+        raise ValueError(
+            f"`batch_size`={config.batch_size} exceeds the training set ({num_samples} images)."
+        )
+    return steps
+
+
+def _synthetic_data(config, num_workers):
+    from keras_facemargin import data
+
+    size = config.image_size or 112
+    faces = data.SyntheticFaces(
+        num_identities=config.synthetic_identities + config.synthetic_heldout, image_size=size, seed=config.seed
+    )
+    if config.synthetic_heldout:
+        train_ids, test_ids = faces.split(config.synthetic_identities)
+    else:
+        train_ids, test_ids = np.arange(config.synthetic_identities), None
+    images, labels, _ = faces.to_arrays(train_ids)
+    counts = np.bincount(labels, minlength=config.synthetic_identities)
+
+    def make(epoch, batch_size, shard):
+        ds = data.make_training_dataset(images, labels, batch_size=batch_size, seed=epoch_seed(config.seed, epoch))
+        return ds if shard is None else ds.shard(*shard)
+
+    heldout = None
+    if config.synthetic_heldout >= 2:
+        n_pairs = max(20, min(2000, 20 * (config.synthetic_heldout // 2)))
+        pairs = faces.verification_pairs(n_pairs, identities=test_ids, seed=config.seed)
+        heldout = faces.pair_images(pairs)
+    return DataSpec(
+        num_classes=config.synthetic_identities,
+        class_counts=counts,
+        num_samples=len(labels),
+        image_shape=(size, size, 3),
+        steps_per_epoch=_steps(len(labels), config, num_workers),
+        make_dataset=make,
+        description=(
+            f"SYNTHETIC data (no --data given): {config.synthetic_identities} generated identities, "
+            f"{len(labels)} images of {size}x{size} px, {config.synthetic_heldout} held-out identities"
+        ),
+        heldout=heldout,
+    )
+
+
+def _recordio_data(config, num_workers):
+    from keras_facemargin.data import recordio
+
+    reader = recordio.RecordIOReader(config.data)
+    counts = reader.class_counts()
+    valid = int(np.count_nonzero(reader.scan()["valid"]))
+    hw = reader.image_size or (config.image_size or 112,) * 2
+    image_size = None if config.image_size is None else (config.image_size, config.image_size)
+    if image_size is not None:
+        hw = image_size
+
+    def make(epoch, batch_size, shard):
+        return recordio.make_dataset(reader, batch_size, seed=epoch_seed(config.seed, epoch), shard=shard,
+                                     image_size=image_size)
+
+    return DataSpec(
+        num_classes=int(counts.shape[0]),
+        class_counts=counts,
+        num_samples=int(reader.num_images),
+        image_shape=(int(hw[0]), int(hw[1]), 3),
+        steps_per_epoch=_steps(valid, config, num_workers),
+        make_dataset=make,
+        description=f"{config.data}: {counts.shape[0]} identities, {valid} images of {hw[0]}x{hw[1]} px",
+    )
+
+
+def epoch_progbar(total_epochs):
+    """A `ProgbarLogger` showing "Epoch e/total_epochs" across the per-epoch `fit` calls."""
+    import keras
+
+    class EpochProgbar(keras.callbacks.ProgbarLogger):
+        def set_params(self, params):
+            super().set_params(params)
+            self.epochs = total_epochs
+
+    return EpochProgbar()
+
+
+def verification_callback(config, data_spec=None):
+    """The epoch-end `VerificationCallback` (logs `val_<set>_accuracy`), or None.
+
+    With `config.data`: the `.bin` (and LFW/CFP folder) sets found there, all
+    (`verification_sets="auto"`) or the named ones. Synthetic: the held-out
+    identities' pairs, as `val_synthetic_heldout_accuracy`.
+    """
+    from keras_facemargin.evaluation.callback import VerificationCallback
+
+    if not config.verification_sets:
+        return None
+    if config.synthetic:
+        if data_spec is None or data_spec.heldout is None:
+            return None
+        return VerificationCallback({"synthetic_heldout": data_spec.heldout}, verbose=0)
+    from keras_facemargin.evaluation import bin_sets
+
+    sources = bin_sets.find_verification_sets(config.data)
+    if config.verification_sets != "auto":
+        wanted = [n.strip() for n in config.verification_sets.split(",") if n.strip()]
+        missing = sorted(set(wanted) - set(sources))
+        if missing:
+            raise ValueError(
+                f"`verification_sets` {missing} not found in {config.data}; found {sorted(sources)}."
+            )
+        sources = {n: sources[n] for n in wanted}
+    if not sources:
+        print(f"No verification sets (.bin) found in {config.data}: no per-epoch verification.")
+        return None
+    return VerificationCallback({name: src.path for name, src in sources.items()})
+
+
+class Trainer:
+    """Builds and trains a run described by a `TrainConfig`.
+
+    `model.fit` under `MirroredStrategy` (all visible GPUs; the default strategy
+    on one device), or the custom loop under `MultiWorkerMirroredStrategy`
+    (`config.multi_worker`). `fit` is called once per epoch on that epoch's
+    dataset (its order depends only on (seed, epoch)), so a restored run can
+    skip exactly the steps of the interrupted epoch it already did.
+
+    Args:
+        config: the run's `TrainConfig`.
+        strategy: a `tf.distribute.Strategy` (default: `strategy.get_strategy(config.multi_worker)`).
+        extra_callbacks: callbacks run before the trainer's own (e.g. to inspect state).
+
+    Example:
+        >>> trainer = Trainer(get_experiment("synthetic", epochs=1))
+        >>> results = trainer.train()
+    """
+
+    def __init__(self, config: TrainConfig, strategy=None, extra_callbacks=()):
+        from keras_facemargin.training import strategy as strat
+
+        self.config = config
+        self.strategy = strategy if strategy is not None else strat.get_strategy(config.multi_worker)
+        self.is_chief = strat.is_chief(self.strategy)
+        _, self.worker_index, self.num_workers = strat.task_info() if config.multi_worker else (None, 0, 1)
+        if config.batch_size % self.strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"`batch_size`={config.batch_size} must be divisible by the "
+                f"{self.strategy.num_replicas_in_sync} replicas."
+            )
+        self.extra_callbacks = list(extra_callbacks)
+        self.data = None
+        self.model = None
+
+    # -- pieces --------------------------------------------------------------------
+    def build_model(self):
+        """Backbone + head + SGD with the epoch step decay, created in the strategy's scope."""
+        import keras
+
+        from keras_facemargin import backbones
+        from keras_facemargin.models import FaceRecognizer
+        from keras_facemargin.training.heads import build_head
+        from keras_facemargin.training.schedules import EpochStepDecay
+
+        cfg, spec = self.config, self.data
+        keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
+        keras.utils.set_random_seed(cfg.seed)
+        with self.strategy.scope():
+            kwargs = dict(cfg.backbone_kwargs)
+            kwargs["image_shape"] = spec.image_shape
+            if cfg.embedding_dim is not None:
+                kwargs["embedding_dim"] = cfg.embedding_dim
+            backbone = backbones.get_backbone(cfg.backbone, **kwargs)
+            kappa = dict(temperature=cfg.temperature, gamma=cfg.gamma, buffer_alpha=cfg.buffer_alpha,
+                         buffer_dtype=cfg.buffer_dtype, encoder_momentum=cfg.encoder_momentum)
+            head = build_head(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
+                              cfg.estimator, cfg.margin, **kappa)
+            model = FaceRecognizer(backbone, head)
+            schedule = EpochStepDecay(cfg.effective_lr, spec.steps_per_epoch, cfg.lr_steps, cfg.lr_factor)
+            optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            if cfg.mixed_precision:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          jit_compile=False)
+            h, w, _ = spec.image_shape
+            model({"images": np.zeros((1, h, w, 3), "float32"), "labels": np.zeros((1,), "int32"),
+                   "index": np.zeros((1,), "int32")}, training=False)
+            optimizer.build(model.trainable_variables)
+        self.model = model
+        return model
+
+    def dataset_fn(self, epoch, skip=0):
+        """The batches of `epoch` after its first `skip` steps (global batches, or distributed per worker)."""
+        spec, cfg = self.data, self.config
+        if not cfg.multi_worker:
+            return spec.make_dataset(epoch, cfg.batch_size, None).skip(skip).take(spec.steps_per_epoch - skip)
+
+        def per_worker(ctx):
+            b = ctx.get_per_replica_batch_size(cfg.batch_size)
+            shard = (ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx.num_input_pipelines > 1 else None
+            return spec.make_dataset(epoch, b, shard).skip(skip).take(spec.steps_per_epoch - skip)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
+
+    def make_callbacks(self):
+        """extra, NaNGuard, throughput/lr, KappaUpdater, verification, history file, [TensorBoard], checkpoint, progress bar.
+
+        The checkpoint comes after `KappaUpdater`, so an epoch-end checkpoint
+        holds the psi the next epoch trains with and zeroed accumulators.
+        """
+        from keras_facemargin.callbacks import KappaUpdater, find_layers
+        from keras_facemargin.layers.kappaface import KappaMarginDense
+
+        cfg, run_dir = self.config, self.config.run_dir
+        self.checkpoint = tcb.TrainingCheckpoint(
+            run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
+            cfg.keep_checkpoints, optimizer=self.model.optimizer, is_chief=self.is_chief, strategy=self.strategy,
+        )
+        # Throughput first: its epoch end comes before the (slow) verification.
+        cbs = list(self.extra_callbacks) + [tcb.NaNGuard(self.checkpoint), tcb.ThroughputLogger(cfg.batch_size)]
+        if find_layers(self.model, KappaMarginDense):
+            cbs.append(KappaUpdater())
+        self.verification = None
+        if not cfg.multi_worker:  # predict-based evaluation is not collective-safe under MWMS
+            self.verification = verification_callback(cfg, self.data)
+            if self.verification is not None:
+                cbs.append(self.verification)
+        cbs.append(tcb.HistoryFile(run_dir / "history.jsonl", enabled=self.is_chief))
+        if cfg.tensorboard and self.is_chief:
+            import keras
+
+            cbs.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq=100))
+        cbs.append(self.checkpoint)
+        if cfg.verbose:
+            cbs.append(epoch_progbar(cfg.epochs))
+        return cbs
+
+    # -- the run ---------------------------------------------------------------------
+    def train(self):
+        """Prepare, restore if a checkpoint exists, train, then write the model, plots and results."""
+        cfg = self.config
+        run_dir = cfg.run_dir
+        t0 = time.time()
+        if self.is_chief:
+            cfg.save()
+        self.data = prepare_data(cfg, self.num_workers)
+        spec = self.data
+        self._log(
+            f"{spec.description}.\nRun {cfg.run_name}: {cfg.loss} head, {cfg.backbone} backbone, "
+            f"{self.strategy.num_replicas_in_sync} replica(s) "
+            f"({'MultiWorkerMirroredStrategy, custom loop' if cfg.multi_worker else type(self.strategy).__name__}), "
+            f"global batch {cfg.batch_size}, {spec.steps_per_epoch} steps/epoch, lr {cfg.effective_lr:g} "
+            f"/ {1 / cfg.lr_factor:g} at epochs {list(cfg.lr_steps)}, {cfg.epochs} epochs. Output: {run_dir}/"
+        )
+        self.build_model()
+        callbacks = self.make_callbacks()
+        step = self.checkpoint.restore()
+        initial_epoch, skip = divmod(step, spec.steps_per_epoch)
+        if step:
+            self._log(f"Resuming from {self.checkpoint.latest}: epoch {initial_epoch}, step {skip}.")
+        if self.is_chief:
+            tcb.truncate_history(run_dir / "history.jsonl", initial_epoch)
+        t_train = time.time()
+        if initial_epoch < cfg.epochs:
+            if cfg.multi_worker:
+                self._train_custom_loop(callbacks, initial_epoch, skip)
+            else:
+                self._train_fit(callbacks, initial_epoch, skip)
+        train_seconds = time.time() - t_train
+        return self._finish(t0, train_seconds, step)
+
+    def _train_fit(self, callbacks, initial_epoch, skip):
+        cfg, spec = self.config, self.data
+        for epoch in range(initial_epoch, cfg.epochs):
+            first = skip if epoch == initial_epoch else 0
+            for cb in callbacks:
+                if hasattr(cb, "first_step"):
+                    cb.first_step = first
+            self.model.fit(
+                self.dataset_fn(epoch, first), initial_epoch=epoch, epochs=epoch + 1,
+                steps_per_epoch=spec.steps_per_epoch - first, callbacks=callbacks, verbose=cfg.verbose,
+                shuffle=False,
+            )
+            if self.model.stop_training:
+                break
+
+    def _train_custom_loop(self, callbacks, initial_epoch, skip):
+        from keras_facemargin.training.custom_loop import CustomLoop
+
+        cfg = self.config
+        loop = CustomLoop(self.model, self.model.optimizer, self.strategy, cfg.batch_size)
+        verbose = cfg.verbose if self.is_chief else 0
+        callbacks = [cb for cb in callbacks if verbose or cb.__class__.__name__ != "EpochProgbar"]
+        loop.fit(self.dataset_fn, cfg.epochs, self.data.steps_per_epoch, initial_epoch, skip,
+                 callbacks=callbacks, verbose=verbose)
+
+    def _finish(self, t0, train_seconds, start_step):
+        from keras_facemargin.callbacks import find_layers
+        from keras_facemargin.layers.kappaface import KappaMarginDense
+
+        cfg, run_dir, model = self.config, self.config.run_dir, self.model
+        history = tcb.read_history(run_dir / "history.jsonl")
+        results = {
+            "run": cfg.run_name,
+            "epochs": cfg.epochs,
+            "resumed_from_step": start_step,
+            "train_seconds": round(train_seconds, 1),
+            "replicas": self.strategy.num_replicas_in_sync,
+            "history": history,
+        }
+        # Every worker saves (reading on_read variables is collective); non-chiefs to a scratch file.
+        model_path = run_dir / "model.keras" if self.is_chief else run_dir / f".model_worker{self.worker_index}.keras"
+        model.save(model_path)
+        if not self.is_chief:
+            os.remove(model_path)
+            return results
+        kappa_layers = find_layers(model, KappaMarginDense)
+        margins = np.asarray(kappa_layers[0].margins()) if kappa_layers else None
+        if cfg.plots and history:
+            path = tcb.plot_training(history, run_dir / "training.png", margins, title=cfg.run_name)
+            if path:
+                self._log(f"Plot: {path}")
+        if self.verification is not None and self.verification.history:
+            results["verification"] = {name: runs[-1].to_dict() for name, runs in self.verification.history.items()}
+            for name, runs in self.verification.history.items():
+                self._log(f"Verification {name}: {100 * runs[-1].accuracy_mean:.2f} +- "
+                          f"{100 * runs[-1].accuracy_std:.2f} % (10-fold)")
+        results["total_seconds"] = round(time.time() - t0, 1)
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        self._log(f"Done in {results['total_seconds']:.0f} s; model, history and results in {run_dir}/")
+        return results
+
+    def _log(self, message):
+        if self.is_chief:
+            print(message, flush=True)
+
+
+def run(config: TrainConfig, strategy=None, extra_callbacks=()):
+    """Train the run described by `config` (resuming from its checkpoints); returns the results dict.
+
+    Example:
+        >>> run(get_experiment("synthetic", epochs=1, output="/tmp/runs"))
+    """
+    return Trainer(config, strategy=strategy, extra_callbacks=extra_callbacks).train()
