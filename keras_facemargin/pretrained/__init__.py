@@ -1,0 +1,15 @@
+"""Pretrained model zoo (`load`, `list_models`, the registry) and insightface weight conversion.
+
+Example::
+
+    import keras_facemargin as kfm
+    kfm.list_models()
+    embedder = kfm.load("arcface_r50", weights="backbone.pth")   # insightface checkpoint, converted
+"""
+
+from keras_facemargin.pretrained.loader import (PretrainedWeightsError, expected_weights_path, list_models,
+                                                load, sha256_of)
+from keras_facemargin.pretrained.registry import MODELS, get_model_info
+
+__all__ = ["MODELS", "PretrainedWeightsError", "expected_weights_path", "get_model_info", "list_models",
+           "load", "sha256_of"]

@@ -1,0 +1,121 @@
+"""Named pretrained face models (plain data). See ``pretrained/README.md`` for provenance.
+
+Every entry of `MODELS` is a JSON-friendly dict::
+
+    {
+        "backbone": "iresnet100",          # key of keras_facemargin.backbones.BACKBONE_PRESETS
+        "embedding_dim": 512,
+        "input_size": (112, 112),
+        "normalization": {"mean": 127.5, "std": 127.5},   # (x - mean) / std, RGB
+        "head": "arcface",                 # margin head used in training
+        "training_set": "MS1MV3 ...",
+        "reported": {"IJB-C TAR@FAR=1e-4": 96.85, ...} or None,
+        "reported_source": "citation of the table the numbers come from",
+        "license": "...",
+        "weights_url": None or "https://...",
+        "weights_file": "arcface_r100_ms1mv3.weights.h5",   # name in the keras cache
+        "sha256": None or "<64 hex>",      # hash of a file that exists; None until published
+        "status": "why there is no URL / hash yet",
+        "conversion": "how to produce the weights file locally",
+    }
+
+No weights are hosted by this project yet: every ``weights_url`` and ``sha256`` is ``None`` and
+`keras_facemargin.load` explains how to supply a local file. The insightface numbers are
+those reported for *their* PyTorch checkpoints (the model zoo is for non-commercial research
+only); a converted checkpoint reproduces them only with its own normalisation and alignment.
+"""
+
+import copy
+
+INSIGHTFACE_ZOO_SOURCE = (
+    "insightface arcface_torch README, 'Model Zoo' > 'Performance on IJB-C and ICCV2021-MFR' > "
+    "'1. Training on Single-Host GPU' (github.com/deepinsight/insightface/blob/"
+    "0159b24d44cbc91abbd07b7a6fab0ba923a7fddf/recognition/arcface_torch/README.md)"
+)
+INSIGHTFACE_ZOO_LICENSE = (
+    "insightface model zoo: 'available for non-commercial research purposes only' (code: MIT)"
+)
+KAPPAFACE_SOURCE = (
+    "Oinar, Le & Woo, 'KappaFace: Adaptive Additive Angular Margin Loss for Deep Face "
+    "Recognition', IEEE Access 2023, arXiv:2201.07394 (no public checkpoint; numbers not "
+    "transcribed here until checked against the paper's tables)"
+)
+NO_HOSTED_WEIGHTS = (
+    "No weights are hosted by keras_facemargin yet. Convert an insightface checkpoint with "
+    "tools/convert_insightface.py or train one, then pass weights=PATH or place the file in "
+    "$KERAS_FACEMARGIN_HOME."
+)
+_ARCFACE_NORM = {"mean": 127.5, "std": 127.5}  # arcface_torch: Normalize(mean=0.5, std=0.5)
+_PACKAGE_NORM = {"mean": 127.5, "std": 128.0}  # keras_facemargin.data.normalize_images
+
+
+def _entry(backbone, head, training_set, reported, source, license, weights_file, conversion,
+           normalization):
+    return {
+        "backbone": backbone,
+        "embedding_dim": 512,
+        "input_size": (112, 112),
+        "normalization": dict(normalization),
+        "head": head,
+        "training_set": training_set,
+        "reported": reported,
+        "reported_source": source,
+        "license": license,
+        "weights_url": None,
+        "weights_file": weights_file,
+        "sha256": None,
+        "status": NO_HOSTED_WEIGHTS,
+        "conversion": conversion,
+    }
+
+
+MODELS = {
+    "arcface_r100": _entry(
+        "iresnet100", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
+        {"MFR-ALL": 81.97, "IJB-C TAR@FAR=1e-4": 96.85, "IJB-C TAR@FAR=1e-5": 95.02},
+        INSIGHTFACE_ZOO_SOURCE, INSIGHTFACE_ZOO_LICENSE, "arcface_r100_ms1mv3.weights.h5",
+        "python tools/convert_insightface.py ms1mv3_arcface_r100_fp16/backbone.pth "
+        "--output arcface_r100_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
+        _ARCFACE_NORM),
+    "arcface_r50": _entry(
+        "iresnet50", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
+        {"MFR-ALL": 79.14, "IJB-C TAR@FAR=1e-4": 96.37, "IJB-C TAR@FAR=1e-5": 94.47},
+        INSIGHTFACE_ZOO_SOURCE, INSIGHTFACE_ZOO_LICENSE, "arcface_r50_ms1mv3.weights.h5",
+        "python tools/convert_insightface.py ms1mv3_arcface_r50_fp16/backbone.pth "
+        "--output arcface_r50_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
+        _ARCFACE_NORM),
+    "arcface_mobilefacenet": _entry(
+        "mobilefacenet", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
+        {"MFR-ALL": 63.78, "IJB-C TAR@FAR=1e-4": 94.23, "IJB-C TAR@FAR=1e-5": 91.33},
+        INSIGHTFACE_ZOO_SOURCE + " (row 'mobilefacenet-0.45G')", INSIGHTFACE_ZOO_LICENSE,
+        "arcface_mobilefacenet_ms1mv3.weights.h5",
+        "Not convertible yet: tools/convert_insightface.py handles IResNet only; train with "
+        "keras_facemargin (backbone 'mobilefacenet') and save the backbone's .weights.h5",
+        _ARCFACE_NORM),
+    "kappaface_r100": _entry(
+        "iresnet100", "kappaface (s=64, m0=0.8, T=0.4, gamma=0.7)", "MS1MV2 (ms1m-refine-v2, 85k identities, 5.8M images)",
+        None, KAPPAFACE_SOURCE, "to be decided with the first published checkpoint (code: Apache-2.0)",
+        "kappaface_r100_ms1mv2.weights.h5",
+        "No public checkpoint exists: train with keras_facemargin (KappaMarginDense, backbone "
+        "'iresnet100') and save model.backbone.save_weights('kappaface_r100_ms1mv2.weights.h5')",
+        _PACKAGE_NORM),
+    "kappaface_r50": _entry(
+        "iresnet50", "kappaface (s=64, m0=0.8, T=0.4, gamma=0.7)", "MS1MV2 (ms1m-refine-v2, 85k identities, 5.8M images)",
+        None, KAPPAFACE_SOURCE, "to be decided with the first published checkpoint (code: Apache-2.0)",
+        "kappaface_r50_ms1mv2.weights.h5",
+        "No public checkpoint exists: train with keras_facemargin (KappaMarginDense, backbone "
+        "'iresnet50') and save model.backbone.save_weights('kappaface_r50_ms1mv2.weights.h5')",
+        _PACKAGE_NORM),
+}
+
+
+def get_model_info(name):
+    """A deep copy of the registry entry `name`; `ValueError` listing the known names otherwise.
+
+    Example::
+
+        get_model_info("arcface_r50")["reported"]
+    """
+    if not isinstance(name, str) or name.lower() not in MODELS:
+        raise ValueError(f"Unknown pretrained model {name!r}. Known models: {sorted(MODELS)}.")
+    return copy.deepcopy(MODELS[name.lower()])

@@ -1,0 +1,249 @@
+"""insightface IResNet weights (ONNX graph / PyTorch state dict) -> Keras, against onnxruntime."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from keras_facemargin.pretrained import convert  # noqa: E402
+
+BLOCKS, FILTERS, EMB, SIZE = (1, 2, 1, 1), (8, 8, 16, 16), 16, 32
+
+
+def random_state_dict(seed=0, blocks=BLOCKS, filters=FILTERS, emb=EMB, hw=SIZE // 16):
+    """insightface IResNet state dict (PyTorch names/layouts) with non-trivial BN statistics."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def conv(name, o, i, k):
+        sd[f"{name}.weight"] = rng.normal(0, np.sqrt(2.0 / (i * k * k)), (o, i, k, k)).astype("float32")
+
+    def bn(name, c, affine=True):
+        if affine:
+            sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
+        sd[f"{name}.bias"] = rng.normal(0, 0.2, c).astype("float32")
+        sd[f"{name}.running_mean"] = rng.normal(0, 0.2, c).astype("float32")
+        sd[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype("float32")
+
+    conv("conv1", filters[0], 3, 3)
+    bn("bn1", filters[0])
+    sd["prelu.weight"] = rng.uniform(0.1, 0.4, filters[0]).astype("float32")
+    cin = filters[0]
+    for s, (n, c) in enumerate(zip(blocks, filters), start=1):
+        for b in range(n):
+            p = f"layer{s}.{b}"
+            bn(f"{p}.bn1", cin)
+            conv(f"{p}.conv1", c, cin, 3)
+            bn(f"{p}.bn2", c)
+            sd[f"{p}.prelu.weight"] = rng.uniform(0.1, 0.4, c).astype("float32")
+            conv(f"{p}.conv2", c, c, 3)
+            bn(f"{p}.bn3", c)
+            if b == 0:
+                conv(f"{p}.downsample.0", c, cin, 1)
+                bn(f"{p}.downsample.1", c)
+            cin = c
+    bn("bn2", cin)
+    sd["fc.weight"] = rng.normal(0, np.sqrt(1.0 / (cin * hw * hw)), (emb, cin * hw * hw)).astype("float32")
+    sd["fc.bias"] = rng.normal(0, 0.1, emb).astype("float32")
+    bn("features", emb, affine=False)
+    sd["features.weight"] = np.ones(emb, "float32")  # fixed gamma, present in the state dict
+    return sd
+
+
+def iresnet_onnx(sd, fuse_bn=False, blocks=BLOCKS, size=SIZE):
+    """An ONNX graph of insightface's IResNet forward (NCHW, eval mode), as torch.onnx exports it.
+
+    With `fuse_bn`, conv+BN pairs are folded into biased convs with anonymous initializer names
+    (what torch.onnx's constant folding produces, e.g. in w600k_r50.onnx).
+    """
+    nodes, inits, counter = [], {}, [0]
+
+    def init(name, value):
+        if fuse_bn:
+            counter[0] += 1
+            name = f"onnx::Conv_{counter[0]}"
+        inits[name] = np.asarray(value, "float32")
+        return name
+
+    def fresh(prefix):
+        counter[0] += 1
+        return f"{prefix}_{counter[0]}"
+
+    def bn(x, p):
+        gamma = sd.get(f"{p}.weight", np.ones_like(sd[f"{p}.bias"]))
+        ins = [x, init(f"{p}.weight", gamma), init(f"{p}.bias", sd[f"{p}.bias"]),
+               init(f"{p}.running_mean", sd[f"{p}.running_mean"]), init(f"{p}.running_var", sd[f"{p}.running_var"])]
+        y = fresh(p)
+        nodes.append(helper.make_node("BatchNormalization", ins, [y], epsilon=1e-5, name=p))
+        return y
+
+    def conv(x, p, stride, pad, bn_prefix=None):
+        w = sd[f"{p}.weight"]
+        y = fresh(p)
+        if fuse_bn and bn_prefix:
+            g = sd[f"{bn_prefix}.weight"] / np.sqrt(sd[f"{bn_prefix}.running_var"] + 1e-5)
+            wf = w * g[:, None, None, None]
+            bf = sd[f"{bn_prefix}.bias"] - sd[f"{bn_prefix}.running_mean"] * g
+            ins = [x, init(f"{p}.weight", wf), init(f"{p}.bias", bf)]
+        else:
+            ins = [x, init(f"{p}.weight", w)]
+        nodes.append(helper.make_node("Conv", ins, [y], kernel_shape=list(w.shape[2:]), strides=[stride, stride],
+                                      pads=[pad] * 4, name=p))
+        if bn_prefix and not fuse_bn:
+            y = bn(y, bn_prefix)
+        return y
+
+    def prelu(x, p):
+        y = fresh(p)
+        nodes.append(helper.make_node("PRelu", [x, init(f"{p}.weight", sd[f"{p}.weight"].reshape(-1, 1, 1))], [y]))
+        return y
+
+    x = conv("input.1", "conv1", 1, 1, "bn1")
+    x = prelu(x, "prelu")
+    for s, n in enumerate(blocks, start=1):
+        for b in range(n):
+            p, stride = f"layer{s}.{b}", 2 if b == 0 else 1
+            y = bn(x, f"{p}.bn1")
+            y = conv(y, f"{p}.conv1", 1, 1, f"{p}.bn2")
+            y = prelu(y, f"{p}.prelu")
+            y = conv(y, f"{p}.conv2", stride, 1, f"{p}.bn3")
+            if b == 0:
+                x = conv(x, f"{p}.downsample.0", stride, 0, f"{p}.downsample.1")
+            out = fresh("add")
+            nodes.append(helper.make_node("Add", [y, x], [out]))
+            x = out
+    x = bn(x, "bn2")
+    flat = fresh("flatten")
+    nodes.append(helper.make_node("Flatten", [x], [flat], axis=1))
+    fc = fresh("fc")
+    nodes.append(helper.make_node("Gemm", [flat, init("fc.weight", sd["fc.weight"]), init("fc.bias", sd["fc.bias"])],
+                                  [fc], transB=1, name="fc"))
+    out = bn(fc, "features")
+    nodes[-1].output[0] = "683"
+    emb = sd["fc.weight"].shape[0]
+    graph = helper.make_graph(
+        nodes, "iresnet",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", emb])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    del out
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _images(n=6, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype("float32")
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _ort(model, x_nhwc):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input.1": np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))})[0]
+
+
+@pytest.mark.parametrize("fuse_bn", [False, True], ids=["named", "fused_bn_anonymous"])
+def test_onnx_iresnet_converts_to_keras_with_parity(tmp_path, fuse_bn):
+    sd = random_state_dict(seed=3)
+    model = iresnet_onnx(sd, fuse_bn=fuse_bn)
+    path = tmp_path / "r_tiny.onnx"
+    onnx.save(model, str(path))
+    x = _images()
+    expected = _ort(model, x)
+    keras_model = convert.convert_insightface(path)
+    assert keras_model.stage_blocks == BLOCKS and keras_model.stage_filters == FILTERS
+    assert keras_model.input_shape[1:] == (SIZE, SIZE, 3) and keras_model.output_shape[-1] == EMB
+    got = np.asarray(keras_model(x, training=False))
+    assert np.abs(expected).mean() > 0.05  # not a degenerate network
+    assert _cosine(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    _, info = convert.onnx_to_state_dict(model)
+    assert info["fused_bn"] == (2 * sum(BLOCKS) + 4 + 1 if fuse_bn else 0)
+
+
+def test_flatten_permutation_is_needed():
+    """The fc rows must be permuted CHW -> HWC: without it the embeddings disagree."""
+    sd = random_state_dict(seed=4)
+    model = iresnet_onnx(sd)
+    x = _images()
+    expected = _ort(model, x)
+    c = FILTERS[-1]
+    hw = SIZE // 16
+    wrong = dict(sd)
+    # Pretend PyTorch flattened H, W, C: the converter's CHW->HWC permutation then scrambles it.
+    wrong["fc.weight"] = sd["fc.weight"].reshape(EMB, c, hw, hw).transpose(0, 2, 3, 1).reshape(EMB, -1)
+    got = np.asarray(convert.iresnet_from_state_dict(wrong)(x, training=False))
+    assert _cosine(got, expected).min() < 0.99
+
+
+def test_pth_state_dict_round_trip_without_torch(tmp_path):
+    sd = random_state_dict(seed=5)
+    sd["layer1.0.bn1.num_batches_tracked"] = np.array(7.0, "float32")  # ignored by the loader
+    path = tmp_path / "backbone.pth"
+    convert.write_torch_state_dict(sd, path)
+    read = convert.read_torch_state_dict(path)
+    assert sorted(read) == sorted(sd)
+    for key in sd:
+        np.testing.assert_array_equal(read[key], sd[key])
+    x = _images()
+    expected = _ort(iresnet_onnx(sd), x)  # independent reference: onnxruntime on the same weights
+    got = np.asarray(convert.convert_insightface(path)(x, training=False))
+    assert _cosine(got, expected).min() >= 0.9999
+
+
+def test_pth_reader_refuses_code(tmp_path):
+    import pickle
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (__builtin__|builtins)\.print"):
+        convert.read_torch_state_dict(path)
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not a torch zip archive"):
+        convert.read_torch_state_dict(legacy)
+
+
+def test_pth_interoperates_with_torch(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed: torch.save/torch.load cross-check skipped")
+    sd = random_state_dict(seed=6)
+    ours = tmp_path / "ours.pth"
+    convert.write_torch_state_dict(sd, ours)
+    loaded = torch.load(ours, weights_only=True)
+    for key, value in sd.items():
+        np.testing.assert_array_equal(loaded[key].numpy(), value)
+    theirs = tmp_path / "theirs.pth"
+    tsd = {k: torch.from_numpy(v) for k, v in sd.items()}
+    tsd["conv1.weight"] = tsd["conv1.weight"].half()  # float16 storage
+    tsd["layer1.0.conv1.weight"] = torch.from_numpy(sd["layer1.0.conv1.weight"]).transpose(0, 1).contiguous().transpose(0, 1)  # strided
+    tsd["layer1.0.bn1.num_batches_tracked"] = torch.tensor(3)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tsd.items()}}, theirs)
+    read = convert.read_torch_state_dict(theirs)
+    np.testing.assert_array_equal(read["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"])
+    np.testing.assert_array_equal(read["conv1.weight"], sd["conv1.weight"].astype("float16").astype("float32"))
+    assert read["layer1.0.bn1.num_batches_tracked"] == 3
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        convert.convert_insightface(tmp_path / "missing.onnx")
+    sd = random_state_dict()
+    del sd["layer2.1.bn3.running_var"]
+    with pytest.raises(ValueError, match="layer2.1.bn3.running_var"):
+        convert.iresnet_from_state_dict(sd)
+    with pytest.raises(ValueError, match="MobileFaceNet"):
+        convert.iresnet_config_from_state_dict({"layers.0.layers.0.weight": np.zeros((1, 1, 1, 1))})
