@@ -8,6 +8,18 @@ from keras_facemargin.layers.cosine_dense import CosineDense
 from keras_facemargin.layers.kappaface import KappaMarginDense
 from keras_facemargin.layers.registry import HEADS, build_head, head_names, register_head
 
+from keras_facemargin.layers.ablation_losses import AngularTripletLoss, InterLossDense, IntraLossDense
+from keras_facemargin.layers.adaface import AdaMarginDense
+from keras_facemargin.layers.center_loss import CenterLossDense
+from keras_facemargin.layers.curricularface import CurricularMarginDense
+from keras_facemargin.layers.expface import ExpMarginDense
+from keras_facemargin.layers.ldam import LDAMDense
+from keras_facemargin.layers.magface import MagMarginDense
+from keras_facemargin.layers.softmax import SoftmaxDense
+from keras_facemargin.layers.sphereface import SphereMarginDense
+from keras_facemargin.layers.subface import SubFaceDense
+from keras_facemargin.layers.x2softmax import X2SoftmaxDense
+
 __all__ = [
     "ArcMarginDense",
     "CombinedMarginDense",
@@ -19,4 +31,17 @@ __all__ = [
     "build_head",
     "head_names",
     "register_head",
+    "AdaMarginDense",
+    "AngularTripletLoss",
+    "CenterLossDense",
+    "CurricularMarginDense",
+    "ExpMarginDense",
+    "InterLossDense",
+    "IntraLossDense",
+    "LDAMDense",
+    "MagMarginDense",
+    "SoftmaxDense",
+    "SphereMarginDense",
+    "SubFaceDense",
+    "X2SoftmaxDense",
 ]

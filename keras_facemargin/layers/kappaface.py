@@ -13,7 +13,7 @@ from keras_facemargin.layers.cosine_dense import (
 )
 
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
-TARGETS = ("arc", "cos")
+TARGETS = ("arc", "cos", "exp")
 
 
 def _check_fraction(name, value, closed_right=False):
@@ -34,7 +34,9 @@ class KappaMarginDense(CosineDense):
     features (eq. 3-11), and a population weight from its number of images
     (eq. 12). See `keras_facemargin.layers.kappa_math` for the formulas. The
     target logit is `s*cos(theta_y + psi_y*m0)` with ArcFace's monotone fallback
-    (`target="arc"`), or `s*(cos(theta_y) - psi_y*m0)` (`target="cos"`).
+    (`target="arc"`), `s*(cos(theta_y) - psi_y*m0)` (`target="cos"`), or
+    ExpFace's `s*cos(pi*(theta_y/pi)^(1 - psi_y*m0))` (`target="exp"`, m0 < 1;
+    m0=0.3 gives ExpFace's m_e=0.7 at psi=1).
 
     During training the layer accumulates, per class, the sum of unit-norm
     features and their count; `KappaUpdater` turns them into `kappa` and `psi`
@@ -72,7 +74,8 @@ class KappaMarginDense(CosineDense):
         buffer_dtype: `"float32"` or `"float16"` storage of the buffer.
         encoder_momentum: momentum of the EMA encoder (paper: 0.999).
         max_count_factor: K = factor * max(n_c) in eq. 12 (official code: 1.05).
-        target: `"arc"` (additive angular, the paper) or `"cos"` (additive cosine).
+        target: `"arc"` (additive angular, the paper), `"cos"` (additive cosine) or
+            `"exp"` (ExpFace exponent 1 - psi*m0).
         **kwargs: see `CosineDense`.
 
     Example:
@@ -135,6 +138,10 @@ class KappaMarginDense(CosineDense):
         self.max_count_factor = float(max_count_factor)
         if target not in TARGETS:
             raise ValueError(f"`target` must be one of {TARGETS}. Received: target={target!r}")
+        if target == "exp" and self.margin >= 1.0:
+            raise ValueError(
+                f"`margin` must be < 1 with target='exp' (the exponent is 1 - psi*margin). Received: margin={margin!r}"
+            )
         self.target = target
 
     def build(self, input_shape):
@@ -261,6 +268,10 @@ class KappaMarginDense(CosineDense):
         margin = ops.take(ops.convert_to_tensor(self.psi), labels, axis=0) * self.margin
         if self.target == "arc":
             target = arc_target(cos_y, margin)
+        elif self.target == "exp":
+            from keras_facemargin.layers.expface import exp_target
+
+            target = exp_target(cos_y, 1.0 - margin)
         else:
             target = cos_y - margin
         if training and _state.state_updates_enabled():

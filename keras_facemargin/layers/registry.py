@@ -60,3 +60,32 @@ def build_head(name, num_classes, class_counts=None, num_samples=None, **overrid
     if "num_samples" in params and num_samples is not None:
         kwargs.setdefault("num_samples", num_samples)
     return layer_class(num_classes, **kwargs)
+
+
+# -- the loss zoo (ArcFace/KappaFace papers' baselines and successors) ----------
+from keras_facemargin.layers.ablation_losses import InterLossDense, IntraLossDense  # noqa: E402
+from keras_facemargin.layers.adaface import AdaMarginDense  # noqa: E402
+from keras_facemargin.layers.center_loss import CenterLossDense  # noqa: E402
+from keras_facemargin.layers.curricularface import CurricularMarginDense  # noqa: E402
+from keras_facemargin.layers.expface import ExpMarginDense  # noqa: E402
+from keras_facemargin.layers.ldam import LDAMDense  # noqa: E402
+from keras_facemargin.layers.magface import MagMarginDense  # noqa: E402
+from keras_facemargin.layers.softmax import SoftmaxDense  # noqa: E402
+from keras_facemargin.layers.sphereface import SphereMarginDense  # noqa: E402
+from keras_facemargin.layers.subface import SubFaceDense  # noqa: E402
+from keras_facemargin.layers.x2softmax import X2SoftmaxDense  # noqa: E402
+
+register_head("softmax", SoftmaxDense)
+register_head("sphereface", SphereMarginDense)
+register_head("curricularface", CurricularMarginDense)
+register_head("magface", MagMarginDense)
+register_head("adaface", AdaMarginDense)
+register_head("expface", ExpMarginDense)
+register_head("x2softmax", X2SoftmaxDense)
+register_head("subface", SubFaceDense)  # wraps "arcface" by default
+register_head("intra", IntraLossDense)
+register_head("inter", InterLossDense)
+register_head("centerloss", CenterLossDense)
+register_head("ldam", LDAMDense)
+register_head("kappaface_cos", KappaMarginDense, target="cos")
+register_head("kappaface_exp", KappaMarginDense, target="exp", margin=0.3)

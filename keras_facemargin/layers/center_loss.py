@@ -1,0 +1,91 @@
+"""Center loss (Wen, Zhang, Li & Qiao, ECCV 2016) on top of a softmax classifier."""
+
+import keras
+from keras import ops
+
+from keras_facemargin.layers import _state
+from keras_facemargin.layers import _zoo_common as zc
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative
+from keras_facemargin.layers.softmax import SoftmaxDense
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class CenterLossDense(SoftmaxDense):
+    """Softmax head plus the center loss `lambda/2 * mean_i ||x_i - c_{y_i}||^2` (Wen et al. eq. 2, 5).
+
+    Returns the softmax logits `W^T x + b`; when called with labels it adds the
+    center loss with `add_loss` (averaged over the batch, as the official Caffe
+    `CenterLossLayer`: sum / M / 2). The centres are not trained by gradient
+    descent; in training they follow the paper's update (eq. 4, Algorithm 1),
+    computed with the centres before the update:
+    `c_j <- c_j - alpha * sum_i [y_i = j](c_j - x_i) / (1 + sum_i [y_i = j])`.
+    Under `tf.distribute` the update uses the features of all replicas.
+    Defaults lambda=0.003, alpha=0.5 (the paper's face experiments).
+
+    Args:
+        num_classes: number of identities.
+        center_weight: lambda.
+        center_alpha: alpha, the centre learning rate (in [0, 1]).
+        center_initializer: initial centres (Caffe prototxt: xavier).
+        **kwargs: see `SoftmaxDense`.
+
+    Example:
+        >>> head = CenterLossDense(num_classes=10575)
+        >>> logits = head([embeddings, labels], training=True)  # updates head.centers
+    """
+
+    def __init__(
+        self, num_classes, center_weight=0.003, center_alpha=0.5, center_initializer="glorot_uniform", **kwargs
+    ):
+        super().__init__(num_classes, **kwargs)
+        self.center_weight = _check_nonnegative("center_weight", center_weight)
+        self.center_alpha = _check_nonnegative("center_alpha", center_alpha)
+        if self.center_alpha > 1.0:
+            raise ValueError(f"`center_alpha` must be in [0, 1]. Received: center_alpha={center_alpha!r}")
+        self.center_initializer = keras.initializers.get(center_initializer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.centers = self.add_weight(
+            name="centers",
+            shape=(self.num_classes, self.embedding_dim),
+            initializer=self.center_initializer,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    def call(self, inputs, training=None):
+        embeddings, labels, _ = CosineDense._split_inputs(inputs)
+        logits = self.logits(embeddings)
+        if labels is None:
+            return logits
+        labels = ops.reshape(labels, (-1,))
+        if not str(labels.dtype).startswith("int"):
+            labels = ops.cast(labels, "int32")
+        labels = _state.check_labels_in_range(labels, self.num_classes)
+        x = ops.cast(embeddings, self.compute_dtype)
+        centers = ops.stop_gradient(_state.gather_rows(self.centers, labels))
+        zc.add_loss_if_concrete(
+            self, self.center_weight * 0.5 * ops.mean(ops.sum(ops.square(x - centers), axis=-1))
+        )
+        if training and _state.state_updates_enabled():
+            self._update_centers(ops.stop_gradient(x), labels)
+        return logits
+
+    def _update_centers(self, x, labels):
+        x, labels = _state.all_gather(x), _state.all_gather(labels)
+        old = _state.gather_rows(self.centers, labels)
+        counts = ops.segment_sum(ops.ones_like(labels, dtype=x.dtype), labels, num_segments=self.num_classes)
+        per_sample = (old - x) / ops.expand_dims(1.0 + ops.take(counts, labels, axis=0), -1)
+        _state.scatter_add_rows(self.centers, labels, -self.center_alpha * per_sample)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "center_weight": self.center_weight,
+                "center_alpha": self.center_alpha,
+                "center_initializer": keras.initializers.serialize(self.center_initializer),
+            }
+        )
+        return config

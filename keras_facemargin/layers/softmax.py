@@ -1,0 +1,92 @@
+"""Plain softmax classifier (a biased dense layer), the baseline of the ArcFace paper."""
+
+import keras
+from keras import ops
+
+from keras_facemargin.layers.cosine_dense import CosineDense
+
+
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+    return num_classes
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class SoftmaxDense(keras.layers.Layer):
+    """Softmax head: logits `W^T x + b` on the raw (unnormalised) embedding.
+
+    The "Softmax" row of the ArcFace paper's comparisons (Deng et al., CVPR
+    2019, eq. 1). It accepts `[embeddings, labels]` like the margin heads so
+    it can be swapped in by name; the labels are ignored.
+
+    Args:
+        num_classes: number of identities C.
+        use_bias: add the bias b (eq. 1 has one).
+        kernel_initializer, bias_initializer, kernel_regularizer: as in `Dense`.
+
+    Example:
+        >>> head = SoftmaxDense(num_classes=10)
+        >>> logits = head([embeddings, labels])  # == head(embeddings)
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_classes = _check_num_classes(num_classes)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        shape = CosineDense._embedding_shape(input_shape)
+        if len(shape) != 2 or shape[-1] is None:
+            raise ValueError(
+                "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
+                f"dimension. Received shape: {shape}"
+            )
+        self.embedding_dim = int(shape[-1])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.embedding_dim, self.num_classes),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.num_classes,), initializer=self.bias_initializer)
+            if self.use_bias
+            else None
+        )
+
+    def logits(self, embeddings):
+        logits = ops.matmul(ops.cast(embeddings, self.compute_dtype), self.kernel)
+        return logits + self.bias if self.use_bias else logits
+
+    def call(self, inputs, training=None):
+        embeddings, _, _ = CosineDense._split_inputs(inputs)
+        return self.logits(embeddings)
+
+    def compute_output_shape(self, input_shape):
+        return (CosineDense._embedding_shape(input_shape)[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config
