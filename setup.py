@@ -9,6 +9,20 @@ VERSION = re.search(
     r'__version__ = "([^"]+)"', (HERE / "keras_facemargin" / "__init__.py").read_text()
 ).group(1)
 
+EXTRAS = {
+    "gpu": ["tensorflow[and-cuda]>=2.16"],
+    "onnx": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
+    "tflite": ["ai-edge-litert>=1.0"],
+    # 5-point face detection with the weights inside the wheel (no download at run time).
+    "align": ["mtcnn==1.0.0"],
+    "plots": ["matplotlib>=3.5"],
+}
+# The tests exercise every optional route, so they need every extra but the GPU one.
+EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3"] + [
+    req for name in ("onnx", "tflite", "align", "plots") for req in EXTRAS[name]
+]
+EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("gpu", "test") for req in reqs})
+
 setup(
     name="keras_facemargin",
     version=VERSION,
@@ -30,12 +44,7 @@ setup(
         "opencv-python-headless>=4.8",
         "tqdm>=4.66",
     ],
-    extras_require={
-        "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "onnx": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
-        "tflite": ["ai-edge-litert>=1.0"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
-    },
+    extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["keras-facemargin-demo=keras_facemargin.demo:main"],
     },
