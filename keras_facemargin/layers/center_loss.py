@@ -26,7 +26,7 @@ class CenterLossDense(SoftmaxDense):
         num_classes: number of identities.
         center_weight: lambda.
         center_alpha: alpha, the centre learning rate (in [0, 1]).
-        center_initializer: initial centres (Caffe prototxt: xavier).
+        center_initializer: initial centres (the paper does not specify; glorot_uniform here).
         **kwargs: see `SoftmaxDense`.
 
     Example:
