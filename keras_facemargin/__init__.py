@@ -21,3 +21,4 @@ from keras_facemargin import data  # noqa: E402,F401
 from keras_facemargin import evaluation  # noqa: E402,F401
 from keras_facemargin import layers  # noqa: E402,F401
 from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
+from keras_facemargin.pretrained import list_models, load  # noqa: E402,F401

@@ -98,10 +98,13 @@ def _resolve(name, info, weights):
         raise PretrainedWeightsError(f"No weights for {name!r}: {info['status']} {_how_to(name, info)}")
     import keras
 
+    cache_dir = _keras_home()
     try:
+        # get_file silently falls back to /tmp/.keras when the cache dir does not exist yet.
+        (cache_dir / "keras_facemargin").mkdir(parents=True, exist_ok=True)
         path = keras.utils.get_file(fname=info["weights_file"], origin=info["weights_url"],
                                     file_hash=info["sha256"], hash_algorithm="sha256",
-                                    cache_dir=str(_keras_home()), cache_subdir="keras_facemargin")
+                                    cache_dir=str(cache_dir), cache_subdir="keras_facemargin")
     except Exception as err:  # network errors, HTTP errors, hash mismatch of the download
         raise PretrainedWeightsError(
             f"Could not download the weights of {name!r} from {info['weights_url']} "
@@ -169,7 +172,7 @@ def load(name, include_head=False, weights=None):
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"weights file {path} for {name!r}: expected .weights.h5, .keras, .onnx or .pth.")
     backbone = get_backbone(info["backbone"], embedding_dim=info["embedding_dim"],
-                            image_shape=tuple(info["input_size"]) + (3,))
+                            image_shape=tuple(info["input_size"]) + (3,), **info.get("backbone_kwargs", {}))
     try:
         backbone.load_weights(path)
     except Exception as err:

@@ -4,6 +4,7 @@ Every entry of `MODELS` is a JSON-friendly dict::
 
     {
         "backbone": "iresnet100",          # key of keras_facemargin.backbones.BACKBONE_PRESETS
+        "backbone_kwargs": {},             # extra constructor arguments for get_backbone
         "embedding_dim": 512,
         "input_size": (112, 112),
         "normalization": {"mean": 127.5, "std": 127.5},   # (x - mean) / std, RGB
@@ -53,6 +54,7 @@ def _entry(backbone, head, training_set, reported, source, license, weights_file
            normalization):
     return {
         "backbone": backbone,
+        "backbone_kwargs": {},
         "embedding_dim": 512,
         "input_size": (112, 112),
         "normalization": dict(normalization),

@@ -1,0 +1,191 @@
+"""Model zoo: registry contents, `load` from local / $KERAS_FACEMARGIN_HOME / cache / URL, hash checks."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import keras_facemargin as kfm
+from keras_facemargin.backbones import IResNet
+from keras_facemargin.pretrained import (MODELS, PretrainedWeightsError, expected_weights_path, list_models,
+                                         load)
+
+NAMES = ["arcface_mobilefacenet", "arcface_r100", "arcface_r50", "kappaface_r100", "kappaface_r50"]
+TINY = {"stage_blocks": (1, 1, 1, 1), "stage_filters": (8, 8, 16, 16)}
+
+
+@pytest.fixture
+def homes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KERAS_FACEMARGIN_HOME", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_entry(monkeypatch, tmp_path):
+    """A registry entry for a tiny IResNet with real weights on disk and their true sha256."""
+    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    rng = np.random.default_rng(0)
+    backbone.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") if "variance" not in w.path
+                          else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in backbone.weights])
+    path = tmp_path / "tiny.weights.h5"
+    backbone.save_weights(path)
+    entry = dict(MODELS["arcface_r50"], backbone="iresnet18", backbone_kwargs=dict(TINY), embedding_dim=16,
+                 input_size=(32, 32), weights_file="tiny_test.weights.h5",
+                 sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setitem(MODELS, "tiny_test", entry)
+    return backbone, path, entry
+
+
+def _reference(backbone, x):
+    e = np.asarray(backbone(x, training=False), np.float64)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _x():
+    return np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+
+
+def test_registry_lists_the_named_models_with_provenance():
+    assert list_models() == NAMES
+    assert kfm.list_models() == NAMES and kfm.load is load
+    for name in NAMES:
+        info = MODELS[name]
+        assert info["backbone"] in kfm.backbones.BACKBONE_PRESETS
+        assert info["input_size"] == (112, 112) and info["embedding_dim"] == 512
+        assert info["reported_source"] and info["license"] and info["training_set"]
+        # Nothing is hosted yet: no URL, and no hash of a file that does not exist.
+        assert info["weights_url"] is None and info["sha256"] is None
+    assert MODELS["arcface_r100"]["reported"]["IJB-C TAR@FAR=1e-4"] == 96.85
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(ValueError, match="Known models: .*arcface_r100.*kappaface_r50"):
+        load("facenet_512")
+
+
+def test_missing_weights_error_names_model_path_and_hash(homes):
+    with pytest.raises(PretrainedWeightsError) as err:
+        load("kappaface_r50")
+    msg = str(err.value)
+    assert "'kappaface_r50'" in msg
+    assert str(homes / "keras_home" / "keras_facemargin" / "kappaface_r50_ms1mv2.weights.h5") in msg
+    assert "sha256: none published" in msg and "weights=PATH" in msg and "KERAS_FACEMARGIN_HOME" in msg
+
+
+def test_local_weights_file(homes, tiny_entry):
+    backbone, path, _ = tiny_entry
+    embedder = load("tiny_test", weights=path)
+    got = np.asarray(embedder(_x()))
+    np.testing.assert_allclose(got, _reference(backbone, _x()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="include_head=True"):
+        load("tiny_test", include_head=True, weights=path)
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+        load("tiny_test", weights=homes / "nope.weights.h5")
+
+
+def test_keras_facemargin_home_and_keras_cache(homes, tiny_entry, monkeypatch):
+    backbone, path, _ = tiny_entry
+    home = homes / "kfm_home"
+    home.mkdir()
+    (home / "tiny_test.weights.h5").write_bytes(path.read_bytes())
+    monkeypatch.setenv("KERAS_FACEMARGIN_HOME", str(home))
+    np.testing.assert_allclose(np.asarray(load("tiny_test")(_x())), _reference(backbone, _x()), atol=1e-5)
+    monkeypatch.delenv("KERAS_FACEMARGIN_HOME")
+    cached = expected_weights_path("tiny_test")
+    assert cached == homes / "keras_home" / "keras_facemargin" / "tiny_test.weights.h5"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    np.testing.assert_allclose(np.asarray(load("tiny_test")(_x())), _reference(backbone, _x()), atol=1e-5)
+
+
+def test_corrupt_file_fails_the_hash_and_is_not_loaded(homes, tiny_entry):
+    _, path, entry = tiny_entry
+    cached = expected_weights_path("tiny_test")
+    cached.parent.mkdir(parents=True)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.raises(PretrainedWeightsError, match=f"fail the hash check.*expected {entry['sha256']}"):
+        load("tiny_test")
+    corrupt = homes / "corrupt.weights.h5"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(PretrainedWeightsError, match="not loaded"):
+        load("tiny_test", weights=corrupt)
+
+
+def test_offline_download_error_is_clear(homes, tiny_entry, monkeypatch):
+    _, _, entry = tiny_entry
+    url = "http://127.0.0.1:9/tiny_test.weights.h5"  # discard port: connection refused
+    monkeypatch.setitem(MODELS["tiny_test"], "weights_url", url)
+    with pytest.raises(PretrainedWeightsError) as err:
+        load("tiny_test")
+    msg = str(err.value)
+    assert "'tiny_test'" in msg and url in msg and entry["sha256"] in msg
+    assert str(expected_weights_path("tiny_test")) in msg
+    assert not expected_weights_path("tiny_test").exists()
+
+
+def test_download_with_hash_verification(homes, tiny_entry, monkeypatch):
+    """A served file is fetched into the Keras cache; a wrong hash is rejected."""
+    import functools
+    import http.server
+    import threading
+
+    _, path, entry = tiny_entry
+    true_hash = entry["sha256"]  # `entry` is the registry dict that is patched below
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        monkeypatch.setitem(MODELS["tiny_test"], "weights_url", url)
+        monkeypatch.setitem(MODELS["tiny_test"], "sha256", "0" * 64)
+        with pytest.raises(PretrainedWeightsError, match="0{64}"):
+            load("tiny_test")
+        monkeypatch.setitem(MODELS["tiny_test"], "sha256", true_hash)
+        load("tiny_test")
+        assert expected_weights_path("tiny_test").read_bytes() == path.read_bytes()
+    finally:
+        server.shutdown()
+
+
+def test_pth_weights_converted_on_the_fly(homes, tmp_path, monkeypatch):
+    from keras_facemargin.pretrained.convert import keras_layer_name, write_torch_state_dict
+
+    # A state dict in insightface names taken from a Keras tiny IResNet: the round trip must agree.
+    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    rng = np.random.default_rng(2)
+    for w in backbone.weights:
+        w.assign(rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.2, w.shape))
+    sd = {}
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        prefix = next(k for k in _module_names() if keras_layer_name(k) == layer.name)
+        if hasattr(layer, "moving_mean"):
+            sd.update({f"{prefix}.bias": layer.beta.numpy(), f"{prefix}.running_mean": layer.moving_mean.numpy(),
+                       f"{prefix}.running_var": layer.moving_variance.numpy()})
+            if layer.scale:
+                sd[f"{prefix}.weight"] = layer.gamma.numpy()
+        elif hasattr(layer, "alpha"):
+            sd[f"{prefix}.weight"] = layer.alpha.numpy().reshape(-1)
+        elif layer.name == "head_fc":  # Keras rows are H, W, C; insightface's C, H, W
+            k = layer.kernel.numpy().reshape(2, 2, 16, 16)
+            sd["fc.weight"] = k.transpose(3, 2, 0, 1).reshape(16, -1)
+            sd["fc.bias"] = layer.bias.numpy()
+        else:
+            sd[f"{prefix}.weight"] = layer.kernel.numpy().transpose(3, 2, 0, 1)
+    write_torch_state_dict(sd, tmp_path / "backbone.pth")
+    monkeypatch.setitem(MODELS, "tiny_pth", dict(MODELS["arcface_r50"], embedding_dim=16, input_size=(32, 32)))
+    got = np.asarray(load("tiny_pth", weights=tmp_path / "backbone.pth")(_x()))
+    np.testing.assert_allclose(got, _reference(backbone, _x()), rtol=1e-5, atol=1e-5)
+
+
+def _module_names():
+    names = ["conv1", "bn1", "prelu", "bn2", "fc", "features"]
+    for s in range(1, 5):
+        p = f"layer{s}.0"
+        names += [f"{p}.{m}" for m in ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3", "downsample.0", "downsample.1")]
+    return names
