@@ -362,7 +362,7 @@ def load_verification_set(source, image_size=(112, 112), **options) -> PairSet:
     Args:
         source: :class:`VerificationSource` or path to a ``.bin``.
         image_size: output ``(height, width)``.
-        **options: passed to the folder loader (e.g. ``crop=128`` for LFW folders).
+        **options: passed to the folder loader (e.g. ``crop=None`` for uncropped LFW images).
     """
     if not isinstance(source, VerificationSource):
         p = Path(source)

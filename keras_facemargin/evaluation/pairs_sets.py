@@ -8,8 +8,7 @@ LFW (View 2, http://vis-www.cs.umass.edu/lfw/, ``pairs.txt``)::
     <root>/images/<name>/<name>_NNNN.jpg  NNNN = 4-digit image number
 
 Pairs keep the file order; fold ``k`` is the ``k``-th block of 600 lines (the official
-10 folds). ``pairs.txt`` is parsed by :func:`keras_facemargin.data.lfw.parse_pairs` (a built-in
-parser of the same format is used only if that module is missing).
+10 folds). ``pairs.txt`` is parsed by :func:`keras_facemargin.data.lfw.load_lfw_pairs`.
 
 CFP (Sengupta et al., WACV 2016, ``cfp-dataset``)::
 
@@ -21,15 +20,15 @@ CFP (Sengupta et al., WACV 2016, ``cfp-dataset``)::
 Pairs are ordered fold 01..10, within a fold ``same.txt`` (350) then ``diff.txt`` (350);
 fold ids follow the ``Split`` folders (the official 10 folds).
 
-Images are loaded once per unique file, optionally centre-cropped (``crop`` pixels,
-square, around the image centre -- LFW deep-funneled faces are centred in 250x250,
-``crop=128`` keeps roughly the ArcFace 112 field of view) and resized to ``image_size``.
+Images are loaded once per unique file, optionally cropped (a centre square of ``crop``
+pixels or an ``(x0, y0, x1, y1)`` box; LFW defaults to ``data.lfw.LFW_CENTER_CROP_BOX``,
+the ArcFace-like field of view of deep-funneled 250x250 faces) and resized to ``image_size``.
 These are *not* 5-point aligned crops; use insightface's ``lfw.bin`` / ``cfp_fp.bin``
 for numbers comparable with published results.
 
 Example::
 
-    ps = load_lfw_folder("../shared/data/lfw", image_size=(112, 112), crop=128)
+    ps = load_lfw_folder("../shared/data/lfw", image_size=(112, 112))
     ps.num_pairs, ps.images.shape   # 6000, (7701, 112, 112, 3)
 """
 
@@ -44,30 +43,40 @@ import numpy as np
 
 from keras_facemargin.evaluation.bin_sets import PairSet, _check_image_size, _resize
 
-__all__ = ["parse_lfw_pairs", "load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
+__all__ = ["load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
 
 
 def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
-    """Read RGB images, centre-crop to ``crop`` x ``crop`` (if given), resize to ``image_size``.
+    """Read RGB images, crop (if given), resize to ``image_size``.
 
     Args:
         paths: image files.
         image_size: ``(H, W)`` or int; ``None`` keeps the (cropped) size (all must agree).
-        crop: side of the central square to keep, in pixels, or None.
+        crop: side of the central square to keep, an ``(x0, y0, x1, y1)`` pixel box, or None.
         num_threads: decoding threads (OpenCV releases the GIL).
 
     Returns:
         uint8 ``(len(paths), H, W, 3)``.
     """
     size = _check_image_size(image_size)
-    if crop is not None and (isinstance(crop, bool) or int(crop) <= 0):
-        raise ValueError(f"`crop` must be a positive number of pixels or None, got {crop!r}.")
+    box = None
+    if isinstance(crop, (tuple, list)):
+        box = tuple(int(v) for v in crop)
+        if len(box) != 4 or box[0] < 0 or box[1] < 0 or box[2] <= box[0] or box[3] <= box[1]:
+            raise ValueError(f"`crop` box must be (x0, y0, x1, y1) with x1 > x0 >= 0, y1 > y0 >= 0; got {crop!r}.")
+    elif crop is not None and (isinstance(crop, bool) or int(crop) <= 0):
+        raise ValueError(f"`crop` must be a positive number of pixels, a box or None, got {crop!r}.")
 
     def one(path):
         img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"could not read image {path}.")
-        if crop is not None:
+        if box is not None:
+            h, w = img.shape[:2]
+            if box[2] > w or box[3] > h:
+                raise ValueError(f"{path}: crop box {box} exceeds the image size {w}x{h}.")
+            img = img[box[1]:box[3], box[0]:box[2]]
+        elif crop is not None:
             c = int(crop)
             h, w = img.shape[:2]
             if c > min(h, w):
@@ -88,78 +97,19 @@ def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
 
 
 # ---------------------------------------------------------------------- LFW
-def _builtin_parse_lfw_pairs(path):
-    with open(path) as f:
-        lines = [ln.split() for ln in f if ln.strip()]
-    if not lines or len(lines[0]) != 2:
-        raise ValueError(f"{path}: first line must be '<num_folds> <pairs_per_class>', got {lines[:1]}.")
-    folds, per = int(lines[0][0]), int(lines[0][1])
-    body = lines[1:]
-    if len(body) != folds * 2 * per:
-        raise ValueError(f"{path}: expected {folds} x 2 x {per} = {folds * 2 * per} pair lines, got {len(body)}.")
-    pairs = []
-    for k in range(folds):
-        for j in range(2 * per):
-            t = body[k * 2 * per + j]
-            lineno = 2 + k * 2 * per + j
-            if j < per:
-                if len(t) != 3:
-                    raise ValueError(f"{path}:{lineno}: matched pair must be 'name i j', got {' '.join(t)!r}.")
-                pairs.append((t[0], int(t[1]), t[0], int(t[2]), True, k))
-            else:
-                if len(t) != 4:
-                    raise ValueError(f"{path}:{lineno}: mismatched pair must be 'name1 i name2 j', "
-                                     f"got {' '.join(t)!r}.")
-                pairs.append((t[0], int(t[1]), t[2], int(t[3]), False, k))
-    return pairs
-
-
-def parse_lfw_pairs(path):
-    """Parse an LFW ``pairs.txt`` (View 2 format).
-
-    Args:
-        path: the ``pairs.txt`` file.
-
-    Returns:
-        list of ``(name1, num1, name2, num2, is_same, fold)`` in file order (numbers 1-based).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LFW pairs file not found: {path}")
-    try:  # data.lfw is the package's reference parser; its errors (file:line) propagate
-        from keras_facemargin.data.lfw import parse_pairs as _parse_pairs
-    except ImportError:  # pragma: no cover - older checkouts without data.lfw
-        return _builtin_parse_lfw_pairs(path)
-    return _normalise_lfw_pairs(_parse_pairs(path), path)
-
-
-def _normalise_lfw_pairs(parsed, path):
-    """Accept data.lfw's result if it is a sequence of pair records we understand."""
-    out = []
-    items = list(parsed)
-    for rec in items:
-        if isinstance(rec, dict):
-            rec = (rec["name1"], rec["num1"], rec["name2"], rec["num2"], rec["is_same"], rec["fold"])
-        elif hasattr(rec, "_fields"):
-            d = rec._asdict()
-            rec = (d["name1"], d["num1"], d["name2"], d["num2"], d["is_same"], d["fold"])
-        n1, i1, n2, i2, same, fold = rec
-        out.append((str(n1), int(i1), str(n2), int(i2), bool(same), int(fold)))
-    if not out:
-        raise ValueError(f"{path}: no pairs.")
-    return out
-
-
-def load_lfw_folder(root, image_size=(112, 112), crop=128, num_threads=4, pairs_file="pairs.txt",
+def load_lfw_folder(root, image_size=(112, 112), crop="default", num_threads=4, pairs_file="pairs.txt",
                     images_dir="images") -> PairSet:
     """LFW View-2 pairs from ``<root>/pairs.txt`` and ``<root>/images`` as a :class:`PairSet`.
 
-    Each referenced image is read once; ``index_a``/``index_b`` point into the unique images.
+    ``pairs.txt`` is parsed by :func:`keras_facemargin.data.lfw.load_lfw_pairs` (errors name the
+    file and line; missing images are reported). Each referenced image is read once;
+    ``index_a``/``index_b`` point into the unique images.
 
     Args:
         root: the LFW folder.
         image_size: output ``(H, W)``.
-        crop: centre square (pixels) cut from the 250x250 image before resizing; None = whole image.
+        crop: ``"default"`` = :data:`keras_facemargin.data.lfw.LFW_CENTER_CROP_BOX` (ArcFace-like
+            geometry on deep-funneled 250x250 images), a centre-square side, a pixel box, or None.
         num_threads: decoding threads.
         pairs_file, images_dir: names inside ``root``.
 
@@ -170,27 +120,18 @@ def load_lfw_folder(root, image_size=(112, 112), crop=128, num_threads=4, pairs_
 
         ps = load_lfw_folder("../shared/data/lfw")
     """
-    root = Path(root)
-    pairs = parse_lfw_pairs(root / pairs_file)
-    img_root = root / images_dir
-    keys, index = {}, []
-    for n1, i1, n2, i2, _, _ in pairs:
-        row = []
-        for n, i in ((n1, i1), (n2, i2)):
-            p = img_root / n / f"{n}_{i:04d}.jpg"
-            if p not in keys:
-                keys[p] = len(keys)
-            row.append(keys[p])
-        index.append(row)
-    missing = [p for p in keys if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} images referenced by {root / pairs_file} are missing "
-                                f"(first: {missing[0]}).")
-    images = read_images(list(keys), image_size=image_size, crop=crop, num_threads=num_threads)
-    index = np.asarray(index, dtype=np.int64)
-    return PairSet(name="lfw", images=images, index_a=index[:, 0], index_b=index[:, 1],
-                   is_same=np.array([p[4] for p in pairs], bool),
-                   folds=np.array([p[5] for p in pairs], np.int64), source=str(root))
+    from keras_facemargin.data.lfw import LFW_CENTER_CROP_BOX, load_lfw_pairs
+
+    if isinstance(crop, str):
+        if crop != "default":
+            raise ValueError(f"`crop` must be 'default', a side, a box or None; got {crop!r}.")
+        crop = LFW_CENTER_CROP_BOX
+    pairs = load_lfw_pairs(root, pairs_file=pairs_file, images_dir=images_dir)
+    paths, index_a, index_b = pairs.unique_paths()
+    images = read_images(paths, image_size=image_size, crop=crop, num_threads=num_threads)
+    return PairSet(name="lfw", images=images, index_a=np.asarray(index_a, np.int64),
+                   index_b=np.asarray(index_b, np.int64), is_same=np.asarray(pairs.is_same, bool),
+                   folds=np.asarray(pairs.fold, np.int64), source=str(root))
 
 
 # ---------------------------------------------------------------------- CFP
