@@ -80,7 +80,7 @@ def train_and_evaluate(args, loss_spec, images, labels, counts):
         optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    callbacks = [kfm.callbacks.KappaUpdater()] if isinstance(head, kfm.layers.KappaMarginDense) else []
+    callbacks = kfm.callbacks.head_callbacks(model)
     start = time.time()
     history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2)
     train_seconds = time.time() - start

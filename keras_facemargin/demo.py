@@ -87,7 +87,7 @@ def run(args):
         name="demo_iresnet",
     )
     margin = args.margin if args.margin is not None else DEMO_MARGINS.get(args.loss)
-    extra = {"estimator": args.estimator} if args.loss == "kappaface" else {}
+    extra = {"estimator": args.estimator} if args.loss.startswith("kappaface") else {}
     head = build_head(
         args.loss, args.identities, class_counts=counts, num_samples=len(labels), scale=args.scale, margin=margin, **extra
     )
@@ -102,7 +102,7 @@ def run(args):
     pa, pb, same = faces.pair_images(pairs)
     before = kfm.evaluation.evaluate_pairs(model.embedder, pa, pb, same)
 
-    callbacks = [kfm.callbacks.KappaUpdater(verbose=0)] if args.loss == "kappaface" else []
+    callbacks = kfm.callbacks.head_callbacks(model)
     t_train = time.time()
     history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2)
     train_seconds = time.time() - t_train
@@ -114,7 +114,7 @@ def run(args):
     print(table)
     results = {
         "loss": args.loss,
-        "estimator": args.estimator if args.loss == "kappaface" else None,
+        "estimator": args.estimator if args.loss.startswith("kappaface") else None,
         "train_images": int(len(labels)),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - t_start, 1),

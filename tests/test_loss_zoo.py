@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import keras_facemargin as kfm
 from keras_facemargin import layers as L
-from keras_facemargin.callbacks_zoo import SphereFaceAnnealing
+from keras_facemargin.callbacks import SphereFaceAnnealing
 from numpy_reference import arcface_target, margin_logits
 from numpy_reference_zoo import (
     adaface_logits,

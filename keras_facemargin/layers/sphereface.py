@@ -46,7 +46,7 @@ class SphereMarginDense(CosineDense):
     Training the pure loss does not converge; the official code anneals it:
     target = `(lambda ||x|| cos(theta_y) + ||x|| psi(theta_y)) / (1 + lambda)`
     with lambda read from a non-trainable variable, which the
-    `keras_facemargin.callbacks_zoo.SphereFaceAnnealing` callback sets every
+    `keras_facemargin.callbacks.SphereFaceAnnealing` callback sets every
     batch (base 1000, gamma 0.12, power 1, lambda_min 5 in the official
     prototxt). `lambda_init=0` is the paper's pure A-Softmax.
 
