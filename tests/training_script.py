@@ -97,9 +97,14 @@ state.update({f"opt/{i:03d}/{v.path}": np.asarray(v.value) for i, v in enumerate
 for epoch, counts in probe.counts.items():
     state[f"counts/{epoch}"] = counts
 if args.mode != "multiworker":
+    # The labels each epoch's batches carry, distributed as `fit` distributes them (under
+    # MirroredStrategy the rewritten pipeline yields another, still deterministic, order).
+    strategy = trainer.strategy
     for epoch in range(config.epochs):
-        labels = np.concatenate([y.numpy() for _, y in trainer.dataset_fn(epoch)])
-        state[f"labels/{epoch}"] = labels
+        labels = []
+        for _, y in strategy.experimental_distribute_dataset(trainer.dataset_fn(epoch)):
+            labels += [t.numpy() for t in strategy.experimental_local_results(y)]
+        state[f"labels/{epoch}"] = np.concatenate(labels)
 os.makedirs(args.out, exist_ok=True)
 np.savez(os.path.join(args.out, f"state_{args.tag}.npz"), **state)
 ckpt = trainer.checkpoint.latest
