@@ -119,3 +119,12 @@ def test_export_tool_end_to_end(model, tmp_path, data_dir):
     bad = subprocess.run([sys.executable, "tools/export.py", "--model", str(path), "--format", "onnx",
                           "--quantize", "int8"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "applies to --format tflite only" in bad.stderr
+
+
+def test_onnx_grouped_convolution_mobilefacenet(images, tmp_path):
+    """MobileFaceNet's grouped conv (XLA-compiled in Keras' TF backend) exports to ONNX."""
+    backbone = kfm.backbones.MobileFaceNet(image_shape=(SIZE, SIZE, 3), width_multiplier=0.125,
+                                           blocks=(1, 1, 1, 1), embedding_dim=16)
+    run = export.ONNXEmbedder(export.export_onnx(backbone, tmp_path / "mbf.onnx"))
+    e = np.asarray(backbone(normalize_images(images), training=False), np.float64)
+    assert _min_cos(run(normalize_images(images)), e / np.linalg.norm(e, axis=1, keepdims=True)) >= 0.9999

@@ -6,12 +6,41 @@ symbolic ``batch`` dimension and returns ``embeddings`` (float32, L2-normalised)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["export_onnx", "ONNXEmbedder"]
+
+
+@contextlib.contextmanager
+def _ungrouped_convolutions():
+    """Trace grouped convolutions as split -> conv -> concat.
+
+    Keras' TensorFlow backend runs grouped convolutions (MobileFaceNet's `groups=64`) inside a
+    `tf.function(jit_compile=True)`, which tf2onnx cannot inline (`StatefulPartitionedCall`).
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    original = tf_nn.conv
+
+    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        groups = inputs.shape[-1] // kernel.shape[-2] if inputs.shape[-1] else 1
+        if data_format not in (None, "channels_last") or len(inputs.shape) != 4 or groups <= 1:
+            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+        xs = tf.split(inputs, groups, axis=-1)
+        ks = tf.split(kernel, groups, axis=-1)
+        outs = [tf.nn.convolution(x, k, strides, padding.upper(), dilations=dilation_rate) for x, k in zip(xs, ks)]
+        return tf.concat(outs, axis=-1)
+
+    tf_nn.conv = conv
+    try:
+        yield
+    finally:
+        tf_nn.conv = original
 
 
 def export_onnx(model, path, opset=17):
@@ -47,7 +76,8 @@ def export_onnx(model, path, opset=17):
     def serve(images):
         return {"embeddings": tf.cast(embedder(images, training=False), tf.float32)}
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=int(opset))
+    with _ungrouped_convolutions():
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=int(opset))
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         dim.ClearField("dim_value")
