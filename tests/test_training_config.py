@@ -45,7 +45,7 @@ def test_frozen_and_replace():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("loss", "softmax"), ("backbone", "vgg"), ("batch_size", 0), ("epochs", -1), ("lr_steps", (18, 10)),
+    [("loss", "no_such_loss"), ("backbone", "vgg"), ("batch_size", 0), ("epochs", -1), ("lr_steps", (18, 10)),
      ("lr", 0.0), ("estimator", "bank"), ("buffer_dtype", "int8"), ("save_every_steps", -5), ("name", "a/b")],
 )
 def test_bad_field_names_the_field(field, value):
@@ -96,8 +96,9 @@ def test_head_registry_uses_paper_margins():
     kappa = build_head("kappaface", 3, class_counts=[1, 2, 3], num_samples=6, gamma=0.5)
     assert isinstance(kappa, layers.KappaMarginDense) and (kappa.margin, kappa.gamma) == (0.8, 0.5)
     assert type(build_head("normsoftmax", 4)) is layers.CosineDense
+    assert type(build_head("softmax", 4)) is layers.SoftmaxDense
     with pytest.raises(ValueError, match="loss"):
-        build_head("softmax", 4)
+        build_head("no_such_loss", 4)
     with pytest.raises(ValueError, match="margin"):
         build_head("normsoftmax", 4, margin=0.2)
 

@@ -17,7 +17,7 @@ from keras_facemargin.training.callbacks import (  # noqa: F401
 )
 from keras_facemargin.training.config import EXPERIMENTS, LOSSES, TrainConfig, get_experiment  # noqa: F401
 from keras_facemargin.training.custom_loop import CustomLoop  # noqa: F401
-from keras_facemargin.training.heads import DEFAULT_MARGINS, build_head  # noqa: F401
+from keras_facemargin.training.heads import build_head  # noqa: F401
 from keras_facemargin.training.schedules import EpochStepDecay, scaled_lr  # noqa: F401
 from keras_facemargin.training.strategy import get_strategy, is_chief, task_info  # noqa: F401
 from keras_facemargin.training.trainer import Trainer, epoch_seed, prepare_data, run  # noqa: F401

@@ -17,7 +17,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-LOSSES = ("kappaface", "arcface", "cosface", "combined", "normsoftmax")
+def _loss_names():
+    from keras_facemargin.layers.registry import head_names
+
+    return tuple(head_names())
+
+
+LOSSES = _loss_names()
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
 BUFFER_DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "mixed_float16")
