@@ -5,7 +5,6 @@ import math
 import keras
 from keras import ops
 
-from keras_facemargin.layers.cosine_dense import CosineDense
 
 
 def safe_norm(x, axis=-1):
@@ -28,21 +27,3 @@ def check_finite(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number. Received: {name}={value!r}")
     return float(value)
-
-
-def logits_from_cosine(head, cos, labels, embeddings, training):
-    """The head's training logits computed from a given cosine matrix.
-
-    Heads of the zoo that override `call` expose `logits_from_cosine`; the
-    plain `CosineDense` family (ArcFace, CosFace, combined, Norm-Softmax, ...)
-    is fully described by `target_logit` and `apply_margin`.
-    """
-    own = getattr(head, "logits_from_cosine", None)
-    if own is not None:
-        return own(cos, labels, embeddings, training)
-    if type(head).call is CosineDense.call:
-        return head.apply_margin(cos, labels, head.target_logit(target_cosine(cos, labels), labels))
-    raise ValueError(
-        f"{type(head).__name__} computes its logits in its own `call`; it cannot be evaluated "
-        "on a given cosine matrix (e.g. wrapped by SubFaceDense)."
-    )

@@ -31,14 +31,6 @@ class IntraLossDense(CosineDense):
         super().__init__(num_classes, scale=scale, **kwargs)
         self.weight = _check_nonnegative("weight", weight)
 
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
-
     def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
         cos_y, _ = clipped_cos_sin(zc.target_cosine(cos, labels))
         zc.add_loss_if_concrete(self, self.weight * ops.mean(ops.arccos(cos_y)) / math.pi)
@@ -71,14 +63,6 @@ class InterLossDense(CosineDense):
     def __init__(self, num_classes, scale=64.0, weight=1.0, **kwargs):
         super().__init__(num_classes, scale=scale, **kwargs)
         self.weight = _check_nonnegative("weight", weight)
-
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
 
     def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
         w = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0, epsilon=1e-12)

@@ -57,14 +57,6 @@ class AdaMarginDense(CosineDense):
         self.batch_mean = self.add_weight(name="batch_mean", initializer=keras.initializers.Constant(20.0), **kw)
         self.batch_std = self.add_weight(name="batch_std", initializer=keras.initializers.Constant(100.0), **kw)
 
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
-
     def logits_from_cosine(self, cos, labels, embeddings, training=None):
         eps = self.EPS
         norms = ops.stop_gradient(ops.clip(zc.safe_norm(ops.cast(embeddings, self.compute_dtype)), 0.001, 100.0))

@@ -125,14 +125,27 @@ class CosineDense(keras.layers.Layer):
         cos_y = ops.sum(cos * one_hot, axis=-1)
         return self.scale * (cos + one_hot * ops.expand_dims(cos_y_new - cos_y, -1))
 
+    def inference_logits(self, embeddings, cos):
+        """Logits without labels: `s * cos(theta_j)` (SphereFace uses ||x|| instead of s)."""
+        return self.scale * cos
+
+    def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
+        """Training logits from a cosine matrix; the extension point of the heads.
+
+        Heads that only change the target cosine override `target_logit`; heads
+        that change more (negatives, feature norms, extra losses) override this.
+        `SubFaceDense` calls it with cosines computed on a feature subspace.
+        """
+        cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
+        return self.apply_margin(cos, labels, self.target_logit(cos_y, labels))
+
     def call(self, inputs, training=None):
         embeddings, labels, _ = self._split_inputs(inputs)
         cos = self.cosine(embeddings)
         if labels is None:
-            return self.scale * cos
+            return self.inference_logits(embeddings, cos)
         labels = self._prepare_labels(labels, cos)
-        cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
-        return self.apply_margin(cos, labels, self.target_logit(cos_y, labels))
+        return self.logits_from_cosine(cos, labels, embeddings, training)
 
     def compute_output_shape(self, input_shape):
         shape = self._embedding_shape(input_shape)

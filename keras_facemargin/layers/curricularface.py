@@ -53,14 +53,6 @@ class CurricularMarginDense(CosineDense):
             name="t", shape=(), initializer="zeros", trainable=False, aggregation="only_first_replica"
         )
 
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
-
     def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
         cos_y = zc.target_cosine(cos, labels)
         cos_c, sin = clipped_cos_sin(cos_y)

@@ -88,14 +88,6 @@ class MagMarginDense(CosineDense):
         """g(a) = 1/a + a/u_a^2 (eq. 4), per sample."""
         return 1.0 / magnitude + magnitude / self.upper_norm**2
 
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
-
     def logits_from_cosine(self, cos, labels, embeddings, training=None):
         a = self.magnitude(embeddings)
         target = arc_target(zc.target_cosine(cos, labels), self.margins(a), self.easy_margin)

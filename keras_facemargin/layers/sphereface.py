@@ -86,13 +86,8 @@ class SphereMarginDense(CosineDense):
             return self.scale
         return ops.expand_dims(zc.safe_norm(ops.cast(embeddings, self.compute_dtype)), -1)
 
-    def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self._radius(embeddings) * cos
-        labels = self._prepare_labels(labels, cos)
-        return self.logits_from_cosine(cos, labels, embeddings, training)
+    def inference_logits(self, embeddings, cos):
+        return self._radius(embeddings) * cos
 
     def logits_from_cosine(self, cos, labels, embeddings, training=None):
         cos_y = zc.target_cosine(cos, labels)

@@ -97,7 +97,7 @@ class SubFaceDense(keras.layers.Layer):
         x = ops.normalize(x, axis=-1, epsilon=1e-12)
         w = ops.normalize(w, axis=0, epsilon=1e-12)
         cos = ops.clip(ops.matmul(x, w), -1.0, 1.0)
-        return zc.logits_from_cosine(head, cos, labels, embeddings, training)
+        return head.logits_from_cosine(cos, labels, embeddings, training)
 
     def call(self, inputs, training=None):
         embeddings, labels, _ = CosineDense._split_inputs(inputs)
