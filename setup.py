@@ -11,11 +11,12 @@ VERSION = re.search(
 
 EXTRAS = {
     "gpu": ["tensorflow[and-cuda]>=2.16"],
-    "onnx": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
+    "onnx": ["tf2onnx>=1.17", "onnx>=1.15", "onnxruntime>=1.17"],
     "tflite": ["ai-edge-litert>=1.0"],
     # 5-point face detection with the weights inside the wheel (no download at run time).
     "align": ["mtcnn==1.0.0"],
     "plots": ["matplotlib>=3.5"],
+    "tensorboard": ["tensorboard>=2.16"],
 }
 # The tests exercise every optional route, so they need every extra but the GPU one.
 EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3"] + [
