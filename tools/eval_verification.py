@@ -3,7 +3,7 @@
 Usage::
 
     python tools/eval_verification.py --model model.keras --data faces_emore [--sets lfw,cfp_fp]
-        [--no-flip] [--batch-size 64] [--image-size 112] [--lfw-crop 128] [--roc roc.png] [--json out.json]
+        [--no-flip] [--batch-size 64] [--image-size 112] [--lfw-crop PX] [--roc roc.png] [--json out.json]
 
 Prints ``format_table`` (accuracy mean +- std over 10 folds, mean threshold, AUC, TAR@FAR 1e-3 and 1e-2).
 """
@@ -27,7 +27,8 @@ def main(argv=None):
     ap.add_argument("--no-flip", action="store_true", help="disable the flip test")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
-    ap.add_argument("--lfw-crop", type=int, default=128, help="centre crop (px) for LFW image folders")
+    ap.add_argument("--lfw-crop", type=int, default=None,
+                    help="centre-square crop (px) for LFW image folders; default: data.lfw.LFW_CENTER_CROP_BOX")
     ap.add_argument("--roc", default=None, help="write the ROC curves of all sets to this PNG")
     ap.add_argument("--json", default=None, help="write all results to this JSON file")
     args = ap.parse_args(argv)
@@ -43,7 +44,8 @@ def main(argv=None):
         _resolve_sources(args.data, args.sets)  # "nothing found" errors before loading the model
         if os.path.isdir(args.data):
             found = find_verification_sets(args.data)
-            opts = {n: {"crop": args.lfw_crop} for n, s in found.items() if s.kind == "lfw_folder"}
+            opts = {n: {"crop": args.lfw_crop} for n, s in found.items()
+                    if s.kind == "lfw_folder" and args.lfw_crop is not None}
         else:
             opts = {}
         model = keras.saving.load_model(args.model, compile=False)
