@@ -6,7 +6,11 @@ Public API::
     kfm.layers.ArcMarginDense, kfm.layers.KappaMarginDense, ...
     kfm.backbones.IResNet, kfm.backbones.MobileFaceNet, kfm.backbones.KerasApplicationBackbone
     kfm.FaceRecognizer, kfm.callbacks.KappaUpdater
-    kfm.data.synthetic, kfm.evaluation.verification
+    kfm.data (synthetic faces, RecordIO / folder / TFRecord pipelines, alignment, LFW, CelebA)
+    kfm.evaluation (pair verification, .bin sets, IJB-B/C, MegaFace)
+    kfm.training (the paper recipe, resumable and multi-worker training)
+    kfm.export (SavedModel / TFLite / ONNX with parity checks)
+    kfm.load(name), kfm.list_models()
 """
 
 __version__ = "0.1.0"
@@ -19,6 +23,8 @@ from keras_facemargin import backbones  # noqa: E402,F401
 from keras_facemargin import callbacks  # noqa: E402,F401
 from keras_facemargin import data  # noqa: E402,F401
 from keras_facemargin import evaluation  # noqa: E402,F401
+from keras_facemargin import export  # noqa: E402,F401
 from keras_facemargin import layers  # noqa: E402,F401
+from keras_facemargin import training  # noqa: E402,F401
 from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
 from keras_facemargin.pretrained import list_models, load  # noqa: E402,F401
