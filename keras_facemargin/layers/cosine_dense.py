@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_facemargin.layers import _state
@@ -22,6 +23,23 @@ def _check_nonnegative(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative finite number. Received: {name}={value!r}")
     return float(value)
+
+
+def _check_class_counts(class_counts, num_classes):
+    """`class_counts` as int64, checked: 1-D, length `num_classes`, all > 0."""
+    counts = np.asarray(class_counts)
+    if counts.ndim != 1 or counts.shape[0] != num_classes:
+        raise ValueError(
+            f"`class_counts` must be a 1-D sequence of length num_classes={num_classes}. "
+            f"Received shape: {counts.shape}"
+        )
+    if not np.all(np.isfinite(counts.astype(float))) or np.any(counts <= 0):
+        bad = np.flatnonzero(~(counts > 0))[:5].tolist()
+        raise ValueError(
+            "`class_counts` must be positive (every class needs at least one training image); "
+            f"classes {bad} have a count <= 0."
+        )
+    return counts.astype("int64")
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")

@@ -7,6 +7,7 @@ from keras import ops
 from keras_facemargin.layers import _state, kappa_math
 from keras_facemargin.layers.cosine_dense import (
     CosineDense,
+    _check_class_counts,
     _check_nonnegative,
     _check_positive,
     arc_target,
@@ -101,19 +102,7 @@ class KappaMarginDense(CosineDense):
         **kwargs,
     ):
         super().__init__(num_classes, scale=scale, **kwargs)
-        counts = np.asarray(class_counts)
-        if counts.ndim != 1 or counts.shape[0] != num_classes:
-            raise ValueError(
-                f"`class_counts` must be a 1-D sequence of length num_classes={num_classes}. "
-                f"Received shape: {counts.shape}"
-            )
-        if not np.all(np.isfinite(counts.astype(float))) or np.any(counts <= 0):
-            bad = np.flatnonzero(~(counts > 0))[:5].tolist()
-            raise ValueError(
-                "`class_counts` must be positive (every class needs at least one training image); "
-                f"classes {bad} have a count <= 0."
-            )
-        self.class_counts = counts.astype("int64")
+        self.class_counts = _check_class_counts(class_counts, num_classes)
         self.margin = _check_nonnegative("margin", margin)
         self.temperature = _check_positive("temperature", temperature)
         self.gamma = _check_fraction("gamma", gamma, closed_right=True)

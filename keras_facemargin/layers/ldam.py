@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_positive
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_class_counts, _check_positive
 
 
 def ldam_margins(class_counts, max_margin=0.5):
@@ -36,15 +36,7 @@ class LDAMDense(CosineDense):
 
     def __init__(self, num_classes, class_counts, scale=30.0, max_margin=0.5, **kwargs):
         super().__init__(num_classes, scale=scale, **kwargs)
-        counts = np.asarray(class_counts)
-        if counts.ndim != 1 or counts.shape[0] != num_classes:
-            raise ValueError(
-                f"`class_counts` must be a 1-D sequence of length num_classes={num_classes}. "
-                f"Received shape: {counts.shape}"
-            )
-        if not np.all(np.isfinite(counts.astype(float))) or np.any(counts <= 0):
-            raise ValueError("`class_counts` must be positive (every class needs at least one training image).")
-        self.class_counts = counts.astype("int64")
+        self.class_counts = _check_class_counts(class_counts, num_classes)
         self.max_margin = _check_positive("max_margin", max_margin)
         self.class_margins = ldam_margins(self.class_counts, self.max_margin).astype("float32")
 
