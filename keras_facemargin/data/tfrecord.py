@@ -196,6 +196,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=int(seed), reshuffle_each_iteration=True)
 
+    @tf.autograph.experimental.do_not_convert
     def _read(f, n):
         return tf.data.TFRecordDataset(f).take(n)
 
@@ -207,6 +208,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     if shard_spec is not None and not by_file:
         records = records.shard(*shard_spec)
 
+    @tf.autograph.experimental.do_not_convert
     def _parse(serialized):
         ex = tf.io.parse_single_example(serialized, FEATURES)
         lab = tf.cast(ex["image/label"], tf.int32)
