@@ -666,3 +666,19 @@ def test_iresnet_matches_insightface_numpy_reference():
     actual = keras.ops.convert_to_numpy(model(x, training=False))
     assert 0.1 < np.abs(expected).mean() < 100  # well-conditioned values
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_ch, groups, filters, strides", [(8, 4, 12, 1), (8, 2, 4, 2), (8, 8, 8, 1), (6, 1, 4, 1)])
+def test_grouped_conv_matches_keras_conv2d_groups(in_ch, groups, filters, strides):
+    """MobileFaceNet's grouped conv (via depthwise) equals Conv2D(groups=...) with the same kernel."""
+    from keras_facemargin.backbones.mobilefacenet import GroupedConv2D
+
+    x = np.random.default_rng(0).standard_normal((2, 9, 9, in_ch)).astype("float32")
+    ref = keras.layers.Conv2D(filters, 3, strides=strides, groups=groups, use_bias=False)
+    expected = keras.ops.convert_to_numpy(ref(x))
+    layer = GroupedConv2D(filters, 3, strides=strides, groups=groups)
+    layer.build(x.shape)
+    assert tuple(layer.kernel.shape) == tuple(ref.kernel.shape)
+    layer.kernel.assign(ref.kernel.numpy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, atol=1e-5)
+    assert layer.compute_output_shape(x.shape) == expected.shape
