@@ -217,3 +217,92 @@ def test_extract_features_aligns_and_flips(tmp_path):
     with pytest.raises(FileNotFoundError, match="loose_crop"):
         (tmp_path / "loose_crop" / meta.names[0]).unlink()
         extract_ijb_features(fn, tmp_path, meta, progress=False)
+
+
+def _brute_scores(F, ids, p1, p2):
+    row = {int(t): i for i, t in enumerate(ids)}
+    F64 = F.astype(np.float64)
+    return np.array([F64[row[int(a)]] @ F64[row[int(b)]] for a, b in zip(p1, p2)])
+
+
+@pytest.mark.parametrize("seed,T,d,n,block", [(0, 5, 3, 50, 1 << 20), (1, 60, 16, 3000, 4 * 16 * 4),
+                                              (2, 200, 8, 500, 1 << 10), (3, 257, 32, 20000, 1 << 20)])
+def test_verify_gemm_equals_gather_and_bruteforce(seed, T, d, n, block):
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((T, d)).astype(np.float32)
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    ids = rng.permutation(np.arange(3, 3 + 7 * T))[:T]  # not sorted, gaps
+    p1, p2 = ids[rng.integers(0, T, n)], ids[rng.integers(0, T, n)]
+    p1[:10], p2[:10] = ids[0], ids[1]          # repeated pairs
+    p1[10:15], p2[10:15] = ids[1], ids[0]      # and swapped
+    p1[15:20] = p2[15:20] = ids[2]              # self pairs
+    perm = rng.permutation(n)                   # random order
+    p1, p2 = p1[perm], p2[perm]
+    ref = _brute_scores(F, ids, p1, p2)
+    g = verify_templates(F, ids, p1, p2, method="gemm", max_block_bytes=block)
+    h = verify_templates(F, ids, p1, p2, method="gather", chunk=97, num_threads=2)
+    assert g.dtype == h.dtype == np.float32 and g.shape == (n,)
+    np.testing.assert_allclose(g, ref, atol=1e-5)
+    np.testing.assert_allclose(h, ref, atol=1e-5)
+    np.testing.assert_allclose(g, h, atol=1e-5)
+    np.testing.assert_array_equal(verify_templates(F, ids, p1, p2, method="gather"), h)
+    # huge sparse id range -> searchsorted mapping instead of a lookup table
+    big = ids * 10_000_019
+    np.testing.assert_array_equal(verify_templates(F, big, p1 * 10_000_019, p2 * 10_000_019, method="gemm",
+                                                   max_block_bytes=block), g)
+
+
+def test_verify_gemm_sparse_structure_and_float64():
+    rng = np.random.default_rng(4)
+    T, d = 300, 12
+    F = rng.standard_normal((T, d))  # float64 stays float64
+    ids = np.arange(T) * 3 + 1
+    # bipartite pairs between every 5th template and a scattered subset (non-contiguous columns)
+    A, B = ids[::5], ids[rng.permutation(T)[:40]]
+    p1, p2 = np.repeat(A, B.size), np.tile(B, A.size)
+    g = verify_templates(F, ids, p1, p2, method="gemm", max_block_bytes=1 << 9)
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, _brute_scores(F, ids, p1, p2), atol=1e-12)
+    np.testing.assert_allclose(verify_templates(F, ids, p2, p1, method="gather"), g, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["gemm", "gather", "auto"])
+def test_verify_missing_id_and_empty(method):
+    F = np.eye(3, dtype=np.float32)
+    ids = np.array([30, 10, 20])
+    with pytest.raises(ValueError, match=r"1 template ids in `p1` have no template feature \(first: \[777\]\)"):
+        verify_templates(F, ids, [10, 777, 20], [20, 10, 30], method=method)
+    with pytest.raises(ValueError, match=r"`p2` have no template feature \(first: \[-4, 99\]\)"):
+        verify_templates(F, ids * 10**9, [10 * 10**9] * 3, [99, -4, 99], method=method)
+    assert verify_templates(F, ids, [], [], method=method).shape == (0,)
+    with pytest.raises(ValueError, match="`method`"):
+        verify_templates(F, ids, [10], [20], method="fast")
+
+
+def test_verify_auto_picks_gemm_when_dense_gather_when_sparse(monkeypatch):
+    import keras_facemargin.evaluation.ijb as ijb
+
+    calls = []
+    real_gemm, real_gather = ijb._scores_gemm, ijb._scores_gather
+    monkeypatch.setattr(ijb, "_scores_gemm", lambda *a, **k: (calls.append("gemm"), real_gemm(*a, **k))[1])
+    monkeypatch.setattr(ijb, "_scores_gather", lambda *a, **k: (calls.append("gather"), real_gather(*a, **k))[1])
+    rng = np.random.default_rng(5)
+    d = 64
+    dense_T, sparse_T = 200, 5000
+    F = rng.standard_normal((sparse_T, d)).astype(np.float32)
+    F /= np.linalg.norm(F, axis=1, keepdims=True)
+    ids = np.arange(sparse_T)
+    # dense: 20,000 pairs over 200 templates (50% of all template pairs)
+    p1, p2 = rng.integers(0, dense_T, 20000), rng.integers(0, dense_T, 20000)
+    s = verify_templates(F, ids, p1, p2)
+    assert calls == ["gemm"]
+    np.testing.assert_allclose(s, verify_templates(F, ids, p1, p2, method="gather"), atol=1e-5)
+    # sparse: 20,000 pairs over 5,000 templates (0.08%)
+    calls.clear()
+    q1, q2 = rng.integers(0, sparse_T, 20000), rng.integers(0, sparse_T, 20000)
+    verify_templates(F, ids, q1, q2)
+    assert calls == ["gather"]
+    c = ijb.verify_cost(15_658_489, 512, 23_124 ** 2 // 2)  # IJB-C 1:1 shape
+    assert c["gemm"] < c["gather"]
+    c = ijb.verify_cost(15_658_489, 512, 227_630 ** 2 // 2)  # same pairs over 227k templates
+    assert c["gemm"] > c["gather"]
