@@ -101,7 +101,7 @@ def train_and_evaluate(args, loss_spec, images, labels, counts):
     )
     callbacks = kfm.callbacks.head_callbacks(model)
     start = time.time()
-    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2)
+    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2, shuffle=False)
     train_seconds = time.time() - start
     result = lfw_verification(model.embedder, Path(args.data) / "lfw", image_size=args.image_size, progress=False)
     return {

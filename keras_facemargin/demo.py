@@ -104,7 +104,7 @@ def run(args):
 
     callbacks = kfm.callbacks.head_callbacks(model)
     t_train = time.time()
-    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2)
+    history = model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=2, shuffle=False)
     train_seconds = time.time() - t_train
 
     after = kfm.evaluation.evaluate_pairs(model.embedder, pa, pb, same)
