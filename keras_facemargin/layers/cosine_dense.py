@@ -138,10 +138,14 @@ class CosineDense(keras.layers.Layer):
         return _state.check_labels_in_range(labels, self.num_classes)
 
     def apply_margin(self, cos, labels, cos_y_new):
-        """Replace the target column of `cos` by `cos_y_new`, then scale."""
-        one_hot = ops.one_hot(labels, self.num_classes, dtype=cos.dtype)
-        cos_y = ops.sum(cos * one_hot, axis=-1)
-        return self.scale * (cos + one_hot * ops.expand_dims(cos_y_new - cos_y, -1))
+        """Replace the target column of `cos` by `cos_y_new`, then scale.
+
+        A scatter of B values instead of a (B, C) one-hot blend: at 85k classes
+        the one-hot formulation costs three extra passes over the logits.
+        """
+        rows = ops.arange(ops.shape(labels)[0], dtype=labels.dtype)
+        indices = ops.stack([rows, labels], axis=1)
+        return self.scale * ops.scatter_update(cos, indices, ops.cast(cos_y_new, cos.dtype))
 
     def inference_logits(self, embeddings, cos):
         """Logits without labels: `s * cos(theta_j)` (SphereFace uses ||x|| instead of s)."""
