@@ -247,3 +247,37 @@ def test_bad_inputs_name_the_problem(tmp_path):
         convert.iresnet_from_state_dict(sd)
     with pytest.raises(ValueError, match="MobileFaceNet"):
         convert.iresnet_config_from_state_dict({"layers.0.layers.0.weight": np.zeros((1, 1, 1, 1))})
+
+
+@pytest.mark.parametrize("offset, size, stride, match", [
+    (0, (64,), (1,), "reaches element 63 of a storage of 4 elements"),  # oversized: would read heap memory
+    (-1, (4,), (1,), "offset -1"),
+    (0, (2, 2), (8, 1), "reaches element 9"),  # stride past the end
+    (0, (4,), (-1,), "negative"),
+    (4, (), (), "reaches element 4"),  # scalar past the end
+])
+def test_pth_reader_refuses_out_of_bounds_tensor_views(tmp_path, offset, size, stride, match):
+    """A crafted .pth whose tensor view reaches outside its storage is refused, naming the file."""
+    import io
+    import pickle
+    import zipfile
+
+    good = tmp_path / "good.pth"
+    convert.write_torch_state_dict({"w": np.arange(4, dtype="float32")}, good)
+    np.testing.assert_array_equal(convert.read_torch_state_dict(good)["w"], np.arange(4))
+
+    class Crafted:  # the module's own tensor reference with a patched view
+        def __reduce__(self):
+            pid = ("storage", convert._FloatStorageRef, "0", "cpu", 4)
+            return (convert._rebuild_tensor_v2, (convert._Persistent(pid), offset, size, stride, False,
+                                                 __import__("collections").OrderedDict()))
+
+    buf = io.BytesIO()
+    convert._TorchPickler(buf, protocol=2).dump({"w": Crafted()})
+    bad = tmp_path / "crafted.pth"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, buf.getvalue() if name.endswith("data.pkl") else src.read(name))
+    with pytest.raises(pickle.UnpicklingError, match=match) as info:
+        convert.read_torch_state_dict(bad)
+    assert "crafted.pth" in str(info.value)

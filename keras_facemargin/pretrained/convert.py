@@ -15,7 +15,8 @@ with the one-to-one mapping documented in ``backbones/iresnet.py``:
 `read_torch_state_dict` reads a ``torch.save`` zip file (``backbone.pth``) *without torch*: a
 restricted unpickler admits only ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``
 / ``_rebuild_parameter`` and the ``torch.*Storage`` type markers, and maps storages to NumPy
-arrays from the zip's data files. Nothing else in the pickle can run.
+arrays from the zip's data files. Nothing else in the pickle can run, and a tensor whose
+size/stride/offset would reach outside its storage is refused.
 
 `onnx_to_state_dict` reads an IResNet ONNX graph exported from PyTorch (e.g. insightface's
 ``w600k_r50.onnx``): it walks the weighted nodes (Conv, BatchNormalization, PRelu, Gemm/MatMul)
@@ -61,9 +62,40 @@ class _StorageType:
         self.name = name
 
 
+def _as_index_tuple(values, what):
+    if not isinstance(values, (tuple, list)):
+        raise pickle.UnpicklingError(f"tensor {what} is a {type(values).__name__}, not a tuple.")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise pickle.UnpicklingError(f"tensor {what} {tuple(values)!r} holds a non-integer {v!r}.")
+        if v < 0:
+            raise pickle.UnpicklingError(f"tensor {what} {tuple(values)!r} is negative.")
+        out.append(int(v))
+    return tuple(out)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    """Tensor view of a storage, refusing any view that would reach outside the storage.
+
+    ``size``/``stride``/``storage_offset`` come from the (untrusted) pickle and go to
+    ``as_strided``, which does no bounds checking: they are validated first.
+    """
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}, not a storage.")
+    if isinstance(storage_offset, bool) or not isinstance(storage_offset, (int, np.integer)) or storage_offset < 0:
+        raise pickle.UnpicklingError(f"tensor storage offset {storage_offset!r} is not an integer >= 0.")
+    storage_offset = int(storage_offset)
+    size, stride = _as_index_tuple(size, "size"), _as_index_tuple(stride, "stride")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} differ in length.")
+    if all(n > 0 for n in size):  # a non-empty view: its last element must lie in the storage
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.size:
+            raise pickle.UnpicklingError(
+                f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {last} "
+                f"of a storage of {storage.size} elements (corrupt or crafted file).")
     if not size:
         return np.array(storage[storage_offset])
     view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
@@ -85,7 +117,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor_v2
+            return self._rebuild_tensor_v2
         if (module, name) == ("torch._utils", "_rebuild_parameter"):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -93,6 +125,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(
             f"{self._source}: refusing to load {module}.{name}; only plain tensor state dicts "
             "(OrderedDict of tensors) are read without torch.")
+
+    def _rebuild_tensor_v2(self, *args, **kwargs):
+        try:
+            return _rebuild_tensor_v2(*args, **kwargs)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{self._source}: {e}") from None
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -127,8 +165,9 @@ def read_torch_state_dict(path):
         ``dict`` name -> NumPy array (float32 for float16/bfloat16 tensors).
 
     Raises:
-        ValueError: not a torch zip file (e.g. the legacy pre-1.6 format), or the pickle
-            references anything besides tensors and dicts (never executed).
+        ValueError: not a torch zip file (e.g. the legacy pre-1.6 format).
+        pickle.UnpicklingError: the pickle references anything besides tensors and dicts (never
+            executed), or a tensor's size/stride/offset reaches outside its storage (names the file).
 
     Example::
 
