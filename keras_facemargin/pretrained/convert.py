@@ -323,7 +323,7 @@ def onnx_to_state_dict(model):
         source = str(model)
         if not Path(source).is_file():
             raise FileNotFoundError(f"ONNX model not found: {source}")
-        model = onnx.load(source)
+        model = onnx.load(source, load_external_data=False)  # IResNets are < 2 GB
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in graph.initializer}
     for node in graph.node:  # Constant nodes holding weights
