@@ -333,3 +333,68 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "s" / "property").write_text("five,16,16")
     with pytest.raises(ValueError, match="property"):
         RecordIOReader(tmp_path / "s")
+
+
+def test_headerless_set_keeps_image_at_key_0(tmp_path):
+    """im2rec without a header: key 0 is an ordinary image record (flag 0) and must be read."""
+    d = tmp_path / "h0"
+    d.mkdir()
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = [2, 0, 1]
+    lines = []
+    with open(d / "train.rec", "wb") as f:
+        for key in range(3):
+            lines.append(f"{key}\t{f.tell()}")
+            f.write(_frame(_ir(0, float(labels[key]), key) + _encode(images[key], ".png")))
+    (d / "train.idx").write_text("\n".join(lines) + "\n")
+    r = RecordIOReader(d)
+    np.testing.assert_array_equal(r.keys, [0, 1, 2])
+    assert r.num_images == 3 and r.num_classes == 3
+    np.testing.assert_array_equal(r.labels, labels)
+    assert r.read(0)[0] == 2
+    got = collect(plain(d))
+    assert sorted(got) == [0, 1, 2]
+    for i, (im, lab) in got.items():
+        np.testing.assert_array_equal(im, images[i])
+        assert lab == labels[i]
+
+
+def test_multipart_record_label_beyond_int32_is_bad(tmp_path):
+    """The Python (multi-part) parser applies scan()'s < 2**31 label bound too."""
+    img = np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    png = _encode(img, ".png")
+    head = _ir(0, float(2**31), 2)
+    pad = b"\0" * (-(len(head) + len(png)) % 4)
+    parts = _frame(head + png + pad, cflag=1) + _frame(b"tail", cflag=3)
+    write_reference(tmp_path / "s", [0, 1, 1], header=False, records={2: parts})
+    (tmp_path / "s" / "property").unlink()  # no class count: only the int32 bound applies
+    r = RecordIOReader(tmp_path / "s")
+    with pytest.raises(BadRecordError, match="2147483648"):
+        r.read(2)
+    sc = r.scan()
+    assert sc["valid"].tolist() == [True, False, True]
+    assert sc["labels"].tolist() == [0, -1, 1] and len(sc["bad"]) == 1
+
+
+def test_failed_open_closes_file_and_map(tmp_path, monkeypatch):
+    """A malformed .idx / property / header record does not leak the .rec handle."""
+    from keras_facemargin.data import recordio
+
+    opened = []
+
+    def tracking_open(*args, **kwargs):
+        f = open(*args, **kwargs)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(recordio, "open", tracking_open, raising=False)
+    write_reference(tmp_path / "s", LABELS)
+    (tmp_path / "s" / "property").write_text("five,16,16")
+    with pytest.raises(ValueError, match="property"):
+        RecordIOReader(tmp_path / "s")
+    (tmp_path / "s" / "property").write_text("5,16,16")
+    (tmp_path / "s" / "train.idx").write_text("0\tx\n")
+    with pytest.raises(ValueError, match="index file"):
+        RecordIOReader(tmp_path / "s")
+    assert len(opened) == 2 and all(f.closed for f in opened)

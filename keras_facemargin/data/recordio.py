@@ -297,11 +297,19 @@ class RecordIOReader:
         if self.file_size == 0:
             self._file.close()
             raise ValueError(f"RecordIO file {self.rec_path} is empty.")
-        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        self._buf = np.frombuffer(self._mm, np.uint8)
-        self._read_idx()
-        self._read_property()
-        self._read_layout()
+        self._mm = None
+        try:
+            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._buf = np.frombuffer(self._mm, np.uint8)
+            self._read_idx()
+            self._read_property()
+            self._read_layout()
+        except BaseException:
+            try:
+                self.close()  # no file handle / memory map leaks from a failed open
+            except Exception:  # noqa: BLE001 - the setup error is the one to report
+                pass
+            raise
         self._scan_result = None
 
     # ---------------------------------------------------------------- setup
@@ -374,8 +382,9 @@ class RecordIOReader:
                 if self.identity_keys.size:
                     self.offsets_of(self.identity_keys)  # existence check
                 return
-        order_keys = self._idx_keys[self._idx_keys != 0] if has0 else self._idx_keys
-        self.keys = order_keys.astype(np.int64)
+        # No header record (or key 0 is an ordinary image record, flag == 0, as in a headerless
+        # im2rec set): every key of the .idx is an image, key 0 included.
+        self.keys = self._idx_keys.astype(np.int64)
         self._image_offsets = self.offsets_of(self.keys)
 
     def close(self):
@@ -465,8 +474,8 @@ class RecordIOReader:
     def _check_label(self, label, offset):
         lab = float(np.asarray(label).ravel()[0]) if np.ndim(label) else float(label)
         n = self._known_num_classes()
-        if not (np.isfinite(lab) and lab == int(lab) and lab >= 0 and (n is None or lab < n)):
-            rng = f"[0, {n})" if n is not None else "[0, inf)"
+        if not (np.isfinite(lab) and lab == int(lab) and 0 <= lab < 2**31 and (n is None or lab < n)):
+            rng = f"[0, {n})" if n is not None else "[0, 2**31)"
             raise BadRecordError(self.rec_path, offset, "bad_label",
                                  f"label {lab!r} is not an integer class id in {rng}")
         return int(lab)
