@@ -125,7 +125,7 @@ def _parse_rec_independently(d):
     return s, e, ranges, images
 
 
-def test_folder_to_rec_to_tfrecord_round_trip(tmp_path, capsys):
+def test_folder_to_rec_to_tfrecord_round_trip(tmp_path, capsys, monkeypatch):
     truth = make_folder(tmp_path / "f")  # JPEG: folder2rec stores the bytes as they are
     paths, labels, names = scan_image_folder(tmp_path / "f")
     assert _tool("folder2rec").main([str(tmp_path / "f"), str(tmp_path / "rec")]) == 0
@@ -138,8 +138,11 @@ def test_folder_to_rec_to_tfrecord_round_trip(tmp_path, capsys):
     r = RecordIOReader(tmp_path / "rec")
     np.testing.assert_array_equal(r.class_counts(), [2, 3, 4])
 
+    closed, close = [], RecordIOReader.close
+    monkeypatch.setattr(RecordIOReader, "close", lambda self: (closed.append(self.rec_path), close(self))[1])
     assert _tool("rec2tfrecord").main([str(tmp_path / "rec"), str(tmp_path / "tf" / "train"),
                                        "--num-shards", "2"]) == 0
+    assert closed == [tmp_path / "rec" / "train.rec"]  # the tool closes its reader
     files = sorted(str(p) for p in (tmp_path / "tf").glob("train-*.tfrecord"))
     assert len(files) == 2
 

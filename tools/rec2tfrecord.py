@@ -33,22 +33,22 @@ def main(argv=None):
     ap.add_argument("out_prefix", help="output prefix, e.g. out/train -> out/train-00000-of-00008.tfrecord")
     ap.add_argument("--num-shards", type=int, default=8, help="number of output files (default 8)")
     args = ap.parse_args(argv)
-    reader = RecordIOReader(args.rec)
-    scan = reader.scan()
-    valid = np.flatnonzero(scan["valid"])
-    if scan["bad"]:
-        print(f"skipping {len(scan['bad'])} bad record(s); first: {scan['bad'][0]}", file=sys.stderr)
+    with RecordIOReader(args.rec) as reader:  # closes the memory map and file
+        scan = reader.scan()
+        valid = np.flatnonzero(scan["valid"])
+        if scan["bad"]:
+            print(f"skipping {len(scan['bad'])} bad record(s); first: {scan['bad'][0]}", file=sys.stderr)
 
-    def items():
-        for pos in valid:
-            label, data = reader.read(int(reader.keys[pos]))
-            yield int(pos), label, data
+        def items():
+            for pos in valid:
+                label, data = reader.read(int(reader.keys[pos]))
+                yield int(pos), label, data
 
-    with tqdm(total=valid.size, unit="img", desc="rec2tfrecord") as bar:
-        files = write_tfrecords(args.out_prefix, items(), num_shards=args.num_shards,
-                                progress=bar.update)
-    print(f"wrote {valid.size} images ({reader.num_classes} classes) to {len(files)} file(s): "
-          f"{files[0]} ...")
+        with tqdm(total=valid.size, unit="img", desc="rec2tfrecord") as bar:
+            files = write_tfrecords(args.out_prefix, items(), num_shards=args.num_shards,
+                                    progress=bar.update)
+        print(f"wrote {valid.size} images ({reader.num_classes} classes) to {len(files)} file(s): "
+              f"{files[0]} ...")
     return 0
 
 
