@@ -189,3 +189,21 @@ def _module_names():
         p = f"layer{s}.0"
         names += [f"{p}.{m}" for m in ("bn1", "conv1", "bn2", "prelu", "conv2", "bn3", "downsample.0", "downsample.1")]
     return names
+
+
+def test_registry_never_lists_a_url_without_a_hash():
+    for name, info in MODELS.items():
+        if info["weights_url"] is not None:
+            assert info["sha256"] and len(info["sha256"]) == 64, f"{name}: weights_url without sha256"
+
+
+@pytest.mark.parametrize("weights_file", ["tiny_test.pth", "tiny_test.onnx", "tiny_test.keras"])
+def test_user_supplied_registry_file_is_hash_checked_whatever_its_extension(homes, tiny_entry, monkeypatch,
+                                                                            weights_file):
+    """weights=PATH naming the registry's weights_file is verified even when it is not .weights.h5."""
+    monkeypatch.setitem(MODELS["tiny_test"], "weights_file", weights_file)
+    monkeypatch.setitem(MODELS["tiny_test"], "sha256", hashlib.sha256(b"the published file").hexdigest())
+    path = homes / weights_file
+    path.write_bytes(b"a different file")
+    with pytest.raises(PretrainedWeightsError, match=f"{weights_file} fail the hash check.*not loaded"):
+        load("tiny_test", weights=path)

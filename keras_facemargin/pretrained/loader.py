@@ -9,8 +9,15 @@ Where the weights of ``load(name)`` come from, in order:
 4. a download of ``weights_url`` with ``keras.utils.get_file(..., file_hash=sha256,
    cache_subdir="keras_facemargin")``.
 
-When the registry has a sha256, a file whose hash differs is never loaded. Every failure names
-the model, the expected path and the expected sha256.
+What is hash-checked: when the registry has a sha256 for the model, it is verified before loading
+for every file found in 2., 3. or downloaded in 4., and for a ``weights=PATH`` file that is the
+registry's file (named ``weights_file``, any extension) or of the same type (same extension,
+``.weights.h5`` counting as one); a file whose hash differs is never loaded. A ``weights=PATH``
+file of another type (e.g. a ``.onnx`` / ``.pth`` / ``.keras`` of the user's own when the registry
+ships ``.weights.h5``) is the user's file and is *not* hash-checked. Without a registry sha256
+(the case of every model today) nothing is hash-checked, and the registry never lists a
+``weights_url`` without a sha256. Every failure names the model, the expected path and the
+expected sha256.
 """
 
 from __future__ import annotations
@@ -81,13 +88,18 @@ def _check_hash(path, name, info):
             "(corrupt or wrong file; not loaded). Delete it and retry, or pass the right file with weights=PATH.")
 
 
+def _file_type(filename):
+    filename = filename.lower()
+    return ".weights.h5" if filename.endswith(".weights.h5") else Path(filename).suffix
+
+
 def _resolve(name, info, weights):
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights={str(weights)!r} for {name!r}: file not found.")
-        if path.name.endswith(".weights.h5"):
-            _check_hash(path, name, info)
+        if path.name == info["weights_file"] or _file_type(path.name) == _file_type(info["weights_file"]):
+            _check_hash(path, name, info)  # the registry's file (or one of its type): verified
         return path
     home = os.environ.get("KERAS_FACEMARGIN_HOME")
     for candidate in ([Path(home).expanduser() / info["weights_file"]] if home else []) + [expected_weights_path(name)]:
@@ -123,7 +135,9 @@ def load(name, include_head=False, weights=None):
             `True` needs a `.keras` file of a whole `FaceRecognizer` passed as `weights` (margin
             heads of released checkpoints are not distributed) and returns it.
         weights: optional local file: the backbone's `.weights.h5`, a `.keras` model, or an
-            insightface IResNet `.onnx` / `.pth` (converted on the fly).
+            insightface IResNet `.onnx` / `.pth` (converted on the fly). Verified against the
+            registry's sha256 when there is one and the file is the registry's `weights_file` or
+            of its type; another type is the user's own file and is not hash-checked.
 
     Returns:
         A `keras.Model`: normalised float images `(batch, 112, 112, 3)` -> unit-norm embeddings
