@@ -218,3 +218,30 @@ def test_tfrecord_truncated_and_bad_label(tmp_path):
         make_tfrecord_dataset(files, 4, on_error="raise", **PLAIN)
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         make_tfrecord_dataset(str(tmp_path / "nothing-here-*.tfrecord"), 4)
+
+
+def test_tfrecord_bad_image_names_its_file_not_the_pattern(tmp_path):
+    rng = np.random.default_rng(2)
+    good = [cv2.imencode(".png", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))[1].tobytes()
+            for _ in range(6)]
+    items = [(i, i % 3, b"\xff\xd8\xff" + b"\0" * 40 if i == 3 else good[i]) for i in range(6)]
+    files = write_tfrecords(tmp_path / "t" / "train", items, num_shards=2)  # index 3 -> shard 1
+    pattern = str(tmp_path / "t" / "train-*.tfrecord")
+    report = BadRecordReport()
+    got = collect(make_tfrecord_dataset(pattern, 2, report=report, **PLAIN))
+    assert sorted(got) == [0, 1, 2, 4, 5]
+    assert report.by_reason == {"bad_image": 1}
+    assert report.examples[0]["file"] == f"{files[1]} (image/index 3)"
+    with pytest.raises(tf.errors.OpError, match=r"train-00001-of-00002\.tfrecord \(image/index 3\)"):
+        collect(make_tfrecord_dataset(pattern, 2, on_error="raise", **PLAIN))
+
+
+def test_tfrecord_crc_corrupt_record_raises_data_loss(tmp_path):
+    """Documented limit of on_error="skip": a CRC-corrupt complete record is TensorFlow's DataLossError."""
+    files, _, _ = _tf_set(tmp_path, n=6, shards=1)
+    raw = bytearray(Path(files[0]).read_bytes())
+    (length,) = struct.unpack_from("<Q", raw, 0)
+    raw[12 + length // 2] ^= 0xFF  # a data byte of the first (complete) record
+    Path(files[0]).write_bytes(bytes(raw))
+    with pytest.raises(tf.errors.DataLossError, match=r"corrupted record at \d+"):
+        collect(make_tfrecord_dataset(files, 2, on_error="skip", **PLAIN))

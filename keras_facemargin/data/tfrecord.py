@@ -17,9 +17,17 @@ of :mod:`keras_facemargin.data.recordio` (same contract, same bad-record
 handling). Before building the pipeline a header-only pass over each file
 follows the record framing (``uint64 length, uint32 crc, data, uint32 crc``)
 without reading the data: a truncated file is reported (file and offset) and,
-with ``on_error="skip"``, only its complete records are read. CRC mismatches
-inside complete records are not checked up front; TensorFlow reports them
-(with file and offset) as ``DataLossError``.
+with ``on_error="skip"``, only its complete records are read.
+
+What ``on_error="skip"`` covers: truncated files (their complete records are
+read), undecodable/empty images and labels outside ``[0, num_classes)`` (each
+reported with the file it came from and its ``image/index``). What it does
+*not* cover: record CRCs are not checked up front, so a CRC-corrupt record in
+the middle of a file (bit rot in a complete record) makes TensorFlow's reader
+raise ``tf.errors.DataLossError`` while iterating, whatever ``on_error`` is.
+Its message gives the byte offset (``corrupted record at 12``) but *not* the
+file; to find it, read each file alone (``for f in ds.files:
+list(tf.data.TFRecordDataset(f))``).
 
 Example::
 
@@ -142,8 +150,13 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
         num_classes: when given, records with labels outside ``[0, num_classes)``
             are bad records.
         shuffle_buffer: record shuffle buffer (files are shuffled too).
+        on_error: ``"skip"`` drops and reports truncated file tails, undecodable images and
+            bad labels (each naming its file); ``"raise"`` raises :class:`BadRecordError`
+            naming the file. Either way a CRC-corrupt record inside a file raises TensorFlow's
+            ``tf.errors.DataLossError`` while iterating (CRCs are not checked up front; its
+            message has the offset but not the file, see the module docstring).
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
-            on_error, shard, report, chunk_size: as in
+            shard, report, chunk_size: as in
             :func:`keras_facemargin.data.recordio.make_dataset`. Shards are whole
             files when there are at least as many files as shards, else records.
 
@@ -182,23 +195,26 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     if total is not None:
         _check_common(total, batch_size, drop_remainder, seed)
     if hw is None:
-        first = next(iter(tf.data.TFRecordDataset(files[int(np.argmax(counts))]).take(1)))
+        first_file = files[int(np.argmax(counts))]
+        first = next(iter(tf.data.TFRecordDataset(first_file).take(1)))
         ex = tf.io.parse_single_example(first, FEATURES)
         import cv2
 
         img = cv2.imdecode(np.frombuffer(ex["image/encoded"].numpy(), np.uint8), cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"Cannot infer `image_size` from the first record of {files[0]}; "
+            raise ValueError(f"Cannot infer `image_size` from the first record of {first_file}; "
                              "pass image_size=.")
         hw = img.shape[:2]
 
-    file_ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
+    file_ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64),
+                                                  tf.range(len(files), dtype=tf.int32)))
     if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=int(seed), reshuffle_each_iteration=True)
 
     @tf.autograph.experimental.do_not_convert
-    def _read(f, n):
-        return tf.data.TFRecordDataset(f).take(n)
+    def _read(f, n, file_id):  # each record carries the position of its file in `files`
+        return tf.data.Dataset.zip((tf.data.TFRecordDataset(f).take(n),
+                                    tf.data.Dataset.from_tensors(file_id).repeat()))
 
     if len(files) > 1:
         records = file_ds.interleave(_read, cycle_length=min(len(files), 8), block_length=1,
@@ -209,15 +225,15 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
         records = records.shard(*shard_spec)
 
     @tf.autograph.experimental.do_not_convert
-    def _parse(serialized):
+    def _parse(serialized, file_id):
         ex = tf.io.parse_single_example(serialized, FEATURES)
         lab = tf.cast(ex["image/label"], tf.int32)
-        return ex["image/index"], lab, ex["image/encoded"], ex["image/label"]
+        return ex["image/index"], lab, ex["image/encoded"], ex["image/label"], file_id
 
     source = records.map(_parse, num_parallel_calls=num_parallel_calls, deterministic=True)
     label_limit = None if num_classes is None else int(num_classes)
 
-    def load_chunk(idx, data, label):
+    def load_chunk(idx, data, label, file_id):
         out = np.empty((idx.size, hw[0], hw[1], 3), np.uint8)
         ok = np.ones(idx.size, bool)
         for k in range(idx.size):
@@ -227,7 +243,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             else:
                 why, reason = decode_image_into(data[k], out[k], resize), "bad_image"
             if why is not None:
-                err = BadRecordError(f"{pattern} (image/index {int(idx[k])})", None, reason, why)
+                err = BadRecordError(f"{files[int(file_id[k])]} (image/index {int(idx[k])})", None,
+                                     reason, why)
                 if on_error == "raise":
                     raise err
                 report.add_error(err, key=int(idx[k]))
