@@ -26,7 +26,7 @@ Results (a Markdown table and a JSON file) go to `--output`.
 """
 
 import argparse
-import inspect
+import ast
 import json
 import os
 import sys
@@ -63,7 +63,10 @@ def parse_loss_spec(spec):
     for part in parts:
         if "=" in part:
             key, value = part.split("=", 1)
-            overrides[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+            try:
+                overrides[key] = ast.literal_eval(value)  # numbers, True/False, tuples
+            except (ValueError, SyntaxError):
+                overrides[key] = value  # a plain string, e.g. a head name
         else:
             overrides["estimator"] = part
     return name, overrides
@@ -88,10 +91,13 @@ def train_and_evaluate(args, loss_spec, images, labels, counts):
         stage_filters=tuple(args.widths),
         dropout=0.0,
     )
-    accepted = inspect.signature(kfm.layers.HEADS[name][0].__init__).parameters
-    common = {k: v for k, v in (("scale", args.scale), ("margin", args.margin)) if k in accepted}
     head = kfm.layers.build_head(
-        name, len(counts), class_counts=counts, num_samples=len(labels), **{**common, **overrides}
+        name,
+        len(counts),
+        class_counts=counts,
+        num_samples=len(labels),
+        run_options={"scale": args.scale, "margin": args.margin},
+        **overrides,
     )
     model = kfm.FaceRecognizer(backbone, head)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps * args.epochs)

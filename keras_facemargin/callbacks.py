@@ -18,7 +18,7 @@ def find_layers(model, layer_class):
         if isinstance(layer, layer_class):
             found.append(layer)
         stack.extend(getattr(layer, "layers", []) or [])
-        for attr in ("head", "backbone"):
+        for attr in ("head", "backbone", "momentum_encoder"):
             child = getattr(layer, attr, None)
             if isinstance(child, keras.layers.Layer):
                 stack.append(child)
@@ -68,38 +68,36 @@ class KappaUpdater(keras.callbacks.Callback):
 class SphereFaceAnnealing(keras.callbacks.Callback):
     """Anneals the A-Softmax target towards the margin, every training batch.
 
-    Before batch `i` (counting from 1 over the whole fit, like the official
-    Caffe `MarginInnerProductLayer`, which increments its iteration counter
-    before computing lambda) every `SphereMarginDense` in the model gets
-    `lambda = max(lambda_min, base * (1 + gamma * i)^(-power))`. Defaults are
-    the official SphereFace prototxt's (base 1000, gamma 0.12, power 1,
-    lambda_min 5). The current value is written to the batch logs as `lambda`.
+    Before each training step, every `SphereMarginDense` in the model gets
+    `lambda = max(lambda_min, base * (1 + gamma * i)^(-power))` with `i` the
+    optimizer's iteration count plus one (the official Caffe
+    `MarginInnerProductLayer` increments its counter before computing lambda).
+    Counting optimizer steps makes a resumed run continue the schedule where
+    it stopped. Defaults are the official SphereFace prototxt's (base 1000,
+    gamma 0.12, power 1, lambda_min 5). The current value is written to the
+    batch logs as `lambda`.
 
     Args:
         base, gamma, power, lambda_min: the schedule.
-        initial_iteration: iterations already done (to resume training).
 
     Example:
         >>> model.fit(ds, epochs=10, callbacks=[SphereFaceAnnealing()])
     """
 
-    def __init__(self, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0, initial_iteration=0):
+    def __init__(self, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0):
         super().__init__()
         self.base = _check_nonnegative("base", base)
         self.gamma = _check_nonnegative("gamma", gamma)
         self.power = _check_positive("power", power)
         self.lambda_min = _check_nonnegative("lambda_min", lambda_min)
-        if not isinstance(initial_iteration, int) or initial_iteration < 0:
-            raise ValueError(f"`initial_iteration` must be an integer >= 0. Received: {initial_iteration!r}")
-        self.iteration = initial_iteration
         self.value = None
 
     def on_train_batch_begin(self, batch, logs=None):
         layers = find_layers(self.model, SphereMarginDense)
         if not layers:
             raise ValueError("SphereFaceAnnealing found no SphereMarginDense layer in the model.")
-        self.iteration += 1
-        self.value = sphereface_lambda(self.iteration, self.base, self.gamma, self.power, self.lambda_min)
+        iteration = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) + 1
+        self.value = sphereface_lambda(iteration, self.base, self.gamma, self.power, self.lambda_min)
         for layer in layers:
             layer.annealing_lambda.assign(self.value)
 

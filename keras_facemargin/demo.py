@@ -87,9 +87,12 @@ def run(args):
         name="demo_iresnet",
     )
     margin = args.margin if args.margin is not None else DEMO_MARGINS.get(args.loss)
-    extra = {"estimator": args.estimator} if args.loss.startswith("kappaface") else {}
     head = build_head(
-        args.loss, args.identities, class_counts=counts, num_samples=len(labels), scale=args.scale, margin=margin, **extra
+        args.loss,
+        args.identities,
+        class_counts=counts,
+        num_samples=len(labels),
+        run_options={"scale": args.scale, "margin": margin, "estimator": args.estimator},
     )
     model = kfm.FaceRecognizer(backbone, head)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=max(1, steps * args.epochs))

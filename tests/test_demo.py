@@ -26,3 +26,26 @@ def test_demo_runs_and_reports_verification(tmp_path, loss, extra):
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert model.embedder.output_shape == (None, 128)
     assert results["verification"]["accuracy_mean"] == saved["verification"]["accuracy_mean"]
+
+
+def test_every_registered_head_builds_from_run_options():
+    """The demo/examples pass run-wide options; heads without them must still build."""
+    from keras_facemargin import layers
+
+    for name in layers.head_names():
+        head = layers.build_head(
+            name, 5, class_counts=[2, 3, 1, 4, 2], num_samples=12,
+            run_options={"scale": 32.0, "margin": None, "estimator": "memory_buffer"},
+        )
+        assert head.num_classes == 5
+    with pytest.raises(ValueError, match="scale"):
+        layers.build_head("softmax", 5, scale=32.0)  # an explicit override must exist
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sphereface", "subface"])
+def test_demo_runs_heads_without_scale_or_margin(tmp_path, loss):
+    results = demo.main(
+        ["--loss", loss, "--identities", "20", "--heldout", "10", "--epochs", "1", "--image-size", "32",
+         "--pairs", "100", "--batch-size", "16", "--output", str(tmp_path / loss)]
+    )
+    assert np.isfinite(results["history"]["loss"][0])

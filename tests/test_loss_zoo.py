@@ -338,16 +338,21 @@ def test_sphereface_annealing_callback_follows_the_caffe_schedule():
     emb, lab = keras.Input((D,)), keras.Input((), dtype="int32")
     head = L.SphereMarginDense(C)
     model = keras.Model([emb, lab], head([emb, lab]))
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
     callback = SphereFaceAnnealing()
     callback.set_model(model)
     expected = sphere_lambda_schedule(2000)
     for i in range(2000):
+        model.optimizer.iterations.assign(i)  # the step about to run
         callback.on_train_batch_begin(i)
         if i in (0, 1, 9, 299, 1999):
             assert float(head.annealing_lambda.numpy()) == pytest.approx(expected[i], rel=1e-6)
     assert expected[0] == pytest.approx(1000 / 1.12) and expected[-1] == 5.0
-    # Resuming continues the count.
-    resumed = SphereFaceAnnealing(initial_iteration=9)
+    # A resumed run (restored optimizer) continues the schedule, whatever the batch number.
+    model.optimizer.iterations.assign(9)
+    SphereFaceAnnealing().set_model(model)
+    resumed = SphereFaceAnnealing()
     resumed.set_model(model)
     resumed.on_train_batch_begin(0)
     assert float(head.annealing_lambda.numpy()) == pytest.approx(expected[9], rel=1e-6)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 def test_default_is_the_kappaface_paper_recipe():
     cfg = get_experiment("ms1mv2", data="/data/faces_emore")
     assert (cfg.loss, cfg.estimator, cfg.backbone) == ("kappaface", "memory_buffer", "iresnet100")
-    assert (cfg.scale, cfg.margin, cfg.temperature, cfg.gamma) == (64.0, None, 0.4, 0.7)
+    assert (cfg.scale, cfg.margin, cfg.temperature, cfg.gamma) == (None, None, 0.4, 0.7)
     assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (512, 0.1, 0.9, 5e-4)
     assert (cfg.lr_steps, cfg.epochs, cfg.effective_lr) == ((10, 18, 22), 24, 0.1)
     assert cfg.run_dir == Path("runs/ms1mv2_kappaface_iresnet100")

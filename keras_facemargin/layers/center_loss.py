@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_facemargin.layers import _state
 from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, prepare_indices
 from keras_facemargin.layers.softmax import SoftmaxDense
 
 
@@ -59,10 +59,7 @@ class CenterLossDense(SoftmaxDense):
         logits = self.logits(embeddings)
         if labels is None:
             return logits
-        labels = ops.reshape(labels, (-1,))
-        if not str(labels.dtype).startswith("int"):
-            labels = ops.cast(labels, "int32")
-        labels = _state.check_labels_in_range(labels, self.num_classes)
+        labels = prepare_indices(labels, self.num_classes, "labels")
         x = ops.cast(embeddings, self.compute_dtype)
         centers = ops.stop_gradient(_state.gather_rows(self.centers, labels))
         zc.add_loss_if_concrete(

@@ -1,6 +1,7 @@
 """Shared base of the margin heads: a bias-free dense layer on the unit sphere."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -13,14 +14,18 @@ from keras_facemargin.layers import _state
 COS_EPS = 1e-7
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
 def _check_positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if not _is_real(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive finite number. Received: {name}={value!r}")
     return float(value)
 
 
 def _check_nonnegative(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+    if not _is_real(value) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative finite number. Received: {name}={value!r}")
     return float(value)
 
@@ -40,6 +45,14 @@ def _check_class_counts(class_counts, num_classes):
             f"classes {bad} have a count <= 0."
         )
     return counts.astype("int64")
+
+
+def prepare_indices(values, upper, name):
+    """Flatten class ids / sample indices to int (B,) and check they are in [0, upper)."""
+    values = ops.reshape(values, (-1,))
+    if not keras.backend.standardize_dtype(values.dtype).startswith("int"):
+        values = ops.cast(values, "int32")
+    return _state.check_labels_in_range(values, upper, name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -131,11 +144,8 @@ class CosineDense(keras.layers.Layer):
         """Target-class cosine after the margin; identity for Norm-Softmax."""
         return cos_y
 
-    def _prepare_labels(self, labels, batch_size_like):
-        labels = ops.reshape(labels, (-1,))
-        if not str(labels.dtype).startswith("int"):
-            labels = ops.cast(labels, "int32")
-        return _state.check_labels_in_range(labels, self.num_classes)
+    def _prepare_labels(self, labels, batch_size_like=None):
+        return prepare_indices(labels, self.num_classes, "labels")
 
     def apply_margin(self, cos, labels, cos_y_new):
         """Replace the target column of `cos` by `cos_y_new`, then scale.

@@ -8,9 +8,11 @@ from keras_facemargin.layers import _state, kappa_math
 from keras_facemargin.layers.cosine_dense import (
     CosineDense,
     _check_class_counts,
+    _is_real,
     _check_nonnegative,
     _check_positive,
     arc_target,
+    prepare_indices,
 )
 
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
@@ -18,8 +20,7 @@ TARGETS = ("arc", "cos", "exp")
 
 
 def _check_fraction(name, value, closed_right=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and 0.0 <= value and (value <= 1.0 if closed_right else value < 1.0)
+    ok = _is_real(value) and 0.0 <= value and (value <= 1.0 if closed_right else value < 1.0)
     if not ok:
         interval = "[0, 1]" if closed_right else "[0, 1)"
         raise ValueError(f"`{name}` must be a number in {interval}. Received: {name}={value!r}")
@@ -122,7 +123,7 @@ class KappaMarginDense(CosineDense):
             raise ValueError(f"`buffer_dtype` must be 'float32' or 'float16'. Received: {buffer_dtype!r}")
         self.buffer_dtype = buffer_dtype
         self.encoder_momentum = _check_fraction("encoder_momentum", encoder_momentum)
-        if not isinstance(max_count_factor, (int, float)) or max_count_factor < 1.0:
+        if not _is_real(max_count_factor) or max_count_factor < 1.0:
             raise ValueError(f"`max_count_factor` must be >= 1. Received: {max_count_factor!r}")
         self.max_count_factor = float(max_count_factor)
         if target not in TARGETS:
@@ -189,10 +190,7 @@ class KappaMarginDense(CosineDense):
                 "when training=True; the third input is missing."
             )
         if self.estimator == "memory_buffer":
-            index = ops.reshape(extra, (-1,))
-            if not str(index.dtype).startswith("int"):
-                index = ops.cast(index, "int32")
-            index = _state.check_labels_in_range(index, self.num_samples, name="sample_index")
+            index = prepare_indices(extra, self.num_samples, "sample_index")
             f = ops.normalize(ops.stop_gradient(ops.cast(embeddings, "float32")), axis=-1, epsilon=1e-12)
             old = ops.cast(_state.gather_rows(self.memory, index), "float32")
             features = ops.normalize(

@@ -37,7 +37,7 @@ def head_names():
     return sorted(HEADS)
 
 
-def build_head(name, num_classes, class_counts=None, num_samples=None, **overrides):
+def build_head(name, num_classes, class_counts=None, num_samples=None, run_options=None, **overrides):
     """Build the head registered as `name`.
 
     Args:
@@ -45,14 +45,25 @@ def build_head(name, num_classes, class_counts=None, num_samples=None, **overrid
         num_classes: number of identities.
         class_counts: images per class (passed to heads that take it, e.g. KappaFace).
         num_samples: training-set size (passed to heads that take it).
-        **overrides: layer arguments (e.g. `scale`, `margin`); `None` values are ignored.
+        run_options: run-wide settings (e.g. `{"scale": 32}`) passed only to heads
+            whose constructor takes them; `None` values are ignored.
+        **overrides: layer arguments for this head; `None` values are ignored and an
+            argument the head does not take is a `ValueError` naming it.
     """
     if name not in HEADS:
         raise ValueError(f"Unknown loss/head name {name!r}. Known: {', '.join(head_names())}.")
     layer_class, defaults = HEADS[name]
     params = inspect.signature(layer_class.__init__).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     kwargs = dict(defaults)
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs.update({k: v for k, v in (run_options or {}).items() if v is not None and k in params})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in params and not (takes_kwargs and key in ("name", "dtype", "trainable")):
+            accepted = sorted(k for k in params if k not in ("self", "kwargs", "num_classes"))
+            raise ValueError(f"Head {name!r} takes no argument `{key}`; it takes {accepted}.")
+        kwargs[key] = value
     if "class_counts" in params:
         if class_counts is None:
             raise ValueError(f"Head {name!r} needs `class_counts` (images per class).")

@@ -31,16 +31,22 @@ def current_lr(optimizer, step=None):
 
 
 def replica_local_variables(model):
-    """Non-trainable variables that every replica updates on its own (aggregation "none").
+    """BatchNormalization moving statistics, which every replica updates on its own.
 
-    Keras 3's BatchNormalization moving statistics (and the momentum encoder's
-    copies of them) are such variables: under a multi-replica strategy each
-    replica keeps the statistics of its own batches and reads return one
-    replica's copy (tf.keras 2 aggregated them with MEAN).
+    Keras 3's BatchNormalization keeps `moving_mean`/`moving_variance` with
+    aggregation "none": under a multi-replica strategy each replica keeps the
+    statistics of its own batches and reads return one replica's copy (tf.keras 2
+    aggregated them with MEAN). The momentum encoder's copies are included. Other
+    non-trainable state (KappaFace's kappa/psi, seed-generator states, ...) is
+    either already synchronised or must not be averaged, so it is left out.
     """
+    from keras_facemargin.callbacks import find_layers
+
     return [
-        v for v in model.variables
-        if not v.trainable and v.aggregation == "none" and v.synchronization in ("auto", "on_write")
+        v
+        for layer in find_layers(model, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+        if v.aggregation == "none" and keras.backend.is_float_dtype(v.dtype)
     ]
 
 

@@ -44,7 +44,7 @@ class TrainConfig:
         backbone_kwargs: constructor overrides for the preset (e.g. a smaller `stage_blocks`).
         image_size: input height = width (default: the preset's, 112).
         embedding_dim: embedding size (default: the preset's, 512).
-        scale: logit scale s.
+        scale: logit scale s; `None` = the head's paper default (64 for ArcFace/KappaFace).
         margin: m (ArcFace/CosFace) or m0 (KappaFace); `None` = the paper's default.
         temperature, gamma: KappaFace T and gamma.
         buffer_alpha, buffer_dtype: KappaFace memory buffer EMA weight and storage dtype.
@@ -81,7 +81,7 @@ class TrainConfig:
     backbone_kwargs: dict = dataclasses.field(default_factory=dict)
     image_size: Optional[int] = None
     embedding_dim: Optional[int] = None
-    scale: float = 64.0
+    scale: Optional[float] = None
     margin: Optional[float] = None
     temperature: float = 0.4
     gamma: float = 0.7
@@ -136,6 +136,8 @@ class TrainConfig:
                 raise ValueError(f"`{field}` must be a non-negative integer. Received: {field}={value!r}")
         for field in ("lr", "scale"):
             value = getattr(self, field)
+            if field == "scale" and value is None:
+                continue  # each head's paper default (64 for ArcFace/KappaFace, 30 for LDAM)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"`{field}` must be a positive number. Received: {field}={value!r}")
         if not 0 < self.lr_factor <= 1:

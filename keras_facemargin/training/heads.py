@@ -17,7 +17,7 @@ def build_head(loss, num_classes, class_counts=None, num_samples=None, scale=64.
         num_classes: number of identities.
         class_counts: images per class (heads that need it: KappaFace, LDAM).
         num_samples: training-set size |D| (KappaFace memory buffer).
-        scale: logit scale s, for heads that have one.
+        scale: logit scale s, for heads that have one; `None` = each head's paper default.
         estimator: KappaFace estimator, "memory_buffer" or "momentum_encoder".
         margin: the head's `margin` (ArcFace m, KappaFace m0, ...); `None` = the paper's.
             A `ValueError` for heads without a `margin` argument.
@@ -35,14 +35,12 @@ def build_head(loss, num_classes, class_counts=None, num_samples=None, scale=64.
     if loss not in registry.HEADS:
         raise ValueError(f"`loss` must be one of {registry.head_names()}. Received: loss={loss!r}")
     layer_class = registry.HEADS[loss][0]
-    accepted = inspect.signature(layer_class.__init__).parameters
-    if margin is not None and "margin" not in accepted:
+    if margin is not None and "margin" not in inspect.signature(layer_class.__init__).parameters:
         raise ValueError(f"`margin` does not apply to loss={loss!r}. Received: margin={margin!r}")
-    overrides = {"margin": margin}
-    if "scale" in accepted:
-        overrides["scale"] = scale
+    options = {"scale": scale, "margin": margin}
     if issubclass(layer_class, KappaMarginDense):
-        overrides.update(estimator=estimator, **kappa_options)
+        options.update(estimator=estimator, **kappa_options)
         if estimator != "memory_buffer":
             num_samples = None
-    return registry.build_head(loss, num_classes, class_counts=class_counts, num_samples=num_samples, **overrides)
+    return registry.build_head(loss, num_classes, class_counts=class_counts, num_samples=num_samples,
+                               run_options=options)

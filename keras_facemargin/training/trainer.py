@@ -277,8 +277,7 @@ class Trainer:
         The checkpoint comes after `KappaUpdater`, so an epoch-end checkpoint
         holds the psi the next epoch trains with and zeroed accumulators.
         """
-        from keras_facemargin.callbacks import KappaUpdater, find_layers
-        from keras_facemargin.layers.kappaface import KappaMarginDense
+        from keras_facemargin.callbacks import head_callbacks
 
         cfg, run_dir = self.config, self.config.run_dir
         self.checkpoint = tcb.TrainingCheckpoint(
@@ -287,8 +286,7 @@ class Trainer:
         )
         # Throughput first: its epoch end comes before the (slow) verification.
         cbs = list(self.extra_callbacks) + [tcb.NaNGuard(self.checkpoint), tcb.ThroughputLogger(cfg.batch_size)]
-        if find_layers(self.model, KappaMarginDense):
-            cbs.append(KappaUpdater())
+        cbs += head_callbacks(self.model)  # KappaUpdater, SphereFaceAnnealing
         self.verification = None
         if not cfg.multi_worker:  # predict-based evaluation is not collective-safe under MWMS
             self.verification = verification_callback(cfg, self.data)

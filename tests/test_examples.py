@@ -1,0 +1,25 @@
+"""Small pure pieces of the examples."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def celeba_lfw():
+    path = Path(__file__).resolve().parents[1] / "examples" / "celeba_lfw.py"
+    spec = importlib.util.spec_from_file_location("celeba_lfw", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loss_spec_parsing(celeba_lfw):
+    parse = celeba_lfw.parse_loss_spec
+    assert parse("arcface") == ("arcface", {})
+    assert parse("kappaface:momentum_encoder") == ("kappaface", {"estimator": "momentum_encoder"})
+    assert parse("kappaface:memory_buffer:margin=0.5") == ("kappaface", {"estimator": "memory_buffer", "margin": 0.5})
+    assert parse("arcface:easy_margin=False") == ("arcface", {"easy_margin": False})
+    assert parse("x2softmax:a=-0.9:k=6.5e-1") == ("x2softmax", {"a": -0.9, "k": 0.65})
+    assert parse("subface:head=cosface") == ("subface", {"head": "cosface"})
