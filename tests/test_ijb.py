@@ -306,3 +306,29 @@ def test_verify_auto_picks_gemm_when_dense_gather_when_sparse(monkeypatch):
     assert c["gemm"] < c["gather"]
     c = ijb.verify_cost(15_658_489, 512, 227_630 ** 2 // 2)  # same pairs over 227k templates
     assert c["gemm"] > c["gather"]
+
+
+def test_malformed_meta_files_name_file_and_line(tmp_path):
+    from keras_facemargin.evaluation.ijb import (
+        read_1n_csv,
+        read_landmarks_scores,
+        read_template_media,
+        read_template_pairs,
+    )
+
+    pairs = tmp_path / "ijbc_template_pair_label.txt"
+    pairs.write_text("1 2 1\n3 x 0\n5 6 1\n")
+    with pytest.raises(ValueError, match=r"ijbc_template_pair_label\.txt:2: .*'3 x 0'"):
+        read_template_pairs(pairs)
+    media = tmp_path / "ijbc_face_tid_mid.txt"
+    media.write_text("1.jpg 1 1\n2.jpg 1 one\n")
+    with pytest.raises(ValueError, match=r"ijbc_face_tid_mid\.txt:2: .*integers"):
+        read_template_media(media)
+    lms = tmp_path / "ijbc_name_5pts_score.txt"
+    lms.write_text("1.jpg " + " ".join(["1.0"] * 10) + " 0.9\n2.jpg " + " ".join(["1.0"] * 9) + " nan? 0.9\n")
+    with pytest.raises(ValueError, match=r"ijbc_name_5pts_score\.txt:2: .*numbers"):
+        read_landmarks_scores(lms)
+    csv = tmp_path / "ijbc_1N_probe_mixed.csv"
+    csv.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n1,7,a.jpg\n2,seven,b.jpg\n")
+    with pytest.raises(ValueError, match=r"ijbc_1N_probe_mixed\.csv:3: .*integers"):
+        read_1n_csv(csv)

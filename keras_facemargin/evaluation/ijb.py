@@ -110,16 +110,35 @@ def read_template_media(path):
                 continue
             if len(t) != 3:
                 raise ValueError(f"{path}:{lineno}: expected '<image> <template> <media>', got {ln.strip()!r}.")
+            try:
+                tid, mid = int(t[1]), int(t[2])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: template and media ids must be integers, "
+                                 f"got {ln.strip()!r}.") from None
             names.append(t[0])
-            tids.append(int(t[1]))
-            mids.append(int(t[2]))
+            tids.append(tid)
+            mids.append(mid)
     return np.array(names), np.array(tids, np.int64), np.array(mids, np.int64)
+
+
+def _first_bad_int_line(path, what):
+    with open(path) as f:
+        for lineno, ln in enumerate(f, 1):
+            for tok in ln.split():
+                try:
+                    int(tok)
+                except ValueError:
+                    return f"{path}:{lineno}: expected {what}, got {ln.strip()!r}."
+    return f"{path}: expected {what} separated by whitespace."
 
 
 def read_template_pairs(path):
     """``<t1> <t2> <label>`` lines -> ``(t1, t2, labels)`` (int64, int64, bool); fast for 15.6M lines."""
     path = _need(path)
-    flat = np.fromfile(path, dtype=np.int64, sep=" ")
+    try:
+        flat = np.fromfile(path, dtype=np.int64, sep=" ")
+    except ValueError:  # NumPy names neither the file nor the line: find the line
+        raise ValueError(_first_bad_int_line(path, "'<t1> <t2> <label>' integers")) from None
     if flat.size % 3:
         raise ValueError(f"{path}: {flat.size} integers is not a multiple of 3 ('t1 t2 label' per line).")
     arr = flat.reshape(-1, 3)
@@ -143,9 +162,14 @@ def read_landmarks_scores(path):
             if len(t) != 12:
                 raise ValueError(f"{path}:{lineno}: expected '<image> 10 landmark coordinates <score>', "
                                  f"got {len(t)} fields.")
+            try:
+                lm, score = [float(v) for v in t[1:11]], float(t[11])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: landmark coordinates and score must be numbers, "
+                                 f"got {ln.strip()!r}.") from None
             names.append(t[0])
-            lms.append([float(v) for v in t[1:11]])
-            scores.append(float(t[11]))
+            lms.append(lm)
+            scores.append(score)
     return (np.array(names), np.array(lms, np.float32).reshape(-1, 5, 2), np.array(scores, np.float32))
 
 
@@ -165,8 +189,17 @@ def read_1n_csv(path):
         body = rows[1:]
     else:
         raise ValueError(f"{path}: header must contain TEMPLATE_ID and SUBJECT_ID, got {rows[0][:4]}.")
-    t = np.array([int(r[it]) for r in body if r], np.int64)
-    s = np.array([int(r[is_]) for r in body if r], np.int64)
+    t, s = [], []
+    for lineno, r in enumerate(body, 2):
+        if not r:
+            continue
+        try:
+            t.append(int(r[it]))
+            s.append(int(r[is_]))
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}:{lineno}: TEMPLATE_ID and SUBJECT_ID must be integers, "
+                             f"got {','.join(r)!r}.") from None
+    t, s = np.array(t, np.int64), np.array(s, np.int64)
     ut, first = np.unique(t, return_index=True)
     subj = s[first]
     if np.any(subj[np.searchsorted(ut, t)] != s):
