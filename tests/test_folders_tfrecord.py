@@ -245,3 +245,26 @@ def test_tfrecord_crc_corrupt_record_raises_data_loss(tmp_path):
     Path(files[0]).write_bytes(bytes(raw))
     with pytest.raises(tf.errors.DataLossError, match=r"corrupted record at \d+"):
         collect(make_tfrecord_dataset(files, 2, on_error="skip", **PLAIN))
+
+
+def test_folder2rec_refuses_mixed_sizes_undecodable_and_failed_encode(tmp_path, monkeypatch, capsys):
+    folder2rec = _tool("folder2rec")
+    make_folder(tmp_path / "f")
+    odd = tmp_path / "f" / "bob" / "001.jpg"  # second image of label 1
+    cv2.imwrite(str(odd), np.zeros((SIZE + 4, SIZE, 3), np.uint8))
+    with pytest.raises(SystemExit):
+        folder2rec.main([str(tmp_path / "f"), str(tmp_path / "rec")])
+    err = capsys.readouterr().err
+    assert f"{odd} is {SIZE + 4}x{SIZE}" in err and "--image-size" in err
+    assert not (tmp_path / "rec" / "train.rec").exists() and not (tmp_path / "rec" / "train.idx").exists()
+    odd.write_bytes(b"\xff\xd8\xff" + b"\0" * 50)  # JPEG signature, undecodable body
+    with pytest.raises(SystemExit):
+        folder2rec.main([str(tmp_path / "f"), str(tmp_path / "rec")])
+    assert f"cannot decode {odd}" in capsys.readouterr().err
+    # --image-size: the undecodable file is skipped, the others are resized and written.
+    assert folder2rec.main([str(tmp_path / "f"), str(tmp_path / "rec"), "--image-size", str(SIZE)]) == 0
+    assert RecordIOReader(tmp_path / "rec").num_images == 8
+    monkeypatch.setattr(folder2rec.cv2, "imencode", lambda *a, **k: (False, None))
+    with pytest.raises(SystemExit):
+        folder2rec.main([str(tmp_path / "f"), str(tmp_path / "rec2"), "--reencode"])
+    assert "JPEG encoding of" in capsys.readouterr().err
