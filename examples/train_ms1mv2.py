@@ -89,6 +89,12 @@ def config_from_args(args):
     from keras_facemargin.training.config import TrainConfig, get_experiment
 
     if args.resume:
+        given = sorted(k for k, v in vars(args).items()
+                       if k not in ("experiment", "resume") and v is not None)
+        if given:
+            raise SystemExit(f"--resume {args.resume} continues the run with its saved config.json; "
+                             f"drop the other flags ({', '.join('--' + g.replace('_', '-') for g in given)}) "
+                             "or start a new run with --name.")
         path = Path(args.resume) / "config.json"
         if not path.is_file():
             raise SystemExit(f"--resume {args.resume}: no config.json there.")

@@ -89,20 +89,15 @@ def all_gather(x):
     return ctx.all_gather(x, axis=0)
 
 
-def num_replicas_in_sync():
-    tf = _tf()
-    if tf is None or not tf.distribute.has_strategy():
-        return 1
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
 def check_labels_in_range(labels, num_classes, name="labels"):
     """Fail with a clear message when a label is outside [0, num_classes).
 
     Eagerly (NumPy or eager tensors) this raises `ValueError`. Inside a compiled
     TensorFlow graph it adds an assertion that fails the step with an
-    `InvalidArgumentError` carrying the same message, instead of silently
-    producing an all-zero one-hot row.
+    `InvalidArgumentError` carrying the same message, instead of a silently
+    wrong loss. Under XLA (`jit_compile=True`, which Keras picks by default on a
+    GPU) assertions are compiled away: validate labels in the input pipeline
+    (the package's pipelines do) or compile with `jit_compile=False`.
     """
     message = (
         f"`{name}` must be integer class ids in [0, num_classes={num_classes}); "

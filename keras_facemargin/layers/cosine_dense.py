@@ -172,7 +172,12 @@ class CosineDense(keras.layers.Layer):
         return self.apply_margin(cos, labels, self.target_logit(cos_y, labels))
 
     def call(self, inputs, training=None):
-        embeddings, labels, _ = self._split_inputs(inputs)
+        embeddings, labels, extra = self._split_inputs(inputs)
+        if extra is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes `embeddings` or `[embeddings, labels]`; "
+                "a third input (sample index / encoder embeddings) is used only by KappaMarginDense."
+            )
         cos = self.cosine(embeddings)
         if labels is None:
             return self.inference_logits(embeddings, cos)
