@@ -288,3 +288,17 @@ def test_mtcnn_on_real_lfw_image(data_dir):
     k = select_face(again, aligned.shape)
     err = np.linalg.norm(again[k]["landmarks"] - ARCFACE_TEMPLATE_112, axis=1)
     assert err.mean() < 4.0, err  # MTCNN keypoints are integer-rounded and jitter ~2-3 px (measured 2.4)
+
+
+def test_align_folder_refuses_output_ext_collisions_before_writing(tmp_path):
+    img = np.zeros((40, 40, 3), np.uint8)
+    (tmp_path / "raw" / "p").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "raw" / "p" / "a.jpg"), img)
+    cv2.imwrite(str(tmp_path / "raw" / "p" / "a.png"), img)
+    lms = {f"p/a.{e}": ARCFACE_TEMPLATE_112 / 3 for e in ("jpg", "png")}
+    with pytest.raises(ValueError, match=r"'p/a\.(jpg|png)' and 'p/a\.(jpg|png)' would both be written to 'p/a\.png'"):
+        align_folder(tmp_path / "raw", tmp_path / "out", landmarks=lms, image_size=16, output_ext=".png",
+                     progress=False)
+    assert not (tmp_path / "out").exists()
+    report = align_folder(tmp_path / "raw", tmp_path / "out", landmarks=lms, image_size=16, progress=False)
+    assert report["counts"]["aligned"] == 2  # extensions kept: no collision

@@ -446,6 +446,15 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
     elif detector is None:
         detector = MTCNNDetector()
     files = _list_files(in_root)
+    if output_ext is not None:  # e.g. a.jpg and a.png would both become a.png
+        outputs = {}
+        for rel in files:
+            out_rel = Path(rel).with_suffix(output_ext).as_posix()
+            if out_rel in outputs:
+                raise ValueError(f"Inputs {outputs[out_rel]!r} and {rel!r} would both be written to "
+                                 f"{out_rel!r} with output_ext={output_ext!r}; rename one, or keep the "
+                                 "input extensions (output_ext=None). Nothing was written.")
+            outputs[out_rel] = rel
     out_root.mkdir(parents=True, exist_ok=True)
     report = {"input_dir": str(in_root), "output_dir": str(out_root), "image_size": s,
               "landmarks_source": source, "method": method, "face_selection":
