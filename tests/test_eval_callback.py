@@ -65,3 +65,13 @@ def test_every_n_epochs_skips(tmp_path):
     assert "val_lfw_accuracy" not in logs
     cb.on_epoch_end(1, logs)
     assert 0.0 <= logs["val_lfw_accuracy"] <= 1.0
+
+
+def test_bin_paths_with_the_same_stem_are_refused(tmp_path):
+    import pytest
+
+    a, b = tmp_path / "v1" / "lfw.bin", tmp_path / "v2" / "lfw.bin"
+    with pytest.raises(ValueError, match=r"v1/lfw\.bin.*v2/lfw\.bin.*'lfw'"):
+        VerificationCallback([str(a), str(b)])
+    cb = VerificationCallback([str(a), str(tmp_path / "cfp_fp.bin")])  # distinct stems: both kept
+    assert sorted(cb.history) == ["cfp_fp", "lfw"]

@@ -73,7 +73,15 @@ class VerificationCallback(keras.callbacks.Callback):
         if isinstance(sets, (str, os.PathLike)):
             sets = [sets]
         if isinstance(sets, (list, tuple)):
-            sets = {os.path.splitext(os.path.basename(os.fspath(p)))[0]: p for p in sets}
+            named = {}
+            for p in sets:
+                stem = os.path.splitext(os.path.basename(os.fspath(p)))[0]
+                if stem in named:
+                    raise ValueError(f"Sets {os.fspath(named[stem])!r} and {os.fspath(p)!r} share the name "
+                                     f"{stem!r} (file stem) and would overwrite each other; pass a dict "
+                                     "{name: path} instead.")
+                named[stem] = p
+            sets = named
         if not isinstance(sets, dict) or not sets:
             raise ValueError("`sets` must be a non-empty dict name -> arrays/path/PairSet or a list of paths.")
         self._spec = dict(sets)
