@@ -302,7 +302,28 @@ class MTCNNDetector:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.min_confidence = float(min_confidence)
+        self.mtcnn_kwargs = dict(mtcnn_kwargs)
         self._mtcnn = MTCNN(**mtcnn_kwargs)
+
+    @staticmethod
+    def settings_for(batch_size=16, min_confidence=0.0, **mtcnn_kwargs) -> dict:
+        """Every setting that changes the detections (used as a cache key): this wrapper's
+        ``batch_size`` (batched MTCNN moves a few landmarks by 1-2 px) and ``min_confidence``,
+        the ``mtcnn.MTCNN`` arguments and the installed ``mtcnn`` version."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mtcnn_version = version("mtcnn")
+        except PackageNotFoundError:  # pragma: no cover
+            mtcnn_version = None
+        return {"detector": "MTCNNDetector", "batch_size": int(batch_size),
+                "min_confidence": float(min_confidence),
+                "mtcnn_kwargs": {k: mtcnn_kwargs[k] for k in sorted(mtcnn_kwargs)},
+                "mtcnn_version": mtcnn_version}
+
+    def cache_settings(self) -> dict:
+        """:meth:`settings_for` this detector."""
+        return self.settings_for(self.batch_size, self.min_confidence, **self.mtcnn_kwargs)
 
     def _convert(self, dets):
         out = []

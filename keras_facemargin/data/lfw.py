@@ -250,6 +250,20 @@ def _check_box(crop):
     return box
 
 
+def _detector_settings(detector):
+    """Cache-key description of a detector: its ``cache_settings()`` when it has one (as
+    :class:`MTCNNDetector`), else its class and all its public attributes (thresholds, batch
+    size, ...); values without a JSON form go in by ``repr``."""
+    if detector is None:
+        return MTCNNDetector.settings_for()
+    if callable(getattr(detector, "cache_settings", None)):
+        return detector.cache_settings()
+    cls = type(detector)
+    attrs = {k: v for k, v in sorted(vars(detector).items()) if not k.startswith("_")} \
+        if hasattr(detector, "__dict__") else {}
+    return {"detector": f"{cls.__module__}.{cls.__qualname__}", "attributes": attrs}
+
+
 def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
                     cache_dir=None, cache="auto", detector=None, progress: bool = True,
                     return_info: bool = False):
@@ -264,9 +278,11 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
             :data:`LFW_CENTER_CROP_BOX`.
         cache_dir: folder for the ``.npz`` cache (default :func:`default_cache_dir`).
         cache: ``True``/``False``/``"auto"`` (``"auto"``: cache ``"mtcnn"`` results only).
-            The key hashes the settings (size, align, crop, detector ``min_confidence`` and
-            ``batch_size``: batched MTCNN moves a few landmarks by 1-2 px) and every path
-            with its size and mtime.
+            The key hashes the settings (size, align, crop and, for ``"mtcnn"``, every detector
+            setting: ``detector.cache_settings()`` when defined, as for :class:`MTCNNDetector`
+            (``batch_size``, ``min_confidence``, ``mtcnn.MTCNN`` arguments, ``mtcnn`` version),
+            else the detector's class and public attributes) and every path with its size and
+            mtime.
         detector: a :class:`MTCNNDetector`-like object (default: a new ``MTCNNDetector``).
         progress: tqdm progress bar.
         return_info: also return ``{"no_face": [paths], "multiple_faces": int, "cache_file": str|None,
@@ -301,10 +317,9 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
     cache_file = None
     if use_cache:
         settings = {"v": 1, "size": size, "align": align, "crop": box}
-        if align == "mtcnn":  # detector settings that change the landmarks
-            settings["min_confidence"] = float(getattr(detector, "min_confidence", 0.0))
-            settings["batch_size"] = int(getattr(detector, "batch_size", 16))
-        h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+        if align == "mtcnn":  # every detector setting that changes the landmarks
+            settings["detector"] = _detector_settings(detector)
+        h = hashlib.sha1(json.dumps(settings, sort_keys=True, default=repr).encode())
         for p in paths:
             try:
                 st = os.stat(p)
