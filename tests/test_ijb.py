@@ -332,3 +332,38 @@ def test_malformed_meta_files_name_file_and_line(tmp_path):
     csv.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n1,7,a.jpg\n2,seven,b.jpg\n")
     with pytest.raises(ValueError, match=r"ijbc_1N_probe_mixed\.csv:3: .*integers"):
         read_1n_csv(csv)
+
+
+def test_floor_far_operating_point_is_shared_and_identical():
+    """verification.tar_at_far, ijb 1:N (TPIR@FPIR) and megaface_verification use one floor rule."""
+    from keras_facemargin.evaluation._far import floor_far_rank, floor_threshold
+    from keras_facemargin.evaluation.ijb import _floor_threshold
+    from keras_facemargin.evaluation.megaface import megaface_verification
+    from keras_facemargin.evaluation.verification import tar_at_far
+
+    desc = np.array([0.9, 0.8, 0.8, 0.5, 0.1])
+    assert floor_far_rank(0.2, 5) == 1 and floor_far_rank(0.6, 5) == 3  # 0.6 * 5 = 2.9999...
+    assert floor_threshold(desc, 0.1) == 0.9 and floor_threshold(desc, 0.4) == 0.8
+    assert floor_threshold(desc, 1.0) == -np.inf and floor_threshold(desc, 1.0, below=0.0) == 0.0
+    assert floor_threshold(desc[:2], 0.2, n=5) == 0.8  # only the top k + 1 are needed
+
+    rng = np.random.default_rng(3)
+
+    def exact_unit(n):  # four entries of +-0.5: unit norm and dot products exact in float32 (many ties)
+        x = np.zeros((n, 8))
+        for row in x:
+            row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        return x
+
+    P, D = exact_unit(12), exact_unit(40)
+    ids = np.repeat(np.arange(4), 3)
+    imp = (P @ D.T).ravel()
+    gen = np.concatenate([(P[ids == i] @ P[ids == i].T)[np.triu_indices(3, 1)] for i in range(4)])
+    fars = (1 / 480, 0.01, 0.1, 0.5)
+    mf = megaface_verification(P, ids, D, fars=fars)
+    tars, thrs = tar_at_far(np.concatenate([gen, imp]), np.r_[np.ones(gen.size, bool), np.zeros(imp.size, bool)],
+                            fars)
+    for f in fars:
+        t = _floor_threshold(imp, f)
+        assert thrs[f] == t == mf["threshold"][f]
+        assert tars[f] == mf["tar"][f] == float(np.mean(gen > t))

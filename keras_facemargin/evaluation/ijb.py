@@ -66,6 +66,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_facemargin.data.align import align_face
+from keras_facemargin.evaluation._far import floor_threshold
 from keras_facemargin.evaluation.verification import _embed_fn, _roc, _to_numpy, tar_at_far
 
 __all__ = [
@@ -282,16 +284,7 @@ def load_ijb_meta(root, target="IJBC", with_1n=True) -> IJBMeta:
 
 # ------------------------------------------------------------- features
 def _align(image, landmarks, image_size):
-    try:
-        from keras_facemargin.data.align import align_face
-    except ImportError:  # data.align not available: same least-squares similarity inline
-        align_face = None
-    if align_face is not None:
-        return align_face(image, landmarks, image_size=image_size)
-    dst = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
-                    [70.7299, 92.2041]]) * (image_size / 112.0)
-    M, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float64), dst, method=cv2.LMEDS)
-    return cv2.warpAffine(image, M, (image_size, image_size), borderValue=0.0)
+    return align_face(image, landmarks, image_size=image_size)
 
 
 def align_ijb_images(root, names, landmarks, image_size=112, num_threads=4):
@@ -740,9 +733,7 @@ def format_tar_far_table(tables: dict) -> str:
 
 
 def _floor_threshold(neg_scores, target):
-    neg = np.sort(np.asarray(neg_scores, np.float64))[::-1]
-    k = int(np.floor(float(target) * neg.size * (1 + 1e-12)))
-    return neg[k] if k < neg.size else -np.inf
+    return floor_threshold(np.sort(np.asarray(neg_scores, np.float64))[::-1], target)
 
 
 def identification(probe_feats, probe_subjects, gallery_feats, gallery_subjects, ranks=(1, 5, 10),

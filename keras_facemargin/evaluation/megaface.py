@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_facemargin.evaluation._far import floor_far_rank, floor_threshold
+
 __all__ = [
     "read_feature_bin",
     "write_feature_bin",
@@ -358,7 +360,7 @@ def megaface_verification(probe_feats, probe_ids, distractor_feats, fars=(1e-6,)
     ids = np.asarray(probe_ids).reshape(-1)
     Dn = np.asarray(distractor_feats).shape[0]
     n_imp = P.shape[0] * Dn
-    ks = {float(f): int(np.floor(float(f) * n_imp * (1 + 1e-12))) for f in fars}
+    ks = {float(f): floor_far_rank(f, n_imp) for f in fars}
     need = max(ks.values()) + 1
     if global_top is None:
         _, global_top = distractor_topk(P, _unit(distractor_feats), k=1, global_k=need, **kwargs)
@@ -369,8 +371,8 @@ def megaface_verification(probe_feats, probe_ids, distractor_feats, fars=(1e-6,)
     if gen.size == 0:
         raise ValueError("no identity has two or more probe images.")
     tars, thrs = {}, {}
-    for f, k in ks.items():
-        t = float(global_top[k]) if k < n_imp else -np.inf
+    for f in ks:
+        t = float(floor_threshold(global_top, f, n=n_imp))  # global_top holds the top k + 1
         thrs[f], tars[f] = t, float(np.mean(gen > t))
     return {"tar": tars, "threshold": thrs, "num_genuine": int(gen.size), "num_impostor": int(n_imp)}
 

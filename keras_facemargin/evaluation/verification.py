@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from keras_facemargin.data.pipeline import normalize_images
+from keras_facemargin.evaluation._far import floor_threshold
 
 __all__ = [
     "VerificationResult",
@@ -268,8 +269,7 @@ def tar_at_far(scores, is_same, far_targets=DEFAULT_FARS) -> tuple[dict, dict]:
         far = float(far)
         if not (0.0 < far <= 1.0):
             raise ValueError(f"`far_targets` values must be in (0, 1], got {far}.")
-        k = int(np.floor(far * imp.size * (1 + 1e-12)))
-        t = imp[k] if k < imp.size else np.nextafter(s.min(), -np.inf)
+        t = floor_threshold(imp, far, below=np.nextafter(s.min(), -np.inf))
         tars[far] = float(np.mean(g > t))
         thrs[far] = float(t)
     return tars, thrs
