@@ -47,6 +47,34 @@ def _check_class_counts(class_counts, num_classes):
     return counts.astype("int64")
 
 
+def _check_num_classes(num_classes):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
+    return num_classes
+
+
+def build_class_kernel(layer, input_shape):
+    """Check the embedding shape and add the (d, C) class kernel to `layer`.
+
+    Shared by every head: sets `layer.embedding_dim` and `layer.kernel` from
+    `layer.num_classes`, `layer.kernel_initializer`, `layer.kernel_regularizer`.
+    """
+    shape = CosineDense._embedding_shape(input_shape)
+    if len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
+            f"dimension. Received shape: {shape}"
+        )
+    layer.embedding_dim = int(shape[-1])
+    layer.kernel = layer.add_weight(
+        name="kernel",
+        shape=(layer.embedding_dim, layer.num_classes),
+        initializer=layer.kernel_initializer,
+        regularizer=layer.kernel_regularizer,
+        trainable=True,
+    )
+
+
 def prepare_indices(values, upper, name):
     """Flatten class ids / sample indices to int (B,) and check they are in [0, upper)."""
     values = ops.reshape(values, (-1,))
@@ -89,9 +117,7 @@ class CosineDense(keras.layers.Layer):
         # Margin heads stay float32 under mixed precision unless asked otherwise.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = _check_num_classes(num_classes)
         self.scale = _check_positive("scale", scale)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -118,20 +144,7 @@ class CosineDense(keras.layers.Layer):
         return tuple(input_shape)
 
     def build(self, input_shape):
-        shape = self._embedding_shape(input_shape)
-        if len(shape) != 2 or shape[-1] is None:
-            raise ValueError(
-                "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
-                f"dimension. Received shape: {shape}"
-            )
-        self.embedding_dim = int(shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.embedding_dim, self.num_classes),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            trainable=True,
-        )
+        build_class_kernel(self, input_shape)
 
     # -- math -------------------------------------------------------------------
     def cosine(self, embeddings):

@@ -3,13 +3,7 @@
 import keras
 from keras import ops
 
-from keras_facemargin.layers.cosine_dense import CosineDense
-
-
-def _check_num_classes(num_classes):
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}")
-    return num_classes
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_num_classes, build_class_kernel
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -48,19 +42,7 @@ class SoftmaxDense(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        shape = CosineDense._embedding_shape(input_shape)
-        if len(shape) != 2 or shape[-1] is None:
-            raise ValueError(
-                "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
-                f"dimension. Received shape: {shape}"
-            )
-        self.embedding_dim = int(shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.embedding_dim, self.num_classes),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
+        build_class_kernel(self, input_shape)
         self.bias = (
             self.add_weight(name="bias", shape=(self.num_classes,), initializer=self.bias_initializer)
             if self.use_bias
