@@ -121,3 +121,8 @@ def get_model_info(name):
     if not isinstance(name, str) or name.lower() not in MODELS:
         raise ValueError(f"Unknown pretrained model {name!r}. Known models: {sorted(MODELS)}.")
     return copy.deepcopy(MODELS[name.lower()])
+
+
+#: The model that `FaceVerifier` and the photo tools use when none is given: the one shipped inside
+#: the package (``keras_facemargin/pretrained/weights/``). ``None`` until that file lands.
+DEFAULT_MODEL = None
