@@ -54,9 +54,13 @@ from keras_facemargin.data.align import (  # noqa: E402,F401
 )
 from keras_facemargin.data.identity_folders import (  # noqa: E402,F401
     CELEBA_ARCFACE_CROP_BOX,
+    CombinedIdentityData,
     IdentityFolderData,
     load_identity_folder,
+    load_identity_folders,
+    read_identity_list,
 )
+from keras_facemargin.data.augment import FaceAugmentation  # noqa: E402,F401
 from keras_facemargin.data.lfw import (  # noqa: E402,F401
     LFW_CENTER_CROP_BOX,
     LFWPairs,
@@ -75,7 +79,11 @@ __all__ += [
     "reference_landmarks",
     "CELEBA_ARCFACE_CROP_BOX",
     "IdentityFolderData",
+    "CombinedIdentityData",
     "load_identity_folder",
+    "load_identity_folders",
+    "read_identity_list",
+    "FaceAugmentation",
     "LFW_CENTER_CROP_BOX",
     "LFWPairs",
     "lfw_verification",

@@ -44,7 +44,8 @@ import numpy as np
 
 from keras_facemargin.data.align import read_rgb
 
-__all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "load_identity_folder", "list_identity_folder"]
+__all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "CombinedIdentityData", "load_identity_folder",
+           "load_identity_folders", "list_identity_folder", "read_identity_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,3 +277,152 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
     return IdentityFolderData(images=images, labels=np.asarray(labels, np.int32), class_names=names,
                               class_counts=np.asarray(counts, np.int64), paths=rows, unreadable=unreadable,
                               dropped_identities=dropped, ignored=ignored)
+
+
+@dataclass
+class CombinedIdentityData(IdentityFolderData):
+    """Result of :func:`load_identity_folders`: :class:`IdentityFolderData` plus provenance.
+
+    Attributes:
+        roots: the roots, in the order given.
+        root_of_row: int ``(N,)`` index into ``roots`` of each image.
+        duplicates: ``[(identity, file name, kept root, dropped root)]`` images found in more
+            than one root (the first root's copy is kept).
+        excluded: identity names removed by ``exclude`` (with their image count).
+    """
+
+    roots: list = field(default_factory=list)
+    root_of_row: np.ndarray = None
+    duplicates: list = field(default_factory=list)
+    excluded: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One human-readable paragraph: sizes, duplicates, exclusions, unreadable files."""
+        c = self.class_counts
+        lines = [f"{len(self.labels)} images, {len(c)} identities from {len(self.roots)} root(s) "
+                 f"(images per identity: min {c.min()}, median {int(np.median(c))}, max {c.max()}; "
+                 f"{int((c == 1).sum())} with a single image)"]
+        for i, r in enumerate(self.roots):
+            lines.append(f"  {r}: {int((self.root_of_row == i).sum())} images kept")
+        if self.duplicates:
+            ex = ", ".join(f"{d[0]}/{d[1]}" for d in self.duplicates[:3])
+            lines.append(f"  {len(self.duplicates)} duplicate image(s) across roots kept once (e.g. {ex})")
+        if self.excluded:
+            lines.append(f"  {len(self.excluded)} identities excluded ({sum(self.excluded.values())} images)")
+        if self.unreadable:
+            lines.append(f"  {len(self.unreadable)} unreadable image(s) skipped (first: {self.unreadable[0][0]})")
+        if self.dropped_identities:
+            lines.append(f"  {len(self.dropped_identities)} identities below min_images dropped")
+        return "\n".join(lines)
+
+
+def read_identity_list(path) -> list:
+    """Identity names from a file: one per line, or a TSV/CSV whose first column is the name.
+
+    Blank lines and lines starting with ``#`` are skipped, and so is a first line whose first
+    field is a header word (``celeba_identity``, ``identity`` or ``name``). A field that is not
+    a folder name (empty, ``.``/``..``, containing ``/``) raises a `ValueError` naming the line.
+
+    Example::
+
+        drop = read_identity_list("celeba_identities/lfw_overlap_candidates.tsv")   # 156 names
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file of identity names ({e}).") from None
+    names = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        first = line.replace(",", "\t").split("\t")[0].strip()
+        if lineno == 1 and first.lower() in ("celeba_identity", "identity", "name"):
+            continue
+        if not first or "/" in first or first in (".", ".."):
+            raise ValueError(f"{path}:{lineno}: expected an identity folder name, got {first!r}.")
+        names.append(first)
+    return names
+
+
+def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_images: int = 1,
+                          on_error: str = "raise", num_threads: int = 2,
+                          progress: bool = False) -> CombinedIdentityData:
+    """Load several identity-folder roots into one label space.
+
+    Identities are merged **by folder name** across roots (CelebA folders are CelebA identity
+    numbers, the same person in every set). An image whose file name occurs under the same
+    identity in an earlier root is a duplicate: it is kept once (the first root's copy) and listed
+    in ``duplicates``. Labels follow the sorted union of identity names (string order), so the
+    result does not depend on the order of ``roots`` except for which copy of a duplicate is kept.
+
+    Args:
+        roots: one root or a sequence of roots (each a folder of ``<identity>/`` sub-folders).
+        image_size, crop, on_error, num_threads, progress: as in :func:`load_identity_folder`
+            (``crop="auto"`` is resolved per image, so 89x109 CelebA and 112x112 ArcFace crops mix).
+        exclude: identity names to drop from every root (e.g. :func:`read_identity_list` of
+            LFW-overlap candidates); names not present are ignored.
+        min_images: keep identities with at least this many images after merging.
+
+    Returns:
+        :class:`CombinedIdentityData`.
+
+    Example::
+
+        d = load_identity_folders([ids / "color_arcface112", ids / "gray_arcface112",
+                                   celeba / "images"], image_size=64,
+                                  exclude=read_identity_list(ids / "lfw_overlap_candidates.tsv"))
+        print(d.summary())
+    """
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    roots = [Path(r) for r in roots]
+    if not roots:
+        raise ValueError("`roots` must name at least one identity folder.")
+    if len(set(map(str, roots))) != len(roots):
+        raise ValueError(f"`roots` lists the same folder twice: {[str(r) for r in roots]}.")
+    if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+        raise ValueError(f"`min_images` must be a positive integer, got {min_images!r}.")
+    exclude = set(map(str, exclude))
+    parts = [load_identity_folder(r, image_size=image_size, crop=crop, on_error=on_error,
+                                  num_threads=num_threads, progress=progress) for r in roots]
+    seen = {}  # (identity, file name) -> root index
+    per_id = {}  # identity -> [(root index, row in that part)]
+    duplicates, excluded = [], {}
+    for k, part in enumerate(parts):
+        for row, rel in enumerate(part.paths):
+            ident, fname = rel.split("/", 1)
+            if ident in exclude:
+                excluded[ident] = excluded.get(ident, 0) + 1
+                continue
+            key = (ident, fname)
+            if key in seen:
+                duplicates.append((ident, fname, str(roots[seen[key]]), str(roots[k])))
+                continue
+            seen[key] = k
+            per_id.setdefault(ident, []).append((k, row))
+    names, dropped = [], {}
+    for ident in sorted(per_id):
+        if len(per_id[ident]) < min_images:
+            dropped[ident] = len(per_id[ident])
+        else:
+            names.append(ident)
+    if not names:
+        raise ValueError(f"No identity with >= {min_images} image(s) left in {[str(r) for r in roots]}.")
+    images, labels, paths, root_of_row, counts = [], [], [], [], []
+    for c, ident in enumerate(names):
+        rows = per_id[ident]
+        counts.append(len(rows))
+        for k, row in rows:
+            images.append(parts[k].images[row])
+            labels.append(c)
+            paths.append(f"{roots[k]}/{parts[k].paths[row]}")
+            root_of_row.append(k)
+    unreadable = [(f"{roots[k]}/{rel}", err) for k, p in enumerate(parts) for rel, err in p.unreadable]
+    return CombinedIdentityData(
+        images=np.stack(images), labels=np.asarray(labels, np.int32), class_names=names,
+        class_counts=np.asarray(counts, np.int64), paths=paths, unreadable=unreadable,
+        dropped_identities=dropped, ignored=[f"{roots[k]}/{i}" for k, p in enumerate(parts) for i in p.ignored],
+        roots=[str(r) for r in roots], root_of_row=np.asarray(root_of_row, np.int32),
+        duplicates=duplicates, excluded=excluded)

@@ -80,8 +80,8 @@ def _check_labels(labels, num_samples):
 
 
 def _build(num_samples, labels, fetch, batch_size, shuffle, seed, augment_flip, drop_remainder,
-           repeat, num_parallel_calls=tf.data.AUTOTUNE):
-    """Index pipeline -> batched fetch (int64 indices -> uint8 images) -> flip -> normalise."""
+           repeat, num_parallel_calls=tf.data.AUTOTUNE, augment=None):
+    """Index pipeline -> batched fetch (int64 indices -> uint8 images) -> flip -> augment -> normalise."""
     labels_t = tf.constant(labels, tf.int32)
     seed = int(seed)
     ds = tf.data.Dataset.range(num_samples)
@@ -101,6 +101,8 @@ def _build(num_samples, labels, fetch, batch_size, shuffle, seed, augment_flip, 
             n = tf.shape(idx)[0]
             u = tf.random.stateless_uniform([n], seed=tf.stack([r, flip_seed]))
             images = tf.where((u < 0.5)[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        if augment is not None:
+            images = augment(images, tf.stack([r, flip_seed + 1]))
         lab = tf.gather(labels_t, idx)
         inputs = {"images": normalize_images(images), "labels": lab, "index": tf.cast(idx, tf.int32)}
         return inputs, lab
@@ -111,7 +113,7 @@ def _build(num_samples, labels, fetch, batch_size, shuffle, seed, augment_flip, 
 
 def make_training_dataset(images, labels, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                           augment_flip: bool = True, drop_remainder: bool = True,
-                          repeat: bool = False) -> tf.data.Dataset:
+                          repeat: bool = False, augment=None) -> tf.data.Dataset:
     """Batched training dataset over in-memory uint8 images.
 
     Args:
@@ -123,6 +125,8 @@ def make_training_dataset(images, labels, batch_size: int = 64, shuffle: bool = 
         augment_flip: random horizontal flip with probability 0.5.
         drop_remainder: drop the last incomplete batch (static batch shape).
         repeat: repeat indefinitely (use ``steps_per_epoch`` in ``fit``).
+        augment: ``None`` or a callable ``(images, seed) -> images`` on 0..255 batches, e.g.
+            :class:`keras_facemargin.data.augment.FaceAugmentation` (applied after the flip).
 
     Returns:
         ``tf.data.Dataset`` of ``({"images", "labels", "index"}, labels)`` (see module docstring).
@@ -148,7 +152,10 @@ def make_training_dataset(images, labels, batch_size: int = 64, shuffle: bool = 
     def fetch(idx):
         return tf.gather(images_t, idx)
 
-    return _build(n, lab, fetch, int(batch_size), shuffle, seed, augment_flip, drop_remainder, repeat)
+    if augment is not None and not callable(augment):
+        raise ValueError(f"`augment` must be None or a callable (images, seed) -> images, got {augment!r}.")
+    return _build(n, lab, fetch, int(batch_size), shuffle, seed, augment_flip, drop_remainder, repeat,
+                  augment=augment)
 
 
 def make_synthetic_training_dataset(faces, identities=None, batch_size: int = 64, shuffle: bool = True,
