@@ -11,6 +11,7 @@ Public API::
     kfm.training (the paper recipe, resumable and multi-worker training)
     kfm.export (SavedModel / TFLite / ONNX with parity checks)
     kfm.load(name), kfm.list_models()
+    kfm.FaceVerifier (photo -> verdict; face_verifier.calibrate_thresholds, face_gallery.Gallery)
 """
 
 __version__ = "0.1.0"
@@ -28,3 +29,4 @@ from keras_facemargin import layers  # noqa: E402,F401
 from keras_facemargin import training  # noqa: E402,F401
 from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
 from keras_facemargin.pretrained import list_models, load  # noqa: E402,F401
+from keras_facemargin.face_verifier import FaceVerifier  # noqa: E402,F401

@@ -1,0 +1,820 @@
+"""Photo to verdict: detect, align, embed and compare faces (1:1 verification, 1:N identification).
+
+Pipeline of :class:`FaceVerifier` (the same as the LFW ``align="mtcnn"`` evaluation, so LFW-calibrated
+thresholds apply):
+
+1. read the photo (a path, or an RGB uint8 array) with OpenCV (EXIF orientation applied);
+2. detect faces and 5 landmarks with MTCNN (:class:`~keras_facemargin.data.align.MTCNNDetector`);
+   pick one face by ``face_policy``;
+3. similarity-align the 5 landmarks to the ArcFace 112x112 template
+   (:func:`~keras_facemargin.data.align.align_face`), then resize to the model's input size;
+4. normalise (``(x - mean) / std``), embed the crop and its horizontal flip, sum, L2-normalise
+   (:func:`~keras_facemargin.evaluation.embed_images`);
+5. cosine similarity; **same person iff ``score > threshold``** (the package's convention, under
+   which the LFW-calibrated thresholds give their stated FAR).
+
+Outcomes other than a verdict are typed exceptions, all subclasses of :class:`FaceVerifierError` (a
+``ValueError``) with ``reason``, ``file`` (the image concerned, ``"<array>"`` for arrays), ``exit_code``
+(used by ``tools/verify_faces.py`` and ``tools/identify.py``) and a JSON-friendly ``to_dict()``:
+
+* :class:`ImageReadError` (exit 5): ``reason="not_found"`` (also a ``FileNotFoundError``),
+  ``"not_an_image"`` (a directory, or bytes in no image format) or ``"unreadable"`` (an image file
+  that does not decode: truncated or corrupt);
+* :class:`NoFaceError` (exit 3): ``"no_face"``, nothing detected (or the landmarks cannot be aligned);
+* :class:`MultipleFacesError` (exit 4): ``"multiple_faces"``, several faces with ``face_policy="error"``
+  (the default ``"largest"`` uses the largest box; ``"best"`` the highest confidence; ``"central"``
+  the large-and-central face, as the LFW alignment does);
+* :class:`GalleryError` (exit 6): ``"gallery_mismatch"`` (built with another model or preprocessing),
+  ``"gallery_format"`` (not a gallery file, or a damaged one), ``"gallery_empty"``;
+* :class:`ConfigurationError` (exit 2): ``"no_model"``, ``"no_threshold"`` (the message tells how to
+  calibrate), ``"bad_far"``, ...
+
+Very large photos are detected at full resolution (MTCNN time grows with the pixel count).
+
+Example::
+
+    import keras_facemargin as kfm
+    verifier = kfm.FaceVerifier()                       # the shipped default model and its thresholds
+    result = verifier.verify("a.jpg", "b.jpg")
+    result.score, result.is_same, result.to_dict()
+    from keras_facemargin.face_gallery import Gallery
+    gallery = Gallery.build(verifier, "people/")        # people/<identity>/<images>
+    gallery.save("people.npz")
+    verifier.identify("query.jpg", gallery).identity    # a name or "unknown"
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from keras_facemargin.data.align import align_face, estimate_transform, select_face, transform_points
+from keras_facemargin.data.pipeline import normalize_images
+from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
+
+__all__ = [
+    "FaceVerifier",
+    "Face",
+    "VerifyResult",
+    "IdentifyResult",
+    "calibrate_thresholds",
+    "read_image",
+    "far_key",
+    "FACE_POLICIES",
+    "PACKAGE_NORMALIZATION",
+    "FaceVerifierError",
+    "ImageReadError",
+    "NoFaceError",
+    "MultipleFacesError",
+    "GalleryError",
+    "ConfigurationError",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``face_policy`` values: which face to use when a photo holds several.
+FACE_POLICIES = ("largest", "best", "central", "error")
+#: ``keras_facemargin.data.normalize_images``: ``(x - 127.5) / 128``.
+PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
+ALIGN_SIZE = 112  # faces are aligned to the ArcFace 112x112 template, then resized
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2")
+
+
+# ------------------------------------------------------------------ errors
+class FaceVerifierError(ValueError):
+    """Base of the outcomes that are not a verdict (see the module docstring).
+
+    Attributes:
+        reason: short machine-readable reason (``"no_face"``, ``"unreadable"``, ...).
+        file: the image / gallery path concerned (``"<array>"`` for arrays, ``None`` if none).
+        detail: human-readable explanation.
+        exit_code: the CLIs' process exit code for this outcome.
+    """
+
+    exit_code = 2
+
+    def __init__(self, reason, detail, file=None, **extra):
+        self.reason = reason
+        self.detail = detail
+        self.file = None if file is None else str(file)
+        self.extra = extra
+        super().__init__(f"{self.file}: {detail}" if self.file else detail)
+
+    def to_dict(self) -> dict:
+        """``{"status": "error", "error": reason, "file", "message", ...}`` (JSON-friendly)."""
+        return {"status": "error", "error": self.reason, "file": self.file, "message": str(self), **self.extra}
+
+
+class ConfigurationError(FaceVerifierError):
+    """No model, no threshold for the requested FAR, or another setup problem (exit code 2)."""
+
+
+class ImageReadError(FaceVerifierError):
+    """The input is not a readable image: ``reason`` is ``not_found``, ``not_an_image`` or ``unreadable``."""
+
+    exit_code = 5
+
+
+class _ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """`ImageReadError` with ``reason="not_found"``; also a ``FileNotFoundError``."""
+
+    def __init__(self, reason, detail, file=None, **extra):
+        ImageReadError.__init__(self, reason, detail, file, **extra)
+
+
+class NoFaceError(FaceVerifierError):
+    """No face was detected in the image (exit code 3)."""
+
+    exit_code = 3
+
+
+class MultipleFacesError(FaceVerifierError):
+    """Several faces and ``face_policy="error"`` (exit code 4); ``extra["faces"]`` lists them."""
+
+    exit_code = 4
+
+
+class GalleryError(FaceVerifierError):
+    """A gallery file that is not one, is damaged, or belongs to another model (exit code 6)."""
+
+    exit_code = 6
+
+
+# ------------------------------------------------------------------- images
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"))
+
+
+def _image_format(head: bytes):
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
+        return "PNM"
+    return None
+
+
+def read_image(image, name=None):
+    """Return an RGB uint8 ``(H, W, 3)`` image and a name for messages.
+
+    Args:
+        image: a path (``str`` / ``Path``; decoded with OpenCV, EXIF orientation applied), or an
+            RGB uint8 array ``(H, W, 3)`` (also ``(H, W)`` grey and ``(H, W, 4)`` RGBA, converted).
+        name: label used in results and errors (default: the path, or ``"<array>"``).
+
+    Returns:
+        ``(rgb, name)``.
+
+    Raises:
+        ImageReadError: ``not_found`` (also a ``FileNotFoundError``), ``not_an_image`` (a directory,
+            or bytes in no image format) or ``unreadable`` (an image format that does not decode:
+            truncated or corrupt), naming the file.
+        TypeError / ValueError: an input that is neither a path nor a uint8 image array.
+
+    Example::
+
+        rgb, name = read_image("photo.jpg")
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        label = str(image) if name is None else str(name)
+        if not path.exists():
+            raise _ImageNotFoundError("not_found", "file not found (expected an image file)", label)
+        if path.is_dir():
+            raise ImageReadError("not_an_image", "is a directory, expected an image file", label)
+        try:
+            data = np.fromfile(str(path), dtype=np.uint8)
+        except OSError as e:
+            raise ImageReadError("unreadable", f"cannot read the file ({type(e).__name__}: {e})", label) from None
+        if data.size == 0:
+            raise ImageReadError("unreadable", "empty file (0 bytes), expected an image", label)
+        fmt = _image_format(data[:16].tobytes())
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is None:
+            if fmt is None:
+                raise ImageReadError("not_an_image", "not an image file (no JPEG/PNG/BMP/TIFF/WEBP/GIF/PNM "
+                                     f"signature; first bytes {data[:8].tobytes()!r})", label)
+            raise ImageReadError("unreadable", f"{fmt} file that cannot be decoded (truncated or corrupt, "
+                                 f"{data.size} bytes)", label)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), label
+    if isinstance(image, np.ndarray):
+        label = "<array>" if name is None else str(name)
+        if image.dtype != np.uint8:
+            raise ValueError(f"{label}: image arrays must be RGB uint8 (H, W, 3), got dtype {image.dtype} "
+                             "(scale floats to 0..255 and cast to uint8).")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"{label}: image arrays must be RGB uint8 (H, W, 3), got shape {image.shape}.")
+        return np.ascontiguousarray(image), label
+    raise TypeError(f"Expected an image path (str / Path) or an RGB uint8 array, got {type(image).__name__}.")
+
+
+def _resize(crop, size):
+    h, w = size
+    if crop.shape[:2] == (h, w):
+        return crop
+    interp = cv2.INTER_AREA if crop.shape[0] > h else cv2.INTER_LINEAR
+    return cv2.resize(crop, (w, h), interpolation=interp)
+
+
+def _check_normalization(normalization, where="normalization"):
+    if callable(normalization):
+        return normalization
+    if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
+        raise ConfigurationError("bad_normalization", f"`{where}` must be a dict {{'mean', 'std'}} (scalars or "
+                                 f"3 per-channel values) or a callable, got {normalization!r}.")
+    out = {}
+    for k in ("mean", "std"):
+        v = normalization[k]
+        arr = np.asarray(v, np.float64)
+        if arr.shape not in ((), (3,)) or not np.all(np.isfinite(arr)) or (k == "std" and np.any(arr == 0)):
+            raise ConfigurationError("bad_normalization", f"`{where}[{k!r}]` must be a finite scalar or 3 values"
+                                     f"{' (non-zero)' if k == 'std' else ''}, got {v!r}.")
+        out[k] = float(arr) if arr.shape == () else [float(x) for x in arr]
+    return out
+
+
+def _normalize(images, normalization):
+    if callable(normalization):
+        return np.asarray(normalization(images), np.float32)
+    if normalization == PACKAGE_NORMALIZATION:
+        return normalize_images(images)
+    mean = np.asarray(normalization["mean"], np.float32)
+    std = np.asarray(normalization["std"], np.float32)
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def _normalization_json(normalization):
+    if callable(normalization):
+        return {"callable": f"{getattr(normalization, '__module__', '?')}."
+                            f"{getattr(normalization, '__qualname__', type(normalization).__name__)}"}
+    return dict(normalization)
+
+
+def far_key(far) -> str:
+    """The registry key of a FAR: ``repr(float(far))`` (``1e-3 -> "0.001"``, ``1e-2 -> "0.01"``)."""
+    return repr(float(far))
+
+
+def _check_far(far):
+    try:
+        f = float(far)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if not (0.0 < f <= 1.0):
+        raise ConfigurationError("bad_far", f"`far` must be a false accept rate in (0, 1], e.g. 1e-3; got {far!r}.")
+    return f
+
+
+def _crop_png_base64(crop):
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return base64.b64encode(buf.tobytes()).decode("ascii") if ok else None
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Face:
+    """One detected, aligned face.
+
+    Attributes:
+        source: the image path, or ``"<array>"`` (or the ``name`` given).
+        box: ``(x, y, w, h)`` in source-image pixels (``None`` if the detector gives none).
+        confidence: detector confidence (``None`` if the detector gives none).
+        landmarks: float ``(5, 2)`` source-image ``(x, y)``: left eye, right eye, nose, left / right mouth
+            corner (image-left first).
+        aligned_landmarks: the landmarks mapped into ``crop`` (close to the ArcFace template scaled to
+            the crop size).
+        crop: uint8 ``(H, W, 3)`` aligned crop, at the model's input size, that was embedded.
+        num_faces: faces detected in the image.
+        index: which of them was used.
+        image_shape: ``(H, W)`` of the source image.
+    """
+
+    source: str
+    box: tuple
+    confidence: float
+    landmarks: np.ndarray
+    aligned_landmarks: np.ndarray
+    crop: np.ndarray = field(repr=False)
+    num_faces: int = 1
+    index: int = 0
+    image_shape: tuple = ()
+
+    def to_dict(self, include_crop: bool = False) -> dict:
+        """JSON-friendly dict; ``include_crop=True`` adds ``crop_png_base64`` (the crop as a base64 PNG)."""
+        d = {"source": self.source, "box": None if self.box is None else [float(v) for v in self.box],
+             "confidence": None if self.confidence is None else float(self.confidence),
+             "landmarks": np.round(self.landmarks, 2).tolist(),
+             "aligned_landmarks": np.round(self.aligned_landmarks, 2).tolist(),
+             "crop_size": [int(self.crop.shape[0]), int(self.crop.shape[1])],
+             "num_faces": int(self.num_faces), "index": int(self.index),
+             "image_shape": [int(v) for v in self.image_shape]}
+        if include_crop:
+            d["crop_png_base64"] = _crop_png_base64(self.crop)
+        return d
+
+
+@dataclass
+class VerifyResult:
+    """Result of :meth:`FaceVerifier.verify`.
+
+    Attributes:
+        score: cosine similarity of the two flip-sum embeddings, in ``[-1, 1]``.
+        is_same: ``score > threshold``.
+        threshold: the decision threshold used.
+        far: the FAR the threshold was calibrated for (``None`` for an explicit threshold).
+        threshold_source: ``"explicit"`` or ``"registry:<model>"``.
+        model: the model's name.
+        faces: ``(face_a, face_b)`` (:class:`Face`).
+    """
+
+    score: float
+    is_same: bool
+    threshold: float
+    far: float
+    threshold_source: str
+    model: str
+    faces: tuple
+
+    def to_dict(self, include_crops: bool = False) -> dict:
+        """``{"status": "ok", "score", "same", "threshold", "far", "threshold_source", "model", "faces"}``."""
+        return {"status": "ok", "score": float(self.score), "same": bool(self.is_same),
+                "threshold": float(self.threshold), "far": self.far, "threshold_source": self.threshold_source,
+                "model": self.model, "faces": [f.to_dict(include_crops) for f in self.faces]}
+
+
+@dataclass
+class IdentifyResult:
+    """Result of :meth:`FaceVerifier.identify`.
+
+    Attributes:
+        identity: the best gallery identity if ``score > threshold``, else ``"unknown"``.
+        is_known: ``score > threshold``.
+        score: cosine similarity to the best identity's template.
+        threshold, far, threshold_source, model: as in :class:`VerifyResult` (the 1:1 threshold; against
+            ``N`` identities the chance of some false match is up to ``N`` times ``far``).
+        candidates: the ``top_k`` best ``{"identity", "score", "num_images"}``, best first.
+        face: the query :class:`Face`.
+    """
+
+    identity: str
+    is_known: bool
+    score: float
+    threshold: float
+    far: float
+    threshold_source: str
+    model: str
+    candidates: list
+    face: Face
+
+    def to_dict(self, include_crops: bool = False) -> dict:
+        """``{"status": "ok", "identity", "known", "score", "threshold", "far", ..., "candidates", "face"}``."""
+        return {"status": "ok", "identity": self.identity, "known": bool(self.is_known), "score": float(self.score),
+                "threshold": float(self.threshold), "far": self.far, "threshold_source": self.threshold_source,
+                "model": self.model, "candidates": [dict(c) for c in self.candidates],
+                "face": self.face.to_dict(include_crops)}
+
+
+# ----------------------------------------------------------------- verifier
+def _registry():
+    from keras_facemargin.pretrained import registry
+
+    return registry
+
+
+def _load_by_name(name, weights):
+    from keras_facemargin.pretrained import loader
+
+    return loader.load(name, weights=weights)
+
+
+def _registry_threshold(name, info, far):
+    thresholds = info.get("thresholds")
+    how = (f"Pass threshold=T, or calibrate one on LFW: `from keras_facemargin.face_verifier import "
+           f"calibrate_thresholds; calibrate_thresholds({name!r}, '../shared/data/lfw')['thresholds']` "
+           "(MTCNN-aligned, flip-sum, all 6000 pairs) and store the dict as the registry entry's "
+           "'thresholds' field ({FAR string: cosine threshold}).")
+    if not thresholds:
+        raise ConfigurationError("no_threshold", f"Model {name!r} has no calibrated thresholds in the registry "
+                                 f"(field 'thresholds'). {how}")
+    for key, value in thresholds.items():
+        if math.isclose(float(key), far, rel_tol=1e-9):
+            return float(value)
+    raise ConfigurationError("no_threshold", f"Model {name!r} has no threshold for far={far!r}; the registry "
+                             f"has FARs {sorted(thresholds, key=float)}. Pick one of them with far=, or: {how}")
+
+
+class FaceVerifier:
+    """Photo -> face -> embedding -> verdict (see the module docstring for the pipeline and the errors).
+
+    Args:
+        model: a name of ``keras_facemargin.list_models()`` (loaded with ``keras_facemargin.load``;
+            its registry entry gives ``normalization`` and ``thresholds``), a path to a ``.keras``
+            model (FaceRecognizer, embedder or backbone), a Keras model (embedder, backbone or
+            FaceRecognizer), or ``None``: ``keras_facemargin.pretrained.registry.DEFAULT_MODEL``.
+        threshold: cosine threshold (same person iff ``score > threshold``); default: the registry
+            entry's ``thresholds[far_key(far)]``.
+        far: the false accept rate whose calibrated threshold is used (ignored with ``threshold``).
+        detector: an object with ``detect_batch(list of RGB uint8) -> [[{"box", "confidence",
+            "landmarks"}, ...], ...]`` (or ``detect(rgb)``); default a ``MTCNNDetector()`` (created
+            on first use).
+        normalization: ``{"mean", "std"}`` (``(x - mean) / std``) or a callable on uint8 batches;
+            default: the registry entry's ``normalization`` for a named model, else
+            ``(x - 127.5) / 128`` (``keras_facemargin.data.normalize_images``).
+        face_policy: which face of a photo with several: ``"largest"`` box area (default), ``"best"``
+            detector confidence, ``"central"`` (large and central, as the LFW alignment), or
+            ``"error"`` (raise :class:`MultipleFacesError`).
+        weights: for a named model, a local weights file (``keras_facemargin.load(name, weights=)``).
+        batch_size: crops per model call.
+
+    Raises:
+        ConfigurationError: no model (``DEFAULT_MODEL`` unset and ``model=None``), no threshold for
+            ``far`` (the message tells how to calibrate), bad ``far`` / ``normalization`` / policy.
+
+    Example::
+
+        verifier = FaceVerifier("arcface_r50", weights="backbone.pth", far=1e-3)
+        r = verifier.verify("a.jpg", "b.jpg")
+        print(r.score, r.is_same)
+    """
+
+    def __init__(self, model=None, threshold=None, far=1e-3, detector=None, normalization=None,
+                 face_policy="largest", weights=None, batch_size: int = 32):
+        import keras
+
+        from keras_facemargin.export.savedmodel import as_embedder
+
+        if face_policy not in FACE_POLICIES:
+            raise ConfigurationError("bad_face_policy", f"`face_policy` must be one of {FACE_POLICIES}, "
+                                     f"got {face_policy!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ConfigurationError("bad_batch_size", f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        self.face_policy = face_policy
+        self.batch_size = int(batch_size)
+        self._detector = detector
+        self.far = _check_far(far)
+        registry = _registry()
+        if model is None:
+            model = registry.DEFAULT_MODEL
+            if model is None:
+                raise ConfigurationError(
+                    "no_model", "No model given and no default model ships with this version "
+                    "(keras_facemargin.pretrained.registry.DEFAULT_MODEL is None). Pass model=NAME (one of "
+                    f"{sorted(registry.MODELS)}, with weights=PATH if not cached), a .keras path or a Keras "
+                    "embedder.")
+        info, load = None, None
+        if isinstance(model, (str, os.PathLike)):
+            if isinstance(model, str) and model.lower() in registry.MODELS:
+                self.model_name = model.lower()
+                info = registry.get_model_info(self.model_name)
+                load = lambda: _load_by_name(self.model_name, weights)  # noqa: E731
+            elif str(model).endswith(".keras") or Path(model).exists():
+                if not Path(model).is_file() or not str(model).endswith(".keras"):
+                    raise ConfigurationError(
+                        "no_model", "expected a .keras model file" + ("" if Path(model).exists() else ", not found")
+                        + " (for a backbone .weights.h5 / insightface .pth / .onnx use model=NAME, weights=PATH)",
+                        str(model))
+                from keras_facemargin.export.savedmodel import load_embedder
+
+                self.model_name, path = Path(model).name, model
+                load = lambda: load_embedder(path)  # noqa: E731
+            else:
+                raise ConfigurationError("no_model", f"Unknown model {str(model)!r}: not a registry name "
+                                         f"({sorted(registry.MODELS)}) nor an existing .keras file.")
+        elif isinstance(model, keras.Model):
+            self.model_name = model.name
+        else:
+            raise ConfigurationError("no_model", "`model` must be a registry name, a .keras path, a Keras model "
+                                     f"or None; got {type(model).__name__}.")
+        self.registry_entry = info
+        # the threshold first: a missing one fails before any weights are loaded
+        if threshold is not None:
+            try:
+                t = float(threshold)
+            except (TypeError, ValueError):
+                t = float("nan")
+            if not (-1.0 <= t <= 1.0):
+                raise ConfigurationError("bad_threshold", f"`threshold` must be a cosine in [-1, 1], got {threshold!r}.")
+            self.threshold, self.threshold_source, self.threshold_far = t, "explicit", None
+        elif info is not None:
+            self.threshold = _registry_threshold(self.model_name, info, self.far)
+            self.threshold_source, self.threshold_far = f"registry:{self.model_name}", self.far
+        else:
+            raise ConfigurationError(
+                "no_threshold", f"No threshold for model {self.model_name!r}: only registry models carry calibrated "
+                "thresholds. Pass threshold=T, or calibrate: `calibrate_thresholds(model, '../shared/data/lfw')"
+                "['thresholds'][far_key(far)]` (MTCNN-aligned LFW, flip-sum, all 6000 pairs).")
+        if normalization is None:
+            normalization = info["normalization"] if info and info.get("normalization") else PACKAGE_NORMALIZATION
+        self.normalization = _check_normalization(normalization)
+        self.embedder = as_embedder(load() if load is not None else model)
+        shape = self.embedder.input_shape
+        h, w = shape[1], shape[2]
+        if h is None or w is None:
+            h, w = tuple(info["input_size"]) if info and info.get("input_size") else (ALIGN_SIZE, ALIGN_SIZE)
+        self.image_size = (int(h), int(w))
+        self.embedding_dim = int(self.embedder.output_shape[-1])
+        self._probe = None
+
+    # -------------------------------------------------------------- pieces
+    @property
+    def detector(self):
+        """The face detector (a ``MTCNNDetector`` created on first use unless one was given)."""
+        if self._detector is None:
+            from keras_facemargin.data.align import MTCNNDetector
+
+            self._detector = MTCNNDetector()
+        return self._detector
+
+    def config(self) -> dict:
+        """What determines the embeddings (recorded in galleries): model, input size, normalisation, ..."""
+        return {"model": self.model_name, "embedding_dim": self.embedding_dim, "image_size": list(self.image_size),
+                "normalization": _normalization_json(self.normalization), "flip": True,
+                "align": f"5-point similarity to the ArcFace {ALIGN_SIZE}x{ALIGN_SIZE} template, resized"}
+
+    def _detect(self, images):
+        det = self.detector
+        if hasattr(det, "detect_batch"):
+            return det.detect_batch(images)
+        return [det.detect(im) for im in images]
+
+    def _choose(self, dets, shape, source):
+        if not dets:
+            raise NoFaceError("no_face", "no face detected", source)
+        if len(dets) == 1:
+            return 0
+        if self.face_policy == "error":
+            faces = [{"box": None if d.get("box") is None else [float(v) for v in d["box"]],
+                      "confidence": None if d.get("confidence") is None else float(d["confidence"])} for d in dets]
+            raise MultipleFacesError("multiple_faces", f"{len(dets)} faces detected and face_policy='error' "
+                                     "(use 'largest', 'best' or 'central' to pick one)", source,
+                                     num_faces=len(dets), faces=faces)
+        if self.face_policy == "largest":
+            return int(np.argmax([-1.0 if d.get("box") is None else float(d["box"][2]) * float(d["box"][3])
+                                  for d in dets]))
+        if self.face_policy == "best":
+            return int(np.argmax([-np.inf if d.get("confidence") is None else d["confidence"] for d in dets]))
+        return select_face(dets, shape)
+
+    def _face(self, rgb, dets, source):
+        k = self._choose(dets, rgb.shape, source)
+        d = dets[k]
+        lm = np.asarray(d["landmarks"], np.float64).reshape(5, 2)
+        try:
+            crop = align_face(rgb, lm, ALIGN_SIZE)
+            M = estimate_transform(lm, ALIGN_SIZE)
+        except ValueError as e:
+            raise NoFaceError("no_face", f"face {k} cannot be aligned ({e})", source) from None
+        crop = _resize(crop, self.image_size)
+        scale = np.array([self.image_size[1], self.image_size[0]], np.float64) / ALIGN_SIZE
+        box = tuple(float(v) for v in d["box"]) if d.get("box") is not None else None
+        conf = d.get("confidence")
+        return Face(source=source, box=box, confidence=None if conf is None else float(conf), landmarks=lm,
+                    aligned_landmarks=transform_points(lm, M) * scale, crop=np.ascontiguousarray(crop),
+                    num_faces=len(dets), index=k, image_shape=tuple(rgb.shape[:2]))
+
+    def faces(self, images, names=None, errors: str = "raise") -> list:
+        """Read, detect (one detector batch) and align one face per image, chosen by ``face_policy``.
+
+        Args:
+            images: a list of paths / RGB uint8 arrays.
+            names: optional labels for results and errors.
+            errors: ``"raise"`` (default): the first :class:`FaceVerifierError` is raised (read errors
+                before any detection); ``"return"``: that image's entry is the exception instead.
+
+        Returns:
+            list of :class:`Face` (or :class:`FaceVerifierError` with ``errors="return"``).
+
+        Example::
+
+            face_a, face_b = verifier.faces(["a.jpg", "b.jpg"])
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError(f"`errors` must be 'raise' or 'return', got {errors!r}.")
+        names = [None] * len(images) if names is None else list(names)
+        out = []
+        for im, n in zip(images, names):
+            try:
+                out.append(read_image(im, n))
+            except ImageReadError as e:
+                if errors == "raise":
+                    raise
+                out.append(e)
+        todo = [i for i, r in enumerate(out) if isinstance(r, tuple)]
+        dets = self._detect([out[i][0] for i in todo]) if todo else []
+        for i, d in zip(todo, dets):
+            rgb, label = out[i]
+            try:
+                out[i] = self._face(rgb, d, label)
+            except (NoFaceError, MultipleFacesError) as e:
+                if errors == "raise":
+                    raise
+                out[i] = e
+        return out
+
+    def embed_crops(self, crops) -> np.ndarray:
+        """Flip-sum, L2-normalised float64 ``(N, d)`` embeddings of uint8 crops at the model's input size."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:3] != self.image_size or crops.dtype != np.uint8:
+            raise ValueError(f"`crops` must be uint8 (N, {self.image_size[0]}, {self.image_size[1]}, 3), "
+                             f"got {crops.dtype} {crops.shape}.")
+        out = [embed_images(self.embedder, _normalize(crops[i:i + self.batch_size], self.normalization),
+                            batch_size=self.batch_size, flip=True, normalize=False)
+               for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out, 0)
+
+    def embed(self, image, name=None):
+        """``(embedding, face)``: the float64 ``(d,)`` unit-norm embedding of the face in ``image``.
+
+        Example::
+
+            emb, face = verifier.embed("a.jpg")
+        """
+        face = self.faces([image], [name])[0]
+        return self.embed_crops(face.crop[None])[0], face
+
+    def probe_embedding(self) -> np.ndarray:
+        """Embedding of a fixed synthetic image: a fingerprint of the model and preprocessing (galleries)."""
+        if self._probe is None:
+            h, w = self.image_size
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+            img = np.stack([np.sin(xx / 7.0 + yy / 13.0), np.cos(xx / 5.0 - yy / 9.0),
+                            np.sin((xx + yy) / 11.0) * np.cos(yy / 4.0)], -1)
+            img = np.round(127.5 + 127.0 * img).astype(np.uint8)
+            self._probe = self.embed_crops(img[None])[0]
+        return self._probe
+
+    # ------------------------------------------------------------ verdicts
+    def verify(self, img_a, img_b) -> VerifyResult:
+        """Are the faces of two photos the same person?
+
+        Args:
+            img_a, img_b: paths or RGB uint8 arrays.
+
+        Returns:
+            :class:`VerifyResult` (``score``, ``is_same = score > threshold``, ``faces``, ...).
+
+        Raises:
+            ImageReadError, NoFaceError, MultipleFacesError: naming the image concerned.
+
+        Example::
+
+            r = verifier.verify("a.jpg", "b.jpg")
+            json.dumps(r.to_dict())
+        """
+        fa, fb = self.faces([img_a, img_b])
+        ea, eb = self.embed_crops(np.stack([fa.crop, fb.crop]))
+        score = float(pair_scores(ea[None], eb[None])[0])
+        return VerifyResult(score=score, is_same=score > self.threshold, threshold=self.threshold,
+                            far=self.threshold_far, threshold_source=self.threshold_source,
+                            model=self.model_name, faces=(fa, fb))
+
+    def identify(self, img, gallery, top_k: int = 5, threshold=None) -> IdentifyResult:
+        """Who in ``gallery`` is the face of ``img``?
+
+        Args:
+            img: a path or an RGB uint8 array.
+            gallery: a :class:`keras_facemargin.face_gallery.Gallery` built with this verifier's model
+                (checked with its ``check_compatible``).
+            top_k: how many candidates to return.
+            threshold: override of the verifier's threshold for this call.
+
+        Returns:
+            :class:`IdentifyResult`: ``identity`` is the best candidate if its score ``> threshold``,
+            else ``"unknown"``.
+
+        Raises:
+            GalleryError: the gallery was built with another model / preprocessing, or is empty.
+            ImageReadError, NoFaceError, MultipleFacesError: as :meth:`verify`.
+
+        Example::
+
+            r = verifier.identify("query.jpg", Gallery.load("people.npz"))
+            r.identity, r.candidates[:3]
+        """
+        if not callable(getattr(gallery, "check_compatible", None)):
+            raise TypeError(f"`gallery` must be a keras_facemargin.face_gallery.Gallery, got {type(gallery).__name__}.")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
+            raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
+        gallery.check_compatible(self)
+        if len(gallery) == 0:
+            raise GalleryError("gallery_empty", "the gallery holds no identity", gallery.path)
+        thr = self.threshold if threshold is None else float(threshold)
+        emb, face = self.embed(img)
+        scores = np.clip(gallery.embeddings.astype(np.float64) @ emb, -1.0, 1.0)
+        order = np.argsort(-scores, kind="stable")[:int(top_k)]
+        cands = [{"identity": gallery.identities[i], "score": float(scores[i]),
+                  "num_images": int(gallery.counts[i])} for i in order]
+        best = cands[0]
+        known = best["score"] > thr
+        return IdentifyResult(identity=best["identity"] if known else "unknown", is_known=known,
+                              score=best["score"], threshold=thr,
+                              far=self.threshold_far if threshold is None else None,
+                              threshold_source=self.threshold_source if threshold is None else "explicit",
+                              model=self.model_name, candidates=cands, face=face)
+
+
+# -------------------------------------------------------------- calibration
+def calibrate_thresholds(model_or_embed_fn, lfw_root, fars=(1e-2, 1e-3), align="mtcnn", image_size=None,
+                         normalization=None, batch_size: int = 64, detector=None, cache_dir=None,
+                         progress: bool = True) -> dict:
+    """Cosine thresholds at stated FARs on the 6000 LFW View 2 pairs (MTCNN-aligned, flip-sum).
+
+    The images go through :class:`FaceVerifier`'s preprocessing: ``load_lfw_images(align=align,
+    image_size=112)`` (cached for ``"mtcnn"``; several faces -> the large-and-central one, no face ->
+    the centre crop, counted in ``no_face_images``), resized to ``image_size``, normalised, embedded
+    with the flip sum. For each FAR the threshold is the package's floor rule over **all** impostor
+    pairs (:func:`keras_facemargin.evaluation.tar_at_far`): the smallest ``t`` with
+    ``#{impostor > t} / #impostor <= far``; FARs below ``1 / #impostor`` (1/3000) are not resolvable
+    and give the highest impostor score.
+
+    Args:
+        model_or_embed_fn: a registry name (loaded; its ``normalization`` / ``input_size`` are the
+            defaults), a :class:`FaceVerifier` (its model, normalisation, input size), a Keras model,
+            or a callable on normalised float32 batches.
+        lfw_root: folder with ``pairs.txt`` and ``images/``.
+        fars: target false accept rates.
+        align: ``"mtcnn"`` (as ``FaceVerifier``) or ``"center"``.
+        image_size: model input side (default: from the model, else 112).
+        normalization: ``{"mean", "std"}`` or callable (default: the verifier's / registry's / package's).
+        batch_size, detector, cache_dir, progress: see :func:`keras_facemargin.data.lfw.load_lfw_images`.
+
+    Returns:
+        dict: ``thresholds`` ``{far_key(far): threshold}`` (the registry field), ``tar`` and ``far``
+        ``{far_key: achieved rate}`` (rule ``score > threshold``), ``accuracy`` / ``accuracy_std`` (10-fold),
+        ``num_pairs``, ``num_genuine``, ``num_impostor``, ``no_face_images``, ``align``, ``flip``,
+        ``image_size``, ``normalization``, ``rule``.
+
+    Example::
+
+        cal = calibrate_thresholds("my_model", "../shared/data/lfw")
+        cal["thresholds"]   # {"0.01": 0.23, "0.001": 0.31}  -> registry entry "thresholds"
+    """
+    import keras
+
+    from keras_facemargin.data.lfw import load_lfw_images, load_lfw_pairs
+    from keras_facemargin.export.savedmodel import as_embedder
+
+    fars = [_check_far(f) for f in fars]
+    if not fars:
+        raise ValueError("`fars` is empty.")
+    fn, size, norm = model_or_embed_fn, None, None
+    if isinstance(fn, str):
+        registry = _registry()
+        info = registry.get_model_info(fn)
+        norm = info.get("normalization")
+        fn = _load_by_name(fn.lower(), None)
+    if isinstance(fn, FaceVerifier):
+        size, norm, fn = fn.image_size, fn.normalization, fn.embedder
+    elif isinstance(fn, keras.Model):
+        fn = as_embedder(fn)
+    elif not callable(fn):
+        raise TypeError(f"`model_or_embed_fn` must be a name, FaceVerifier, Keras model or callable, "
+                        f"got {type(fn).__name__}.")
+    if image_size is not None:
+        size = (int(image_size), int(image_size)) if np.ndim(image_size) == 0 else tuple(int(v) for v in image_size)
+    if size is None:
+        shape = getattr(fn, "input_shape", None)
+        size = (int(shape[1]), int(shape[2])) if shape and shape[1] and shape[2] else (ALIGN_SIZE, ALIGN_SIZE)
+    if normalization is not None:
+        norm = normalization
+    norm = _check_normalization(norm if norm is not None else PACKAGE_NORMALIZATION)
+    pairs = load_lfw_pairs(lfw_root)
+    paths, ia, ib = pairs.unique_paths()
+    images, info = load_lfw_images(paths, image_size=ALIGN_SIZE, align=align, cache_dir=cache_dir,
+                                   detector=detector, progress=progress, return_info=True)
+    if size != (ALIGN_SIZE, ALIGN_SIZE):
+        images = np.stack([_resize(im, size) for im in images])
+    emb = np.concatenate([embed_images(fn, _normalize(images[i:i + 1024], norm), batch_size=batch_size,
+                                       flip=True, normalize=False) for i in range(0, len(images), 1024)])
+    scores = pair_scores(emb[ia], emb[ib])
+    same = pairs.is_same
+    res = kfold_verification(scores, same, folds=pairs.fold, far_targets=fars)
+    genuine, impostor = scores[same], scores[~same]
+    out = {"thresholds": {}, "tar": {}, "far": {}}
+    for f in fars:
+        t = res.far_thresholds[f]
+        k = far_key(f)
+        out["thresholds"][k] = float(t)
+        out["tar"][k] = float(np.mean(genuine > t))
+        out["far"][k] = float(np.mean(impostor > t))
+        if f * impostor.size < 1:
+            logger.warning("FAR %s is below 1/%d impostor pairs: threshold = the highest impostor score.",
+                           k, impostor.size)
+    out.update({"accuracy": res.accuracy_mean, "accuracy_std": res.accuracy_std, "num_pairs": int(scores.size),
+                "num_genuine": int(genuine.size), "num_impostor": int(impostor.size),
+                "no_face_images": len(info["no_face"]), "align": align, "flip": True, "image_size": list(size),
+                "normalization": _normalization_json(norm), "rule": "same iff cosine > threshold"})
+    return out
