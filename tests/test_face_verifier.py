@@ -19,7 +19,7 @@ import pytest
 
 import keras
 
-from keras_facemargin.data.align import ARCFACE_TEMPLATE_112
+from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, select_face
 from keras_facemargin.evaluation.verification import embed_images, pair_scores, tar_at_far
 from keras_facemargin.face_verifier import (
     ConfigurationError,
@@ -203,12 +203,13 @@ def test_several_faces_policies(model, detector, lfw_images):
                        (125, 125), interpolation=cv2.INTER_AREA)
     tile = np.concatenate([big, np.pad(small, ((0, 125), (0, 0), (0, 0)))], axis=1)  # 250 x 375
     faces = {p: FaceVerifier(model, threshold=0.5, detector=detector, face_policy=p).faces([tile])[0]
-             for p in ("largest", "best")}
+             for p in ("largest", "best", "central")}
     dets = detector.detect(tile)
     assert len(dets) >= 2 and faces["largest"].num_faces == len(dets)
     areas = [d["box"][2] * d["box"][3] for d in dets]
     assert faces["largest"].index == int(np.argmax(areas)) and faces["largest"].box[0] < 250  # the big photo
     assert faces["best"].index == int(np.argmax([d["confidence"] for d in dets]))
+    assert faces["central"].index == select_face(dets, tile.shape)  # the LFW alignment's rule
     with pytest.raises(MultipleFacesError) as err:
         FaceVerifier(model, threshold=0.5, detector=detector, face_policy="error").verify(tile, big)
     assert err.value.reason == "multiple_faces" and err.value.file == "<array>"
