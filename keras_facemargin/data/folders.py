@@ -47,12 +47,15 @@ __all__ = ["IMAGE_EXTENSIONS", "scan_image_folder", "make_folder_dataset"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def scan_image_folder(root, extensions=IMAGE_EXTENSIONS):
+def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = None):
     """List the images of an identity-per-folder tree.
 
     Args:
         root: folder holding one sub-folder per identity.
         extensions: accepted file extensions (lower case, with dot).
+        ignored: optional list; the entries that are not images of an identity folder
+            (top-level files, other files, nested or hidden folders; paths relative to
+            ``root``, folders with a trailing ``/``) are appended to it.
 
     Returns:
         ``(paths, labels, class_names)``: list of image paths (str, class-major,
@@ -73,13 +76,23 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS):
             "root/<identity>/<image>.jpg|png."
         )
     exts = tuple(e.lower() for e in extensions)
-    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    skipped = [] if ignored is None else ignored
+    class_names = []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.is_dir() and not e.name.startswith("."):
+            class_names.append(e.name)
+        else:
+            skipped.append(e.name + ("/" if e.is_dir() else ""))
     if not class_names:
         raise ValueError(f"No identity sub-folders in {str(root)!r}; expected root/<identity>/<image>.jpg.")
     paths, labels = [], []
     for c, name in enumerate(class_names):
-        files = sorted(e.name for e in os.scandir(root / name)
-                       if e.is_file() and e.name.lower().endswith(exts))
+        files = []
+        for e in sorted(os.scandir(root / name), key=lambda e: e.name):
+            if e.is_file() and e.name.lower().endswith(exts):
+                files.append(e.name)
+            else:
+                skipped.append(f"{name}/{e.name}" + ("/" if e.is_dir() else ""))
         paths.extend(str(root / name / f) for f in files)
         labels.extend([c] * len(files))
     if not paths:

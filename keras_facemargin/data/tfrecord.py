@@ -52,8 +52,8 @@ from keras_facemargin.data.recordio import (
     resolve_shard,
 )
 
-__all__ = ["FEATURES", "encode_example", "write_tfrecords", "scan_tfrecord_file",
-           "make_tfrecord_dataset"]
+__all__ = ["FEATURES", "encode_example", "decode_example", "write_tfrecords", "scan_tfrecord_file",
+           "index_tfrecord_file", "make_tfrecord_dataset"]
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -70,6 +70,35 @@ def encode_example(index: int, label: int, encoded: bytes) -> bytes:
         "image/label": feat(int64_list=tf.train.Int64List(value=[int(label)])),
         "image/index": feat(int64_list=tf.train.Int64List(value=[int(index)])),
     })).SerializeToString()
+
+
+def decode_example(serialized: bytes):
+    """Parse one serialised ``tf.train.Example`` of the schema above (in Python, no graph).
+
+    Returns:
+        ``(index, label, encoded_bytes)``.
+
+    Raises:
+        ValueError: not a ``tf.train.Example``, or a feature of the schema is missing.
+
+    Example::
+
+        index, label, jpg = decode_example(encode_example(7, 3, jpg))   # -> 7, 3, jpg
+    """
+    from google.protobuf.message import DecodeError
+
+    try:
+        feature = tf.train.Example.FromString(bytes(serialized)).features.feature
+    except DecodeError as e:
+        raise ValueError(f"not a serialised tf.train.Example ({e})") from None
+    try:
+        return (int(feature["image/index"].int64_list.value[0]),
+                int(feature["image/label"].int64_list.value[0]),
+                bytes(feature["image/encoded"].bytes_list.value[0]))
+    except (KeyError, IndexError):
+        missing = [k for k in FEATURES if k not in feature]
+        raise ValueError(f"tf.train.Example lacks feature(s) {missing or list(FEATURES)} "
+                         "(expected image/encoded, image/label, image/index)") from None
 
 
 def write_tfrecords(output_prefix, items, num_shards: int = 1, progress=None) -> list[str]:
@@ -132,6 +161,47 @@ def scan_tfrecord_file(path):
             n += 1
             pos = end
     return n, None
+
+
+def index_tfrecord_file(path):
+    """Byte offset and length of every record's data in a local TFRecord file (framing only).
+
+    Follows the framing (``uint64 length, uint32 crc, data, uint32 crc``) without reading
+    the data, like :func:`scan_tfrecord_file`, and keeps where each record's data lies so
+    that records can be read at random (``data = file[offset:offset + length]``).
+
+    Returns:
+        ``(offsets, lengths, error)``: int64 arrays over the complete records, and ``None``
+        or a :class:`BadRecordError` for a truncated tail (naming the file and offset).
+
+    Example::
+
+        offsets, lengths, err = index_tfrecord_file("out/train-00000-of-00001.tfrecord")
+    """
+    import mmap
+
+    path = str(path)
+    size = os.path.getsize(path)
+    offsets, lengths, err = [], [], None
+    if size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos = 0
+        unpack = struct.Struct("<Q").unpack_from
+        while pos < size:
+            if pos + 12 > size:
+                err = BadRecordError(path, pos, "truncated", f"record header needs 12 bytes, {size - pos} left")
+                break
+            (length,) = unpack(mm, pos)
+            end = pos + 12 + length + 4
+            if end > size:
+                err = BadRecordError(path, pos, "truncated",
+                                     f"record of {length} bytes ends past the {size}-byte file")
+                break
+            offsets.append(pos + 12)
+            lengths.append(length)
+            pos = end
+    return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), err
 
 
 def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bool = True,
