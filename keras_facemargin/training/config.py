@@ -14,6 +14,7 @@ Example:
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,7 @@ LOSSES = _loss_names()
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
 BUFFER_DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "mixed_float16")
+MERGE_MODES = ("by_name", "per_root")  # as keras_facemargin.data.sources.MERGE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +38,17 @@ class TrainConfig:
     Args:
         experiment: name of the base experiment (`EXPERIMENTS` key).
         name: run name, the folder under `output` (default: `<experiment>_<loss>_<backbone>`).
-        data: insightface RecordIO folder (`train.rec`/`train.idx`/`property` + `.bin` sets);
-            `None` trains on generated `SyntheticFaces`.
+        data: training data roots, a path or a tuple of paths (stored as a tuple), each an
+            insightface RecordIO folder (`train.rec`/`train.idx`/`property`, with its `.bin`
+            verification sets), an image-folder tree `root/<identity>/<image>.jpg`, or TFRecord
+            files (a `.tfrecord` file, a glob or a folder of `*.tfrecord`); several roots form one
+            label space (see `keras_facemargin.data.sources`). `None` trains on generated `SyntheticFaces`.
+        merge_identities: image-folder identities with the same folder name in several roots:
+            `"by_name"` (default; one identity, and the same identity + file name is kept once)
+            or `"per_root"` (different identities).
+        exclude_identities: image-folder identity names left out of training (e.g. LFW-overlap
+            candidates; `keras_facemargin.data.sources.read_identity_list` reads a list file).
+        augment_flip: random horizontal flips of the training images.
         loss: margin head, one of `LOSSES`.
         estimator: KappaFace feature estimator, `"memory_buffer"` or `"momentum_encoder"`.
         backbone: a `keras_facemargin.backbones.BACKBONE_PRESETS` name.
@@ -74,7 +85,10 @@ class TrainConfig:
 
     experiment: str = "ms1mv2"
     name: Optional[str] = None
-    data: Optional[str] = None
+    data: Optional[tuple] = None
+    merge_identities: str = "by_name"
+    exclude_identities: tuple = ()
+    augment_flip: bool = True
     loss: str = "kappaface"
     estimator: str = "memory_buffer"
     backbone: str = "iresnet100"
@@ -113,6 +127,11 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "lr_steps", tuple(int(e) for e in self.lr_steps))
         object.__setattr__(self, "backbone_kwargs", dict(self.backbone_kwargs))
+        object.__setattr__(self, "data", _data_paths(self.data))
+        if isinstance(self.exclude_identities, str):
+            raise ValueError("`exclude_identities` must be a sequence of identity names, not a string. Received: "
+                             f"exclude_identities={self.exclude_identities!r}")
+        object.__setattr__(self, "exclude_identities", tuple(self.exclude_identities))
         self.validate()
 
     # -- checks ------------------------------------------------------------------
@@ -121,6 +140,15 @@ class TrainConfig:
         _choice("loss", self.loss, LOSSES)
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("buffer_dtype", self.buffer_dtype, BUFFER_DTYPES)
+        _choice("merge_identities", self.merge_identities, MERGE_MODES)
+        bad = [n for n in self.exclude_identities if not isinstance(n, str) or not n.strip()]
+        if bad:
+            raise ValueError(f"`exclude_identities` must hold non-empty identity names. Received: {bad[:3]!r}")
+        if self.exclude_identities and self.data is None:
+            raise ValueError("`exclude_identities` needs `data` (the synthetic default has no named identities). "
+                             f"Received: exclude_identities={self.exclude_identities[:3]!r}...")
+        if not isinstance(self.augment_flip, bool):
+            raise ValueError(f"`augment_flip` must be True or False. Received: augment_flip={self.augment_flip!r}")
         from keras_facemargin.backbones.presets import BACKBONE_PRESETS
 
         _choice("backbone", self.backbone, tuple(BACKBONE_PRESETS))
@@ -188,6 +216,8 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["lr_steps"] = list(self.lr_steps)
+        d["data"] = None if self.data is None else list(self.data)
+        d["exclude_identities"] = list(self.exclude_identities)
         return d
 
     def to_json(self):
@@ -215,6 +245,21 @@ class TrainConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_json() + "\n")
         return path
+
+
+def _data_paths(data):
+    """`data` as a tuple of path strings, or None (synthetic) for None or an empty sequence."""
+    if data is None:
+        return None
+    if isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        data = (data,)
+    try:
+        paths = tuple(os.fsdecode(p) for p in data)
+    except TypeError:
+        raise ValueError(f"`data` must be a path or a sequence of paths. Received: data={data!r}") from None
+    if any(not p.strip() for p in paths):
+        raise ValueError(f"`data` paths must be non-empty. Received: data={data!r}")
+    return paths or None
 
 
 def _choice(name, value, choices):

@@ -3,6 +3,9 @@
 `run(config)` is what `examples/train_ms1mv2.py` calls. Outputs in `config.run_dir`:
 
     config.json        the resolved TrainConfig
+    data_report.json   the training data (`--data` roots): kinds, identities, images, merged
+                       identities, duplicates, exclusions, bad records; identities.tsv (label ->
+                       identity) and duplicates.tsv next to it
     checkpoints/       tf.train checkpoints (fault tolerance; see TrainingCheckpoint)
     history.jsonl      one JSON line of logs per epoch (loss, lr, images_per_second, kappa_*, val_*)
     training.png       loss, mean kappa per epoch, margin histogram (matplotlib)
@@ -40,8 +43,10 @@ class DataSpec:
         image_shape: (H, W, 3).
         steps_per_epoch: global steps S per epoch.
         make_dataset: `(epoch, batch_size, shard) -> tf.data.Dataset`, `shard` = (num, index) or None.
-        description: one line for the log.
+        description: lines for the log.
         heldout: `(images_a, images_b, is_same)` pairs of held-out identities (synthetic), or None.
+        training_set: the `keras_facemargin.data.sources.TrainingSet` of `config.data` (None: synthetic).
+        bad_records: the `BadRecordReport` every epoch's dataset counts undecodable images into.
     """
 
     num_classes: int
@@ -52,13 +57,20 @@ class DataSpec:
     make_dataset: Callable
     description: str
     heldout: Optional[tuple] = None
+    training_set: Optional[object] = None
+    bad_records: Optional[object] = None
 
 
 def prepare_data(config: TrainConfig, num_workers=1):
-    """The `DataSpec` of `config.data` (insightface RecordIO folder) or of the synthetic default."""
+    """The `DataSpec` of `config.data` (RecordIO / image-folder / TFRecord roots) or of the synthetic default.
+
+    Example:
+        >>> spec = prepare_data(get_experiment("ms1mv2", data=("celeba/color", "celeba/10k"), image_size=112))
+        >>> spec.num_classes, spec.class_counts.sum() == spec.num_samples
+    """
     if config.synthetic:
         return _synthetic_data(config, num_workers)
-    return _recordio_data(config, num_workers)
+    return _file_data(config, num_workers)
 
 
 def _steps(num_samples, config, num_workers):
@@ -93,7 +105,8 @@ def _synthetic_data(config, num_workers):
     counts = np.bincount(labels, minlength=config.synthetic_identities)
 
     def make(epoch, batch_size, shard):
-        ds = data.make_training_dataset(images, labels, batch_size=batch_size, seed=epoch_seed(config.seed, epoch))
+        ds = data.make_training_dataset(images, labels, batch_size=batch_size, seed=epoch_seed(config.seed, epoch),
+                                        augment_flip=config.augment_flip)
         return ds if shard is None else ds.shard(*shard)
 
     heldout = None
@@ -116,30 +129,63 @@ def _synthetic_data(config, num_workers):
     )
 
 
-def _recordio_data(config, num_workers):
-    from keras_facemargin.data import recordio
+def _file_data(config, num_workers):
+    from keras_facemargin.data.errors import BadRecordReport
+    from keras_facemargin.data.sources import load_training_set
 
-    reader = recordio.RecordIOReader(config.data)
-    counts = reader.class_counts()
-    valid = int(np.count_nonzero(reader.scan()["valid"]))
-    hw = reader.image_size or (config.image_size or 112,) * 2
-    image_size = None if config.image_size is None else (config.image_size, config.image_size)
-    if image_size is not None:
-        hw = image_size
+    ts = load_training_set(config.data, merge_identities=config.merge_identities,
+                           exclude_identities=config.exclude_identities, image_size=config.image_size)
+    report = BadRecordReport()
 
     def make(epoch, batch_size, shard):
-        return recordio.make_dataset(reader, batch_size, seed=epoch_seed(config.seed, epoch), shard=shard,
-                                     image_size=image_size)
+        # repeat: images that fail to decode leave the epoch short; the next pass fills the last steps.
+        return ts.make_dataset(batch_size, seed=epoch_seed(config.seed, epoch), shard=shard, repeat=True,
+                               augment_flip=config.augment_flip, report=report)
 
+    h, w = ts.image_hw
     return DataSpec(
-        num_classes=int(counts.shape[0]),
-        class_counts=counts,
-        num_samples=int(reader.num_images),
-        image_shape=(int(hw[0]), int(hw[1]), 3),
-        steps_per_epoch=_steps(valid, config, num_workers),
+        num_classes=ts.num_classes,
+        class_counts=ts.class_counts,
+        num_samples=ts.num_samples,
+        image_shape=(h, w, 3),
+        steps_per_epoch=_steps(ts.num_samples, config, num_workers),
         make_dataset=make,
-        description=f"{config.data}: {counts.shape[0]} identities, {valid} images of {hw[0]}x{hw[1]} px",
+        description="\n".join(ts.summary_lines()),
+        training_set=ts,
+        bad_records=report,
     )
+
+
+def check_resumed_data(run_dir, training_set):
+    """Raise `DataSourceError` when `run_dir` holds a checkpoint whose `data_report.json` describes other data.
+
+    The checkpoint's class weights and KappaFace memory rows are indexed by label and sample
+    index, so resuming on other identities or samples would silently mix them up.
+
+    Returns:
+        The latest checkpoint path, or None (fresh run).
+    """
+    import tensorflow as tf
+
+    from keras_facemargin.data.sources import DataSourceError
+
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    path = run_dir / "data_report.json"
+    if latest is None or not path.is_file():
+        return latest
+    old = json.loads(path.read_text())
+    if old.get("fingerprint") != training_set.fingerprint():
+        then = [s.get("path") for s in old.get("sources", [])]
+        raise DataSourceError(
+            f"Cannot resume {run_dir}: its checkpoint {latest} was trained on other data ({then}: "
+            f"{old.get('num_classes')} identities, {old.get('num_samples')} images, merge_identities="
+            f"{old.get('merge_identities')!r}, {old.get('exclusions', {}).get('excluded_identities', 0)} identities "
+            f"excluded) than --data now ({[s.path for s in training_set.sources]}: {training_set.num_classes} "
+            f"identities, {training_set.num_samples} images, merge_identities={training_set.merge_identities!r}, "
+            f"{len(training_set.exclusions['excluded'])} identities excluded). Labels and KappaFace memory rows "
+            "would no longer match: restore the data and options, or start a new run (--name)."
+        )
+    return latest
 
 
 def epoch_progbar(total_epochs):
@@ -171,19 +217,47 @@ def verification_callback(config, data_spec=None):
         return VerificationCallback({"synthetic_heldout": data_spec.heldout}, verbose=0)
     from keras_facemargin.evaluation import bin_sets
 
-    sources = bin_sets.find_verification_sets(config.data)
+    folders = verification_folders(config, data_spec)
+    sources = {}
+    for folder in folders:  # a name found in several folders: the first root's
+        for name, src in bin_sets.find_verification_sets(folder).items():
+            sources.setdefault(name, src)
     if config.verification_sets != "auto":
         wanted = [n.strip() for n in config.verification_sets.split(",") if n.strip()]
         missing = sorted(set(wanted) - set(sources))
         if missing:
             raise ValueError(
-                f"`verification_sets` {missing} not found in {config.data}; found {sorted(sources)}."
+                f"`verification_sets` {missing} not found in {folders} (the RecordIO / TFRecord folders of "
+                f"`data`; image-folder roots are not searched); found {sorted(sources)}."
             )
         sources = {n: sources[n] for n in wanted}
     if not sources:
-        print(f"No verification sets (.bin) found in {config.data}: no per-epoch verification.")
+        print(f"No verification sets (.bin) found in {folders or 'the data (image-folder roots are not searched)'}: "
+              "no per-epoch verification.")
         return None
     return VerificationCallback({name: src.path for name, src in sources.items()})
+
+
+def verification_folders(config, data_spec=None):
+    """Folders searched for `.bin` / LFW-style verification sets: each RecordIO folder and the
+    folder of each TFRecord root (image-folder roots are identity trees and are not searched)."""
+    from pathlib import Path
+
+    from keras_facemargin.data.sources import detect_data_kind
+
+    if data_spec is not None and data_spec.training_set is not None:
+        kinds = [(s.path, s.kind) for s in data_spec.training_set.sources]
+    else:
+        kinds = [(p, detect_data_kind(p)) for p in config.data]
+    folders = []
+    for path, kind in kinds:
+        p = Path(path)
+        if kind == "image_folder":
+            continue
+        folder = p if p.is_dir() else p.parent
+        if str(folder) not in folders:
+            folders.append(str(folder))
+    return folders
 
 
 class Trainer:
@@ -308,16 +382,21 @@ class Trainer:
         cfg = self.config
         run_dir = cfg.run_dir
         t0 = time.time()
-        if self.is_chief:
-            cfg.save()
         self.data = prepare_data(cfg, self.num_workers)
         spec = self.data
+        if spec.training_set is not None:
+            check_resumed_data(run_dir, spec.training_set)  # before anything in run_dir is overwritten
+        if self.is_chief:
+            cfg.save()
+            if spec.training_set is not None:
+                spec.training_set.write_report(run_dir)
         self._log(
             f"{spec.description}.\nRun {cfg.run_name}: {cfg.loss} head, {cfg.backbone} backbone, "
             f"{self.strategy.num_replicas_in_sync} replica(s) "
             f"({'MultiWorkerMirroredStrategy, custom loop' if cfg.multi_worker else type(self.strategy).__name__}), "
             f"global batch {cfg.batch_size}, {spec.steps_per_epoch} steps/epoch, lr {cfg.effective_lr:g} "
             f"/ {1 / cfg.lr_factor:g} at epochs {list(cfg.lr_steps)}, {cfg.epochs} epochs. Output: {run_dir}/"
+            + (f"\nData report: {run_dir / 'data_report.json'}" if spec.training_set is not None else "")
         )
         self.build_model()
         callbacks = self.make_callbacks()
@@ -348,6 +427,7 @@ class Trainer:
                 steps_per_epoch=spec.steps_per_epoch - first, callbacks=callbacks, verbose=cfg.verbose,
                 shuffle=False,
             )
+            self._log_bad_records(epoch)
             if self.model.stop_training:
                 break
 
@@ -360,6 +440,16 @@ class Trainer:
         callbacks = [cb for cb in callbacks if verbose or cb.__class__.__name__ != "EpochProgbar"]
         loop.fit(self.dataset_fn, cfg.epochs, self.data.steps_per_epoch, initial_epoch, skip,
                  callbacks=callbacks, verbose=verbose)
+        self._log_bad_records(cfg.epochs - 1)
+
+    def _log_bad_records(self, epoch):
+        """Print the images newly found undecodable (the report counts each once, over all epochs)."""
+        report = self.data.bad_records
+        if report is None or report.count == getattr(self, "_bad_logged", 0):
+            return
+        self._log(f"Epoch {epoch}: {report.count - getattr(self, '_bad_logged', 0)} more undecodable image(s) "
+                  f"skipped; {report.summary()}")
+        self._bad_logged = report.count
 
     def _finish(self, t0, train_seconds, start_step):
         from keras_facemargin.callbacks import find_layers
@@ -392,6 +482,18 @@ class Trainer:
             for name, runs in self.verification.history.items():
                 self._log(f"Verification {name}: {100 * runs[-1].accuracy_mean:.2f} +- "
                           f"{100 * runs[-1].accuracy_std:.2f} % (10-fold)")
+        spec = self.data
+        if spec.training_set is not None:
+            report = spec.bad_records
+            results["data"] = {"num_classes": spec.num_classes, "num_samples": spec.num_samples,
+                               "fingerprint": spec.training_set.fingerprint(),
+                               "bad_records_up_front": len(spec.training_set.bad_records),
+                               "bad_records_training": {"count": report.count, "by_reason": dict(report.by_reason),
+                                                        "examples": report.examples}}
+            spec.training_set.write_report(run_dir, bad_records=report)
+            if spec.training_set.bad_records or report.count:
+                self._log(f"Bad records: {len(spec.training_set.bad_records)} left out up front, {report.count} "
+                          f"undecodable while training ({report.summary()}); see {run_dir / 'data_report.json'}")
         results["total_seconds"] = round(time.time() - t0, 1)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
         self._log(f"Done in {results['total_seconds']:.0f} s; model, history and results in {run_dir}/")
