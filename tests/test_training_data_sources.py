@@ -364,3 +364,25 @@ def test_trainer_on_image_folders_with_kappaface_and_resume(tmp_path):
     with pytest.raises(DataSourceError, match="Cannot resume .*3 identities, 8 images.*now.*4 identities, 11 images"):
         Trainer(cfg.replace(exclude_identities=())).train()
     assert (cfg.run_dir / "config.json").read_text() == before
+
+
+# ------------------------------------------------------------------------------- real data
+def test_celeba_roots_combine_as_their_readme_says(data_dir):
+    """celeba_identities/README.md: 291 colour identities also in celeba_align_10k, 562 files the same images."""
+    color, ten_k = data_dir / "celeba_identities" / "color_arcface112", data_dir / "celeba_align_10k" / "images"
+    if not (color.is_dir() and ten_k.is_dir()):
+        pytest.skip(f"celeba_identities/color_arcface112 or celeba_align_10k/images not under {data_dir}")
+    with pytest.raises(DataSourceError, match="celeba_align_10k/images' looks like an image-folder tree"):
+        detect_data_kind(data_dir / "celeba_align_10k")
+    ts = load_training_set([color, ten_k], image_size=112)
+    assert [s.num_images for s in ts.sources] == [11850, 10000]
+    assert len(ts.shared_identities) == 291 and len(ts.duplicates) == 562
+    assert (ts.num_classes, ts.num_samples) == (483 + 5429 - 291, 11850 + 10000 - 562)
+    assert ts.class_counts.sum() == ts.num_samples and ts.class_counts.min() > 0
+    exclude = read_identity_list(data_dir / "celeba_identities" / "lfw_overlap_candidates.tsv")
+    assert len(exclude) == 156 and "6803" in exclude
+    kept = load_training_set([color, ten_k], image_size=112, exclude_identities=exclude)
+    assert "6803" in ts.class_names and not set(exclude) & set(kept.class_names)
+    # Exclusion comes first (it counts every file of an identity), then duplicates among what is left.
+    excluded = sum(kept.exclusions["excluded"].values())
+    assert kept.num_samples == 11850 + 10000 - excluded - len(kept.duplicates) and len(kept.duplicates) < 562

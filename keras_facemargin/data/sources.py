@@ -25,8 +25,9 @@ Combining roots (:func:`load_training_set`), in the order given:
   copy); in a TFRecord root a repeated ``image/index`` is kept once. Both are counted and
   listed in :attr:`TrainingSet.duplicates`.
 * ``exclude_identities``: image-folder identity names to drop (e.g. LFW-overlap
-  candidates; :func:`read_identity_list` reads such a file); names that match no
-  identity are listed in :attr:`TrainingSet.exclusions`.
+  candidates; :func:`read_identity_list` reads such a file), from every image-folder root,
+  before duplicates are looked for; names that match no identity are listed in
+  :attr:`TrainingSet.exclusions`.
 * Identities left without images are dropped (KappaFace needs every class count > 0).
 * Sample ``index`` ``i`` (KappaFace's memory slot) is row ``i`` of the combined table:
   the rows of root 0 (folder: class-major sorted paths; RecordIO: valid keys in order;
