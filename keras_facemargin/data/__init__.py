@@ -58,8 +58,8 @@ from keras_facemargin.data.identity_folders import (  # noqa: E402,F401
     IdentityFolderData,
     load_identity_folder,
     load_identity_folders,
-    read_identity_list,
 )
+from keras_facemargin.data.sources import DataSourceError, load_training_set, read_identity_list  # noqa: E402,F401
 from keras_facemargin.data.augment import FaceAugmentation  # noqa: E402,F401
 from keras_facemargin.data.lfw import (  # noqa: E402,F401
     LFW_CENTER_CROP_BOX,
@@ -83,6 +83,8 @@ __all__ += [
     "load_identity_folder",
     "load_identity_folders",
     "read_identity_list",
+    "DataSourceError",
+    "load_training_set",
     "FaceAugmentation",
     "LFW_CENTER_CROP_BOX",
     "LFWPairs",

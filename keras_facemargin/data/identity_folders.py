@@ -45,7 +45,7 @@ import numpy as np
 from keras_facemargin.data.align import read_rgb
 
 __all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "CombinedIdentityData", "load_identity_folder",
-           "load_identity_folders", "list_identity_folder", "read_identity_list"]
+           "load_identity_folders", "list_identity_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,36 +316,6 @@ class CombinedIdentityData(IdentityFolderData):
         return "\n".join(lines)
 
 
-def read_identity_list(path) -> list:
-    """Identity names from a file: one per line, or a TSV/CSV whose first column is the name.
-
-    Blank lines and lines starting with ``#`` are skipped, and so is a first line whose first
-    field is a header word (``celeba_identity``, ``identity`` or ``name``). A field that is not
-    a folder name (empty, ``.``/``..``, containing ``/``) raises a `ValueError` naming the line.
-
-    Example::
-
-        drop = read_identity_list("celeba_identities/lfw_overlap_candidates.tsv")   # 156 names
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file of identity names ({e}).") from None
-    names = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        first = line.replace(",", "\t").split("\t")[0].strip()
-        if lineno == 1 and first.lower() in ("celeba_identity", "identity", "name"):
-            continue
-        if not first or "/" in first or first in (".", ".."):
-            raise ValueError(f"{path}:{lineno}: expected an identity folder name, got {first!r}.")
-        names.append(first)
-    return names
-
-
 def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_images: int = 1,
                           on_error: str = "raise", num_threads: int = 2,
                           progress: bool = False) -> CombinedIdentityData:
@@ -361,8 +331,8 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
         roots: one root or a sequence of roots (each a folder of ``<identity>/`` sub-folders).
         image_size, crop, on_error, num_threads, progress: as in :func:`load_identity_folder`
             (``crop="auto"`` is resolved per image, so 89x109 CelebA and 112x112 ArcFace crops mix).
-        exclude: identity names to drop from every root (e.g. :func:`read_identity_list` of
-            LFW-overlap candidates); names not present are ignored.
+        exclude: identity names to drop from every root (e.g. :func:`keras_facemargin.data.sources.read_identity_list`
+            of LFW-overlap candidates); names not present are ignored.
         min_images: keep identities with at least this many images after merging.
 
     Returns:

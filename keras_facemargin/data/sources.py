@@ -408,7 +408,10 @@ def read_identity_list(path):
     if not p.is_file():
         raise FileNotFoundError(f"Identity list {str(path)!r} does not exist; expected a text file with one "
                                 "identity name per line, or a .tsv file whose first column is the name.")
-    lines = p.read_text().splitlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataSourceError(f"Identity list {str(path)!r} is not UTF-8 text ({e}).") from None
     if p.suffix.lower() == ".tsv" and lines:
         lines = lines[1:]
     names = []
