@@ -53,11 +53,13 @@ def random_state_dict(seed=0, blocks=BLOCKS, filters=FILTERS, emb=EMB, hw=SIZE /
     return sd
 
 
-def iresnet_onnx(sd, fuse_bn=False, blocks=BLOCKS, size=SIZE):
+def iresnet_onnx(sd, fuse_bn=False, blocks=BLOCKS, size=SIZE, bn_as_mul_add=False, input_scaling=None):
     """An ONNX graph of insightface's IResNet forward (NCHW, eval mode), as torch.onnx exports it.
 
     With `fuse_bn`, conv+BN pairs are folded into biased convs with anonymous initializer names
-    (what torch.onnx's constant folding produces, e.g. in w600k_r50.onnx).
+    (what torch.onnx's constant folding produces, e.g. in w600k_r50.onnx). `bn_as_mul_add` writes
+    every BatchNormalization as Mul + Add by per-channel constants; `input_scaling=(mean, std)`
+    puts ``Sub(mean)``, ``Div(std)`` in front (the graph then takes raw pixels).
     """
     nodes, inits, counter = [], {}, [0]
 
@@ -77,6 +79,16 @@ def iresnet_onnx(sd, fuse_bn=False, blocks=BLOCKS, size=SIZE):
         ins = [x, init(f"{p}.weight", gamma), init(f"{p}.bias", sd[f"{p}.bias"]),
                init(f"{p}.running_mean", sd[f"{p}.running_mean"]), init(f"{p}.running_var", sd[f"{p}.running_var"])]
         y = fresh(p)
+        if bn_as_mul_add:
+            g = gamma / np.sqrt(sd[f"{p}.running_var"] + 1e-5)
+            shape = (-1, 1, 1) if p != "features" else (-1,)
+            scale, shift = fresh(f"{p}_scale"), fresh(f"{p}_shift")
+            inits[scale] = g.reshape(shape).astype("float32")
+            inits[shift] = (sd[f"{p}.bias"] - sd[f"{p}.running_mean"] * g).reshape(shape).astype("float32")
+            mid = fresh(p)
+            nodes.append(helper.make_node("Mul", [x, scale], [mid], name=f"{p}_mul"))
+            nodes.append(helper.make_node("Add", [mid, shift], [y], name=f"{p}_add"))
+            return y
         nodes.append(helper.make_node("BatchNormalization", ins, [y], epsilon=1e-5, name=p))
         return y
 
@@ -101,7 +113,14 @@ def iresnet_onnx(sd, fuse_bn=False, blocks=BLOCKS, size=SIZE):
         nodes.append(helper.make_node("PRelu", [x, init(f"{p}.weight", sd[f"{p}.weight"].reshape(-1, 1, 1))], [y]))
         return y
 
-    x = conv("input.1", "conv1", 1, 1, "bn1")
+    x = "input.1"
+    if input_scaling is not None:
+        inits["pixel_mean"] = np.array(input_scaling[0], "float32")
+        inits["pixel_std"] = np.array(input_scaling[1], "float32")
+        nodes.append(helper.make_node("Sub", [x, "pixel_mean"], ["centred"], name="input_sub"))
+        nodes.append(helper.make_node("Div", ["centred", "pixel_std"], ["scaled"], name="input_div"))
+        x = "scaled"
+    x = conv(x, "conv1", 1, 1, "bn1")
     x = prelu(x, "prelu")
     for s, n in enumerate(blocks, start=1):
         for b in range(n):
@@ -245,8 +264,10 @@ def test_bad_inputs_name_the_problem(tmp_path):
     del sd["layer2.1.bn3.running_var"]
     with pytest.raises(ValueError, match="layer2.1.bn3.running_var"):
         convert.iresnet_from_state_dict(sd)
-    with pytest.raises(ValueError, match="MobileFaceNet"):
+    with pytest.raises(convert.WeightsFileError, match="MobileFaceNet state dict: use mobilefacenet_from_state_dict"):
         convert.iresnet_config_from_state_dict({"layers.0.layers.0.weight": np.zeros((1, 1, 1, 1))})
+    with pytest.raises(convert.WeightsFileError, match="Not an insightface IResNet .* or MobileFaceNet"):
+        convert.backbone_from_state_dict({"weight": np.zeros((1, 1))})
 
 
 @pytest.mark.parametrize("offset, size, stride, match", [
@@ -281,3 +302,85 @@ def test_pth_reader_refuses_out_of_bounds_tensor_views(tmp_path, offset, size, s
     with pytest.raises(pickle.UnpicklingError, match=match) as info:
         convert.read_torch_state_dict(bad)
     assert "crafted.pth" in str(info.value)
+
+
+@pytest.mark.parametrize("variant", ["bn_as_mul_add", "input_scaling"])
+def test_onnx_variants_convert(tmp_path, variant):
+    """BNs written as Mul/Add pairs convert; an input scaling in the graph becomes the normalisation."""
+    sd = random_state_dict(seed=8)
+    scaling = (127.5, 128.0) if variant == "input_scaling" else None
+    model = iresnet_onnx(sd, bn_as_mul_add=variant == "bn_as_mul_add", input_scaling=scaling)
+    path = tmp_path / f"{variant}.onnx"
+    onnx.save(model, str(path))
+    x = _images()
+    pixels = x * 128.0 + 127.5
+    expected = _ort(model, pixels if scaling else x)
+    backbone, info = convert.convert_insightface(path, return_info=True)
+    got = np.asarray(backbone(x, training=False))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    if scaling:
+        assert info["normalization"] == {"mean": 127.5, "std": 128.0} and info["normalization_source"] == "graph"
+    else:
+        assert info["normalization_source"] == "insightface default"
+        assert info["fused_bn"] == 2 * sum(BLOCKS) + 4 + 1 + sum(BLOCKS) + 2  # every BN became Mul/Add
+
+
+def test_onnx_external_data_without_torch(tmp_path, monkeypatch):
+    sd = random_state_dict(seed=9)
+    model = iresnet_onnx(sd)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "r_tiny.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="r_tiny.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)  # not the model's folder
+    with pytest.raises(convert.ExternalDataError, match="r_tiny.onnx.data.*allow_external_data=True"):
+        convert.onnx_to_state_dict(path)
+    got, _ = convert.onnx_to_state_dict(path, allow_external_data=True)
+    want, _ = convert.onnx_to_state_dict(iresnet_onnx(sd))  # onnx.save made `model` external
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    (folder / "r_tiny.onnx.data").write_bytes(b"short")
+    with pytest.raises(convert.ExternalDataError, match="needs .* bytes"):
+        convert.onnx_to_state_dict(path, allow_external_data=True)
+
+
+def test_onnx_that_is_not_a_face_network_names_the_node(tmp_path):
+    sd = random_state_dict(seed=10)
+    model = iresnet_onnx(sd)
+    relu = helper.make_node("Relu", ["683"], ["683_relu"], name="extra_relu")
+    model.graph.node.append(relu)
+    model.graph.output[0].name = "683_relu"
+    with pytest.raises(convert.WeightsFileError, match="'features' embedding .* feeds Relu node 'extra_relu'"):
+        convert.onnx_to_state_dict(model)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all \xff\xfe")
+    with pytest.raises(convert.WeightsFileError, match="junk.onnx: not a readable ONNX model"):
+        convert.convert_insightface(junk)
+
+
+def test_convert_tool_records_the_normalization(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from keras_facemargin.pretrained.loader import read_normalization
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "convert_insightface.py"
+    spec = importlib.util.spec_from_file_location("convert_insightface_tool", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sd = random_state_dict(seed=11)
+    path = tmp_path / "r_tiny.onnx"
+    onnx.save(iresnet_onnx(sd), str(path))
+    out = tmp_path / "r_tiny.keras"
+    assert mod.main([str(path), "--output", str(out), "--num-images", "4", "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "IResNet (custom) stage_blocks=(1, 2, 1, 1)" in printed and "stage_blocks=50" not in printed
+    assert "(x - 127.5) / 127.5 (insightface default)" in printed and "min cosine" in printed
+    assert read_normalization(out) == {"mean": 127.5, "std": 127.5}
+    h5 = tmp_path / "r_tiny.weights.h5"
+    assert mod.main([str(path), "--output", str(h5), "--normalize", "128", "--num-images", "4",
+                     "--data-dir", str(tmp_path)]) == 0
+    assert read_normalization(h5) == {"mean": 127.5, "std": 128.0}
+    assert mod.main([str(tmp_path / "missing.onnx"), "--output", str(h5)]) == 2

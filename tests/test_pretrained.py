@@ -179,7 +179,9 @@ def test_pth_weights_converted_on_the_fly(homes, tmp_path, monkeypatch):
             sd[f"{prefix}.weight"] = layer.kernel.numpy().transpose(3, 2, 0, 1)
     write_torch_state_dict(sd, tmp_path / "backbone.pth")
     monkeypatch.setitem(MODELS, "tiny_pth", dict(MODELS["arcface_r50"], embedding_dim=16, input_size=(32, 32)))
-    got = np.asarray(load("tiny_pth", weights=tmp_path / "backbone.pth")(_x()))
+    embedder = load("tiny_pth", weights=tmp_path / "backbone.pth")
+    assert embedder.normalization == {"mean": 127.5, "std": 127.5}  # arcface_torch's, from the registry
+    got = np.asarray(embedder(_x()))
     np.testing.assert_allclose(got, _reference(backbone, _x()), rtol=1e-5, atol=1e-5)
 
 
@@ -207,3 +209,48 @@ def test_user_supplied_registry_file_is_hash_checked_whatever_its_extension(home
     path.write_bytes(b"a different file")
     with pytest.raises(PretrainedWeightsError, match=f"{weights_file} fail the hash check.*not loaded"):
         load("tiny_test", weights=path)
+
+
+def test_normalization_follows_the_model(homes, tiny_entry, monkeypatch, tmp_path):
+    """load() reports the preset's normalisation, a file's record wins over it, the argument over both."""
+    from keras_facemargin.pretrained.loader import (PACKAGE_NORMALIZATION, parse_normalization, read_normalization,
+                                                    with_package_normalization, write_normalization)
+
+    backbone, path, _ = tiny_entry
+    assert MODELS["tiny_test"]["normalization"] == {"mean": 127.5, "std": 127.5}
+    assert load("tiny_test", weights=path).normalization == {"mean": 127.5, "std": 127.5}
+    assert load("tiny_test", weights=path, normalization=128).normalization == PACKAGE_NORMALIZATION
+    recorded = tmp_path / "recorded.weights.h5"
+    recorded.write_bytes(path.read_bytes())
+    monkeypatch.setitem(MODELS["tiny_test"], "sha256", None)  # a different file now
+    write_normalization(recorded, {"mean": 0.0, "std": 1.0})
+    assert read_normalization(recorded) == {"mean": 0.0, "std": 1.0}
+    embedder = load("tiny_test", weights=recorded)
+    assert embedder.normalization == {"mean": 0.0, "std": 1.0}
+    np.testing.assert_allclose(np.asarray(embedder(_x())), _reference(backbone, _x()), atol=1e-5)  # same weights
+    assert read_normalization(path) is None and read_normalization(tmp_path / "none.keras") is None
+    assert parse_normalization("127.5") == {"mean": 127.5, "std": 127.5}
+    for bad in ("abc", 0, {"mean": 1.0}, {"mean": 1.0, "std": float("nan")}, True):
+        with pytest.raises(ValueError):
+            parse_normalization(bad)
+
+
+def test_with_package_normalization_is_exact(tmp_path):
+    """A model expecting (x - 127.5) / 127.5, fed the package's (x - 127.5) / 128 through the adapter."""
+    import keras
+
+    from keras_facemargin.pretrained.loader import read_normalization, with_package_normalization, write_normalization
+
+    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3)).astype("float32")
+    own = np.asarray(backbone((pixels - 127.5) / 127.5, training=False))
+    wrapped = with_package_normalization(backbone, "127.5")
+    assert wrapped.get_layer("input_normalization") is not None
+    np.testing.assert_allclose(np.asarray(wrapped((pixels - 127.5) / 128.0, training=False)), own, atol=1e-5)
+    assert with_package_normalization(backbone, 128) is backbone
+    path = tmp_path / "tiny.keras"
+    backbone.save(path)
+    write_normalization(path, 127.5)
+    assert read_normalization(path) == {"mean": 127.5, "std": 127.5}
+    reloaded = keras.saving.load_model(path, compile=False)  # Keras ignores the record
+    np.testing.assert_allclose(np.asarray(reloaded((pixels - 127.5) / 127.5, training=False)), own, atol=1e-5)

@@ -6,6 +6,7 @@ Usage::
         [--batch-size 128] [--no-flip] [--no-detector-score] [--normalize-images]
         [--far-convention floor|nearest] [--save-features feats.npy | --features feats.npy]
         [--result-dir out]   # writes <target>_scores.npy, <target>_roc.png, <target>.json
+        [--normalize 127.5|128]  # input std the model expects (default: recorded in the file, else 128)
 
 See keras_facemargin/evaluation/ijb.py for the layout and the protocol conventions.
 """
@@ -35,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--features", default=None, help="precomputed (N, d) image features .npy in meta order")
     ap.add_argument("--save-features", default=None, help="save the image features (.npy) for re-scoring")
     ap.add_argument("--no-1n", action="store_true", help="skip 1:N identification")
+    ap.add_argument("--normalize", default=None, metavar="127.5|128",
+                    help="input std the model expects, (x - 127.5) / STD (default: recorded in the file, else 128)")
     ap.add_argument("--result-dir", default=None)
     args = ap.parse_args(argv)
 
@@ -54,7 +57,16 @@ def main(argv=None):
             import keras
 
             import keras_facemargin  # noqa: F401
+            from keras_facemargin.pretrained.loader import (PACKAGE_NORMALIZATION, parse_normalization,
+                                                            read_normalization, with_package_normalization)
+
+            override = parse_normalization(args.normalize)
             model = keras.saving.load_model(args.model, compile=False)
+            recorded = read_normalization(args.model)
+            norm = override or recorded or dict(PACKAGE_NORMALIZATION)
+            how = "--normalize" if override else ("recorded in the model file" if recorded else "package default")
+            print(f"input normalisation: (x - {norm['mean']:g}) / {norm['std']:g} ({how})", file=sys.stderr)
+            model = with_package_normalization(model, norm)
         res = evaluate_ijb(model, args.data, args.target, flip=not args.no_flip,
                            detector_score=not args.no_detector_score, normalize_images=args.normalize_images,
                            batch_size=args.batch_size, image_size=args.image_size, features=features,

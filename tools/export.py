@@ -10,6 +10,11 @@ Usage::
 The parity report (minimum cosine, max |diff|, size, latency; LFW verification change for
 quantised TFLite) is printed; the exit status is 1 when a threshold is missed
 (float32/float16/SavedModel/ONNX: cosine >= 0.9999; dynamic/int8: >= 0.99).
+
+Exported models take the package's ``(x - 127.5) / 128`` inputs. A model trained with another
+normalisation (``--normalize STD``, or what the ``.keras`` file records, e.g. arcface_torch's
+``/ 127.5`` for a converted insightface model) is exported with an ``input_normalization`` layer
+in front that converts exactly.
 """
 
 import argparse
@@ -34,6 +39,8 @@ def main(argv=None):
     parser.add_argument("--num-images", type=int, default=64, help="images in the parity check")
     parser.add_argument("--no-check", action="store_true", help="skip the parity report")
     parser.add_argument("--json", default=None, help="also write the parity report to this JSON file")
+    parser.add_argument("--normalize", default=None, metavar="127.5|128",
+                        help="input std the model expects, (x - 127.5) / STD (default: recorded in the file, else 128)")
     args = parser.parse_args(argv)
 
     from keras_facemargin.export import ParityError, export_model
@@ -45,7 +52,18 @@ def main(argv=None):
         suffix = {"savedmodel": "_savedmodel", "onnx": ".onnx", "tflite": f"_{args.quantize}.tflite"}
         args.output = stem + suffix[args.format]
     try:
-        path, report = export_model(args.model, args.format, args.output, quantize=args.quantize,
+        from keras_facemargin.pretrained.loader import (PACKAGE_NORMALIZATION, parse_normalization,
+                                                        read_normalization, with_package_normalization)
+
+        norm = parse_normalization(args.normalize) or read_normalization(args.model)
+        model = args.model
+        if norm is not None and norm != PACKAGE_NORMALIZATION:
+            from keras_facemargin.export.savedmodel import load_embedder
+
+            model = with_package_normalization(load_embedder(args.model), norm)
+            print(f"model expects (x - {norm['mean']:g}) / {norm['std']:g}: exported with an input_normalization "
+                  "layer, taking (x - 127.5) / 128", file=sys.stderr)
+        path, report = export_model(model, args.format, args.output, quantize=args.quantize,
                                     representative=args.representative, check=not args.no_check,
                                     data_dir=args.data_dir, num_images=args.num_images)
     except ParityError as err:

@@ -1360,7 +1360,8 @@ def convert_insightface(path, image_size=None, allow_external_data=False, return
             file's folder; refused by default (`ExternalDataError`).
         return_info: also return a dict: ``arch``, ``source`` (``"onnx"``/``"pth"``),
             ``normalization`` (``{"mean", "std"}`` the model expects: the graph's own input scaling
-            when it has one, else arcface_torch's ``INSIGHTFACE_NORMALIZATION``), ``notes`` (e.g.
+            when it has one, else arcface_torch's ``INSIGHTFACE_NORMALIZATION``; which one is in
+            ``normalization_source``: ``"graph"`` / ``"insightface default"``), ``notes`` (e.g.
             the ignored PartialFC weights of a training checkpoint) and the reader's details.
 
     Returns:
@@ -1392,6 +1393,7 @@ def convert_insightface(path, image_size=None, allow_external_data=False, return
                 "notes": read["notes"], "checkpoint_key": read["key"]}
     else:
         raise WeightsFileError(f"Expected an insightface .onnx or .pth file, got {path}.", str(path))
+    info["normalization_source"] = "graph" if info["normalization"] is not None else "insightface default"
     if info["normalization"] is None:
         info["normalization"] = dict(INSIGHTFACE_NORMALIZATION)
     try:

@@ -18,17 +18,37 @@ ships ``.weights.h5``) is the user's file and is *not* hash-checked. Without a r
 (the case of every model today) nothing is hash-checked, and the registry never lists a
 ``weights_url`` without a sha256. Every failure names the model, the expected path and the
 expected sha256.
+
+Input normalisation follows the model. The embedder `load` returns takes images normalised the
+way *that model* was trained, ``(x - mean) / std`` with ``embedder.normalization`` (a dict
+``{"mean", "std"}``), taken from, in order: the ``normalization=`` argument; what the weights file
+records (a file written by ``tools/convert_insightface.py``, see `write_normalization`, or the input
+scaling baked into an ONNX graph); the registry entry. arcface_torch models use
+``(x - 127.5) / 127.5``, this package ``(x - 127.5) / 128`` (`PACKAGE_NORMALIZATION`, what
+``keras_facemargin.data.normalize_images``, the evaluation and the exporters feed).
+`with_package_normalization` wraps a model so that it takes the package's inputs (exactly: one
+``Rescaling`` layer), which is how the tools evaluate and export a model of another normalisation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import zipfile
 from pathlib import Path
 
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
 
-__all__ = ["load", "list_models", "expected_weights_path", "sha256_of", "PretrainedWeightsError"]
+__all__ = ["load", "list_models", "expected_weights_path", "sha256_of", "PretrainedWeightsError",
+           "PACKAGE_NORMALIZATION", "parse_normalization", "read_normalization", "write_normalization",
+           "with_package_normalization"]
+
+#: ``keras_facemargin.data.normalize_images``: ``(x - 127.5) / 128`` (what evaluation and export feed).
+PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
+_METADATA_MEMBER = "keras_facemargin.json"  # in a .keras zip
+_METADATA_ATTR = "keras_facemargin"  # root attribute of a .weights.h5
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -66,6 +86,131 @@ def sha256_of(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- normalisation
+def parse_normalization(value):
+    """``{"mean": float, "std": float}`` from a dict, a number or a string (``None`` stays ``None``).
+
+    A number or string gives the std with ``mean=127.5``: ``127.5`` is arcface_torch's
+    ``(x - 127.5) / 127.5``, ``128`` this package's ``(x - 127.5) / 128`` (the CLI ``--normalize``).
+
+    Raises:
+        ValueError: not a finite mean and a finite positive std.
+
+    Example::
+
+        parse_normalization("127.5")              # {'mean': 127.5, 'std': 127.5}
+        parse_normalization({"mean": 0, "std": 1})
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if set(value) != {"mean", "std"}:
+            raise ValueError(f"normalization must have exactly the keys 'mean' and 'std', got {sorted(value)}.")
+        mean, std = value["mean"], value["std"]
+    elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        mean, std = 127.5, value
+    else:
+        raise ValueError(f"normalization must be a dict {{'mean', 'std'}}, a number or None, got {value!r}.")
+    try:
+        mean, std = float(mean), float(std)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalization {value!r}: mean and std must be numbers.") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"normalization {value!r}: needs a finite mean and a finite std > 0.")
+    return {"mean": mean, "std": std}
+
+
+def write_normalization(path, normalization):
+    """Record the input normalisation a model expects inside its ``.keras`` or ``.weights.h5`` file.
+
+    Keras ignores the record (a ``keras_facemargin.json`` zip member of a ``.keras`` file, a
+    ``keras_facemargin`` root attribute of a ``.weights.h5``); `read_normalization`, `load` and the
+    tools read it.
+
+    Example::
+
+        backbone.save("w600k_r50.keras")
+        write_normalization("w600k_r50.keras", {"mean": 127.5, "std": 127.5})
+    """
+    norm = parse_normalization(normalization)
+    path = Path(path)
+    record = json.dumps({"normalization": norm})
+    if path.name.endswith(".weights.h5"):
+        import h5py
+
+        with h5py.File(path, "a") as f:
+            f.attrs[_METADATA_ATTR] = record
+    elif path.suffix == ".keras":
+        with zipfile.ZipFile(path) as z:
+            if _METADATA_MEMBER in z.namelist():
+                raise ValueError(f"{path} already records its normalization; save the model again to change it.")
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr(_METADATA_MEMBER, record)
+    else:
+        raise ValueError(f"{path}: the normalization is recorded in .keras or .weights.h5 files only.")
+    return norm
+
+
+def read_normalization(path):
+    """The normalisation recorded by `write_normalization` in a ``.keras`` / ``.weights.h5`` file,
+    or ``None`` (no record, another file type, or an unreadable record).
+
+    Example::
+
+        read_normalization("w600k_r50.keras")      # {'mean': 127.5, 'std': 127.5}
+    """
+    path = Path(path)
+    record = None
+    try:
+        if path.name.endswith(".weights.h5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                record = f.attrs.get(_METADATA_ATTR)
+        elif path.suffix == ".keras" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if _METADATA_MEMBER in z.namelist() and z.getinfo(_METADATA_MEMBER).file_size < 4096:
+                    record = z.read(_METADATA_MEMBER)
+        if record is None:
+            return None
+        return parse_normalization(json.loads(record)["normalization"])
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def with_package_normalization(model, normalization):
+    """`model` (expecting ``(x - mean) / std`` inputs) as a model taking this package's
+    ``(x - 127.5) / 128`` inputs, i.e. what the evaluation and export functions feed.
+
+    One ``Rescaling(128 / std, offset=(127.5 - mean) / std)`` layer named ``input_normalization``
+    is put in front; `model` itself is returned when the normalisations are equal. A
+    ``FaceRecognizer``'s ``.embedder`` is wrapped.
+
+    Args:
+        model: a Keras model with one image input.
+        normalization: what `model` expects (dict, number or string, see `parse_normalization`).
+
+    Example::
+
+        embedder = keras_facemargin.load("arcface_r50", weights="backbone.pth")
+        evaluate_verification_sets(with_package_normalization(embedder, embedder.normalization), "faces_emore")
+    """
+    import keras
+
+    norm = parse_normalization(normalization)
+    target = getattr(model, "embedder", None)
+    target = target if isinstance(target, keras.Model) else model
+    if norm is None or norm == PACKAGE_NORMALIZATION:
+        return target
+    mean, std = norm["mean"], norm["std"]
+    inputs = keras.Input(shape=target.input_shape[1:], name="images")
+    x = keras.layers.Rescaling(PACKAGE_NORMALIZATION["std"] / std, offset=(PACKAGE_NORMALIZATION["mean"] - mean) / std,
+                               name="input_normalization")(inputs)
+    wrapped = keras.Model(inputs, target(x), name=f"{target.name}_package_input")
+    wrapped.normalization = dict(PACKAGE_NORMALIZATION)
+    return wrapped
 
 
 def _how_to(name, info):
@@ -126,7 +271,7 @@ def _resolve(name, info, weights):
     return path
 
 
-def load(name, include_head=False, weights=None):
+def load(name, include_head=False, weights=None, normalization=None, allow_external_data=False):
     """Build the named pretrained model and load its weights.
 
     Args:
@@ -135,23 +280,31 @@ def load(name, include_head=False, weights=None):
             `True` needs a `.keras` file of a whole `FaceRecognizer` passed as `weights` (margin
             heads of released checkpoints are not distributed) and returns it.
         weights: optional local file: the backbone's `.weights.h5`, a `.keras` model, or an
-            insightface IResNet `.onnx` / `.pth` (converted on the fly). Verified against the
-            registry's sha256 when there is one and the file is the registry's `weights_file` or
-            of its type; another type is the user's own file and is not hash-checked.
+            insightface IResNet / MobileFaceNet `.onnx` / `.pth` (converted on the fly). Verified
+            against the registry's sha256 when there is one and the file is the registry's
+            `weights_file` or of its type; another type is the user's own file and is not hash-checked.
+        normalization: the input normalisation the weights expect, overriding what the file records
+            and the registry (`parse_normalization`: ``127.5``, ``128`` or ``{"mean", "std"}``).
+        allow_external_data: for an `.onnx` with weights in an external `.onnx.data` file (read
+            from the model's folder only); refused by default.
 
     Returns:
-        A `keras.Model`: normalised float images `(batch, 112, 112, 3)` -> unit-norm embeddings
-        (see the registry's `normalization` for the model's expected input scaling).
+        A `keras.Model`: float images `(batch, H, W, 3)` normalised as ``embedder.normalization``
+        says -> unit-norm embeddings. `with_package_normalization(embedder, embedder.normalization)`
+        takes ``(x - 127.5) / 128`` images instead (what the package's evaluation feeds).
 
     Raises:
-        ValueError: unknown name (lists the known ones).
+        ValueError: unknown name (lists the known ones), bad `normalization`.
         PretrainedWeightsError: no weights available / download failed / hash mismatch; the
             message names the model, the expected path and the expected sha256.
+        keras_facemargin.pretrained.convert.WeightsFileError: an `.onnx` / `.pth` that does not
+            convert (names the file and node).
 
     Example::
 
         embedder = keras_facemargin.load("arcface_r50", weights="arcface_r50_ms1mv3.weights.h5")
-        emb = embedder.predict((images - 127.5) / 127.5)
+        norm = embedder.normalization                  # {'mean': 127.5, 'std': 127.5}
+        emb = embedder.predict((images - norm["mean"]) / norm["std"])
     """
     import keras
 
@@ -160,8 +313,11 @@ def load(name, include_head=False, weights=None):
 
     info = get_model_info(name)
     name = name.lower()
+    override = parse_normalization(normalization)
     path = _resolve(name, info, weights)
     suffix = path.suffix.lower()
+    norm = override or read_normalization(path) or parse_normalization(info.get("normalization")) \
+        or dict(PACKAGE_NORMALIZATION)
     if suffix == ".keras":
         import keras_facemargin  # noqa: F401  (registers serializable classes)
 
@@ -170,19 +326,23 @@ def load(name, include_head=False, weights=None):
             if not hasattr(model, "head"):
                 raise ValueError(f"include_head=True needs a FaceRecognizer .keras file; {path} holds "
                                  f"a {type(model).__name__}.")
+            model.normalization = norm
             return model
-        return as_embedder(model)
+        return _with_normalization(as_embedder(model), norm)
     if include_head:
         raise ValueError(f"include_head=True for {name!r} needs weights=<FaceRecognizer .keras file>; "
                          f"{path} holds backbone weights only (no margin head).")
     if suffix in (".onnx", ".pth", ".pt"):
         from keras_facemargin.pretrained.convert import convert_insightface
 
-        backbone = convert_insightface(path, image_size=info["input_size"])
+        backbone, conv = convert_insightface(path, image_size=info["input_size"],
+                                             allow_external_data=allow_external_data, return_info=True)
         if backbone.output_shape[-1] != info["embedding_dim"]:
             raise ValueError(f"{path} gives {backbone.output_shape[-1]}-d embeddings; {name!r} is "
                              f"{info['embedding_dim']}-d.")
-        return as_embedder(backbone)
+        if override is None and conv.get("normalization_source") == "graph":
+            norm = conv["normalization"]  # the graph scaled its input itself
+        return _with_normalization(as_embedder(backbone), norm)
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"weights file {path} for {name!r}: expected .weights.h5, .keras, .onnx or .pth.")
     backbone = get_backbone(info["backbone"], embedding_dim=info["embedding_dim"],
@@ -193,4 +353,9 @@ def load(name, include_head=False, weights=None):
         raise PretrainedWeightsError(
             f"Could not load {path} into the {info['backbone']} backbone of {name!r} "
             f"({type(err).__name__}: {err}). {_how_to(name, info)}") from err
-    return as_embedder(backbone)
+    return _with_normalization(as_embedder(backbone), norm)
+
+
+def _with_normalization(model, normalization):
+    model.normalization = dict(normalization)
+    return model
