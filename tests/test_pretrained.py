@@ -254,3 +254,56 @@ def test_with_package_normalization_is_exact(tmp_path):
     assert read_normalization(path) == {"mean": 127.5, "std": 127.5}
     reloaded = keras.saving.load_model(path, compile=False)  # Keras ignores the record
     np.testing.assert_allclose(np.asarray(reloaded((pixels - 127.5) / 127.5, training=False)), own, atol=1e-5)
+
+
+def _tool(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tools_use_the_models_normalization(tmp_path, monkeypatch, capsys):
+    """eval_verification / eval_ijb / export feed a converted model its own normalisation;
+    --normalize overrides what the file records."""
+    import keras_facemargin.evaluation as evaluation
+    import keras_facemargin.evaluation.ijb as ijb
+    import keras_facemargin.export as export
+    from keras_facemargin.evaluation.bin_sets import write_bin
+    from keras_facemargin.pretrained.loader import write_normalization
+
+    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    model = tmp_path / "converted.keras"
+    backbone.save(model)
+    write_normalization(model, {"mean": 127.5, "std": 127.5})
+    rng = np.random.default_rng(4)
+    write_bin(tmp_path / "tiny.bin", rng.integers(0, 256, (40, 32, 32, 3)).astype("uint8"), [True, False] * 10)
+
+    seen = []
+    real = evaluation.evaluate_verification_sets
+    monkeypatch.setattr(evaluation, "evaluate_verification_sets",
+                        lambda m, *a, **k: seen.append(m) or real(m, *a, progress=False, **k))
+    tool = _tool("eval_verification")
+    assert tool.main(["--model", str(model), "--data", str(tmp_path / "tiny.bin")]) == 0
+    assert "(x - 127.5) / 127.5 (recorded in the model file)" in capsys.readouterr().err
+    assert "input_normalization" in [layer.name for layer in seen[-1].layers]
+    assert tool.main(["--model", str(model), "--data", str(tmp_path / "tiny.bin"), "--normalize", "128"]) == 0
+    assert "(x - 127.5) / 128 (--normalize)" in capsys.readouterr().err
+    assert "input_normalization" not in [layer.name for layer in seen[-1].layers]
+
+    def stop(m, *a, **k):
+        seen.append(m)
+        raise ValueError("stopped after capturing the model")
+
+    monkeypatch.setattr(ijb, "evaluate_ijb", stop)
+    assert _tool("eval_ijb").main(["--model", str(model), "--data", str(tmp_path)]) == 2
+    assert "input_normalization" in [layer.name for layer in seen[-1].layers]
+    monkeypatch.setattr(export, "export_model", stop)
+    assert _tool("export").main(["--model", str(model), "--format", "onnx", "--no-check"]) == 2
+    assert "input_normalization" in [layer.name for layer in seen[-1].layers]
+    assert _tool("export").main(["--model", str(model), "--format", "onnx", "--normalize", "128"]) == 2
+    assert seen[-1] == str(model)  # the package's own normalisation: the file is exported as it is
