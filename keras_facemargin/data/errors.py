@@ -8,7 +8,8 @@ same way, selected by ``on_error``:
   offset (or path) and the reason is logged for the first few records, plus a
   summary after up-front scans.
 * ``"raise"``: a :class:`BadRecordError` (a ``ValueError``) naming the file and
-  offset is raised.
+  offset is raised (the reader's own subclass: ``RecordIORecordError``,
+  ``TFRecordRecordError``, ``ImageFileError``; see :mod:`keras_facemargin.errors`).
 
 Records are deduplicated by ``(file, offset)``: a corrupt JPEG met in every
 epoch counts once in :attr:`BadRecordReport.count` (and once per meeting in
@@ -28,6 +29,8 @@ import logging
 import threading
 from collections import Counter
 
+from keras_facemargin.errors import BadRecordError  # noqa: F401  (defined there; a ValueError)
+
 __all__ = ["BadRecordError", "BadRecordReport", "check_on_error"]
 
 logger = logging.getLogger("keras_facemargin.data")
@@ -40,25 +43,6 @@ def check_on_error(on_error):
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"`on_error` must be 'skip' or 'raise', got {on_error!r}.")
     return on_error
-
-
-class BadRecordError(ValueError):
-    """A corrupt or invalid input record.
-
-    Attributes:
-        file: path of the file holding the record (or the image path).
-        offset: byte offset of the record in ``file`` (``None`` for whole files).
-        reason: short machine-readable reason, e.g. ``"bad_magic"``.
-        detail: human-readable explanation.
-    """
-
-    def __init__(self, file, offset, reason, detail=""):
-        self.file = str(file)
-        self.offset = None if offset is None else int(offset)
-        self.reason = reason
-        self.detail = detail
-        where = self.file if offset is None else f"{self.file} at byte offset {self.offset}"
-        super().__init__(f"Bad record in {where}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 class BadRecordReport:

@@ -14,14 +14,20 @@ Protocol: insightface's 10 contiguous folds in file order (LFW 600 pairs per fol
 CFP 700, AgeDB-30 600), accuracy with the threshold chosen on the other 9 folds,
 see :mod:`keras_facemargin.evaluation.verification`.
 
-Security: a pickle can execute arbitrary code when loaded. :func:`load_bin` uses a
-restricted unpickler that resolves **no** global except numpy's array
-reconstruction (``numpy[._]core.multiarray._reconstruct``,
-``numpy[._]core.numeric._frombuffer`` (protocol 5), ``numpy.ndarray``,
-``numpy.dtype``, ``numpy[._]core.multiarray.scalar``) and ``_codecs.encode``
-(how Python 3 pickles ``bytes`` at protocols 0-2); everything else (``os.system``,
-``builtins.eval``, ...) raises :class:`UnsafeBinError` before anything is called.
-The result is then validated (structure, types, lengths; no object arrays).
+Security: a pickle can execute arbitrary code when loaded. :func:`load_bin` first walks the
+opcodes in pure Python (memo indices must be the next free or an already-set slot; no
+persistent ids, extension codes, class instantiation, out-of-band buffers, dicts or sets),
+then unpickles with a restricted unpickler whose only globals are those of
+:data:`BIN_PICKLE_ALLOWLIST` -- numpy's array reconstruction (``_reconstruct``,
+``ndarray``, ``dtype``, ``_frombuffer``, ``scalar``) and ``_codecs.encode`` -- and each of
+them resolves to a stand-in of this module, **not** to numpy or ``_codecs``: bool arrays are
+built with ``np.frombuffer`` from a validated shape and byte string, no numpy state is set
+from file data, and ``encode`` only does latin-1. Everything else (``os.system``,
+``builtins.eval``, ...) raises :class:`UnsafeBinError` before anything is called. The result
+is then validated (structure, types, lengths, no shared image objects), every image header
+is checked (JPEG/PNG/BMP/WebP, ``max_image_pixels``) and the output size bounded before
+anything is decoded. All failures are :class:`~keras_facemargin.errors.BinSetError`
+(a ``ValueError``) naming the file.
 
 Besides ``.bin`` files, :func:`find_verification_sets` recognises image-folder
 sets (LFW ``pairs.txt`` + ``images/``, CFP ``Protocol/`` + ``Split/``), loaded by
@@ -45,6 +51,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_facemargin.data.image_header import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_image_bytes,
+    check_max_pixels,
+    decode_image,
+)
+from keras_facemargin.errors import BinSetError
 from keras_facemargin.evaluation.verification import (
     VerificationResult,
     embed_images,
@@ -54,6 +67,8 @@ from keras_facemargin.evaluation.verification import (
 
 __all__ = [
     "KNOWN_BIN_SETS",
+    "BIN_PICKLE_ALLOWLIST",
+    "BinSetError",
     "UnsafeBinError",
     "PairSet",
     "VerificationSource",
@@ -70,28 +85,200 @@ __all__ = [
 KNOWN_BIN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
 
 
-class UnsafeBinError(pickle.UnpicklingError):
-    """A ``.bin`` pickle references a global the restricted unpickler does not admit."""
+class UnsafeBinError(BinSetError, pickle.UnpicklingError):
+    """A ``.bin`` pickle references a global or opcode the restricted unpickler does not admit.
+
+    A :class:`~keras_facemargin.errors.BinSetError` (a ``ValueError``) and a
+    ``pickle.UnpicklingError``.
+    """
 
 
-def _numpy_globals():
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    try:
-        from numpy._core import multiarray as _ma, numeric as _nu  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray as _ma, numeric as _nu
+class _Refused(Exception):
+    """Raised inside the unpickler by the stand-ins below; turned into a BinSetError naming the file."""
+
+
+# ------------------------------------------------------------------ pickle allowlist
+# Each admitted global resolves to a stand-in defined here, never to the real numpy / codecs
+# object, so no state of a real numpy object is ever set from the file. Arrays are built by
+# np.frombuffer from a validated shape, the one admitted dtype (bool) and a byte string whose
+# length matches. Why each entry is needed:
+#
+# * ``numpy[._]core.multiarray._reconstruct`` + ``numpy.ndarray``: protocols 0-4 pickle a numpy
+#   array (mxnet-era ``issame_list``) as ``_reconstruct(ndarray, (0,), b'b')`` followed by
+#   ``BUILD (version, shape, dtype, is_fortran, raw bytes)`` -> :class:`_PendingArray`.
+# * ``numpy.dtype``: the dtype inside that state, ``dtype('b1', False, True)`` followed by a
+#   ``BUILD`` of its state tuple -> :class:`_Dtype` (only ``b1``; the state is ignored).
+# * ``numpy[._]core.numeric._frombuffer``: protocol 5 pickles the same array as
+#   ``_frombuffer(raw bytes, dtype, shape, order)`` -> :func:`_frombuffer`.
+# * ``numpy[._]core.multiarray.scalar``: a list of ``numpy.bool_`` labels pickles each one as
+#   ``scalar(dtype('b1'), b'\x01')`` -> :func:`_scalar` (a Python bool).
+# * ``_codecs.encode``: Python 3 pickles ``bytes`` at protocols 0-2 as
+#   ``_codecs.encode(str, 'latin1')`` -> :func:`_latin1_encode` (latin-1 only).
+#
+# Everything else, including ``builtins`` and every other numpy name, raises UnsafeBinError.
+
+class _NdarrayMarker:
+    __slots__ = ()
+
+    def __reduce__(self):  # pragma: no cover - never pickled
+        raise TypeError("not picklable")
+
+
+_NDARRAY = _NdarrayMarker()
+_BOOL_CODES = ("b1", "?", "|b1")
+_MAX_NDIM = 8
+
+
+def _text(v):
+    return v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else v
+
+
+class _Dtype:
+    """Stand-in for ``numpy.dtype(code, align, copy)``: only the bool dtype is admitted."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code=None, align=False, copy=True):
+        code = _text(code)
+        if not isinstance(code, str) or code not in _BOOL_CODES:
+            raise _Refused(f"numpy dtype {code!r} is not admitted (`issame_list` must be a 1-D bool array, "
+                           "dtype 'b1')")
+        self.code = "b1"
+
+    def __setstate__(self, state):  # the dtype's pickled state is checked for shape and ignored
+        if not isinstance(state, tuple) or len(state) > 9:
+            raise _Refused("malformed numpy dtype state")
+
+
+def _bool_array(raw, shape, fortran=False):
+    if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape):
+        raise _Refused(f"numpy array shape {shape!r} is not a tuple of at most {_MAX_NDIM} sizes >= 0")
+    if not isinstance(raw, (bytes, bytearray)):
+        raise _Refused(f"numpy array data is {type(raw).__name__}, expected bytes (object arrays are refused)")
+    n = 0 if 0 in shape else 1
+    if n and any(d > len(raw) for d in shape):
+        n = -1
+    else:
+        for d in shape:
+            n *= d
+    if n != len(raw):
+        raise _Refused(f"numpy bool array of shape {shape} needs {n} bytes of data, the pickle holds {len(raw)}")
+    u8 = np.frombuffer(bytes(raw), np.uint8)
+    if u8.size and u8.max() > 1:
+        raise _Refused("numpy bool array holds bytes other than 0 and 1")
+    return u8.astype(bool).reshape(shape, order="F" if fortran else "C")
+
+
+class _PendingArray:
+    """Stand-in for ``numpy.core.multiarray._reconstruct(...)``: the array is built at ``BUILD``."""
+
+    __slots__ = ("array",)
+
+    def __setstate__(self, state):
+        if getattr(self, "array", None) is not None:
+            raise _Refused("numpy array state set twice")
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("malformed numpy array state (expected (version, shape, dtype, is_fortran, data))")
+        if len(state) == 5:
+            version, shape, dtype, fortran, raw = state
+            if version != 1:
+                raise _Refused(f"numpy array state version {version!r}, expected 1")
+        else:
+            shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _Dtype):
+            raise _Refused("numpy array state without an admitted dtype")
+        self.array = _bool_array(raw, shape, bool(fortran) if isinstance(fortran, (bool, int)) else False)
+
+
+def _reconstruct(cls, shape=None, typecode=None):
+    if cls is not _NDARRAY:
+        raise _Refused("numpy _reconstruct of something other than numpy.ndarray")
+    return _PendingArray()
+
+
+def _frombuffer(buf, dtype, shape, order="C"):
+    if not isinstance(dtype, _Dtype):
+        raise _Refused("numpy _frombuffer without an admitted dtype")
+    out = _PendingArray()
+    out.array = _bool_array(buf, shape, _text(order) == "F")
+    return out
+
+
+def _scalar(dtype, data=None):
+    if not isinstance(dtype, _Dtype) or not isinstance(data, (bytes, bytearray)) or len(data) != 1 \
+            or data[0] > 1:
+        raise _Refused("numpy scalar other than a bool of one byte 0 or 1")
+    return bool(data[0])
+
+
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    if not isinstance(obj, str) or _text(encoding) not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode is admitted for latin-1 strings only (got encoding {encoding!r})")
+    return obj.encode("latin-1")
+
+
+def _allowed_globals():
+    allowed = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _Dtype,
+               ("_codecs", "encode"): _latin1_encode}
     for mod in ("numpy.core", "numpy._core"):
-        allowed[(mod + ".multiarray", "_reconstruct")] = _ma._reconstruct
-        allowed[(mod + ".multiarray", "scalar")] = _ma.scalar
-        if hasattr(_nu, "_frombuffer"):
-            allowed[(mod + ".numeric", "_frombuffer")] = _nu._frombuffer
-    import _codecs
-
-    allowed[("_codecs", "encode")] = _codecs.encode
+        allowed[(mod + ".multiarray", "_reconstruct")] = _reconstruct
+        allowed[(mod + ".multiarray", "scalar")] = _scalar
+        allowed[(mod + ".numeric", "_frombuffer")] = _frombuffer
     return allowed
 
 
-_ALLOWED_GLOBALS = _numpy_globals()
+_ALLOWED_GLOBALS = _allowed_globals()
+#: The pickle globals a ``.bin`` may name (each resolves to a validating stand-in, see above).
+BIN_PICKLE_ALLOWLIST = tuple(sorted(f"{m}.{n}" for m, n in _ALLOWED_GLOBALS))
+
+# Opcodes a (bins, issame_list) pickle never needs: persistent ids, the extension registry,
+# class instantiation, out-of-band buffers, and dicts / sets (hash-colliding keys would make
+# building them quadratic).
+_REFUSED_OPCODES = frozenset(["PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ",
+                              "NEWOBJ_EX", "NEXT_BUFFER", "READONLY_BUFFER", "EMPTY_DICT", "DICT",
+                              "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET"])
+_PUT_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+_GET_OPS = frozenset(["GET", "BINGET", "LONG_BINGET"])
+
+
+def _prescan_pickle(data, source):
+    """Walk the opcodes (pure Python, bounded by the file) before the C unpickler runs.
+
+    Refuses opcodes outside the allowlist and memo indices that are not the next free slot or a
+    slot already set (a ``LONG_BINPUT 2**31`` would make the C unpickler allocate a 16 GiB memo).
+
+    Returns:
+        the number of opcodes.
+    """
+    import pickletools
+
+    memo_size = 0
+    count = 0
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            count += 1
+            name = op.name
+            if name in _REFUSED_OPCODES:
+                raise UnsafeBinError(source, f"pickle opcode {name} is not admitted (a verification .bin "
+                                     "holds only image bytes and booleans)", f"byte offset {pos}")
+            if name in _PUT_OPS:
+                if not (isinstance(arg, int) and 0 <= arg <= memo_size):
+                    raise BinSetError(source, f"pickle memo index {arg} is out of range (expected at most "
+                                      f"{memo_size}, the next free slot)", f"byte offset {pos}")
+                memo_size += arg == memo_size
+            elif name == "MEMOIZE":
+                memo_size += 1
+            elif name in _GET_OPS and not (isinstance(arg, int) and 0 <= arg < memo_size):
+                raise BinSetError(source, f"pickle memo reference {arg} to an unset slot (expected < "
+                                  f"{memo_size})", f"byte offset {pos}")
+            if name == "STOP":
+                break
+    except BinSetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pickletools raises ValueError and friends on junk
+        raise BinSetError(source, f"not a readable pickle ({type(e).__name__}: {e})") from None
+    return count
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -100,14 +287,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module, name):  # noqa: D401 - pickle API
+        module, name = _text(module), _text(name)
         obj = _ALLOWED_GLOBALS.get((module, name))
         if obj is None:
             raise UnsafeBinError(
-                f"{self._source}: refusing to load global '{module}.{name}' from the pickle; a "
-                "verification .bin holds only image bytes and booleans (only numpy array "
-                "reconstruction is admitted). The file is not an insightface .bin or was tampered with."
-            )
+                self._source,
+                f"refusing to load global '{module}.{name}' from the pickle; a verification .bin holds "
+                "only image bytes and booleans (only numpy bool-array reconstruction is admitted). The "
+                "file is not an insightface .bin or was tampered with.")
         return obj
+
+    def persistent_load(self, pid):  # pragma: no cover - refused by the pre-scan already
+        raise UnsafeBinError(self._source, "persistent ids are not admitted")
 
 
 @dataclass
@@ -189,60 +380,78 @@ def _resize(img, size):
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def _decode(buf, source, index, size):
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
-    if img is None:
-        raise ValueError(f"{source}: image {index} could not be decoded (not a JPEG/PNG byte string).")
-    return _resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
-
-
-def _validate_bin(obj, source):
+def _validate_bin(obj, source, max_images):
+    """Check the unpickled structure (no image decoded yet); returns ``(bins, issame bool (N,))``."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise ValueError(f"{source}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}"
-                         + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else "") + ".")
+        raise BinSetError(source, f"expected a pickled (bins, issame_list) pair, got {type(obj).__name__}"
+                          + (f" of length {len(obj)}" if isinstance(obj, (tuple, list)) else ""), "top level")
     bins, issame = obj
     if not isinstance(bins, (list, tuple)):
-        raise ValueError(f"{source}: `bins` must be a list of encoded images, got {type(bins).__name__}.")
+        raise BinSetError(source, f"`bins` must be a list of encoded images, got {type(bins).__name__}", "bins")
     bad = [i for i, b in enumerate(bins) if not isinstance(b, (bytes, bytearray))]
     if bad:
-        raise ValueError(f"{source}: {len(bad)} entries of `bins` are not bytes (first at index {bad[0]}: "
-                         f"{type(bins[bad[0]]).__name__}).")
-    if isinstance(issame, np.ndarray):
-        if issame.dtype != np.bool_ or issame.ndim != 1:
-            raise ValueError(f"{source}: `issame_list` array must be 1-D bool, got {issame.dtype} {issame.shape}.")
-        same = issame.copy()
+        raise BinSetError(source, f"{len(bad)} entries of `bins` are not bytes (first at index {bad[0]}: "
+                          f"{type(bins[bad[0]]).__name__})", f"bins[{bad[0]}]")
+    if isinstance(issame, _PendingArray):
+        same = getattr(issame, "array", None)
+        if same is None:
+            raise BinSetError(source, "`issame_list` is a numpy array without data", "issame_list")
+        if same.ndim != 1:
+            raise BinSetError(source, f"`issame_list` array must be 1-D bool, got bool {same.shape}", "issame_list")
     elif isinstance(issame, (list, tuple)):
-        badl = [i for i, v in enumerate(issame) if not isinstance(v, (bool, np.bool_))]
+        badl = [i for i, v in enumerate(issame) if not isinstance(v, bool)]
         if badl:
-            raise ValueError(f"{source}: `issame_list` must hold booleans; entry {badl[0]} is "
-                             f"{type(issame[badl[0]]).__name__} ({len(badl)} non-boolean entries).")
+            raise BinSetError(source, f"`issame_list` must hold booleans; entry {badl[0]} is "
+                              f"{type(issame[badl[0]]).__name__} ({len(badl)} non-boolean entries)",
+                              f"issame_list[{badl[0]}]")
         same = np.array(issame, dtype=bool).reshape(-1)
     else:
-        raise ValueError(f"{source}: `issame_list` must be a list or bool array, got {type(issame).__name__}.")
+        raise BinSetError(source, f"`issame_list` must be a list or a 1-D bool array, got "
+                          f"{type(issame).__name__}", "issame_list")
     if len(bins) != 2 * same.size:
-        raise ValueError(f"{source}: {len(bins)} images for {same.size} pairs; expected 2 images per pair "
-                         f"({2 * same.size}).")
+        raise BinSetError(source, f"{len(bins)} images for {same.size} pairs; expected 2 images per pair "
+                          f"({2 * same.size})", "bins")
     if same.size == 0:
-        raise ValueError(f"{source}: the set holds no pairs.")
+        raise BinSetError(source, "the set holds no pairs", "issame_list")
+    if len(bins) > max_images:
+        raise BinSetError(source, f"{len(bins):,} images exceed max_images={max_images:,}", "bins")
+    seen = {}
+    for i, b in enumerate(bins):  # a memo reference repeats an earlier image without storing it again
+        j = seen.setdefault(id(b), i)
+        if j != i:
+            raise BinSetError(source, f"bins[{i}] is a pickle memo reference to bins[{j}]; every image must "
+                              "be stored in the file (insightface's writers never share one)", f"bins[{i}]")
     return bins, same
 
 
-def load_bin(path, image_size=(112, 112)):
+def load_bin(path, image_size=(112, 112), max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+             max_images=200_000, max_output_bytes=4 << 30):
     """Load an insightface verification ``.bin`` safely.
+
+    The pickle is first walked opcode by opcode (memo indices bounded, no dict / set / class
+    instantiation opcodes), then unpickled with the globals of :data:`BIN_PICKLE_ALLOWLIST`
+    only, each resolving to a validating stand-in (nothing of numpy's state-setting runs on file
+    data). Every image header is read (format JPEG/PNG/BMP/WebP, pixel cap) before any decoding,
+    and the output size is checked before it is allocated.
 
     Args:
         path: the ``.bin`` file.
         image_size: ``(height, width)`` (or an int) to resize every image to; ``None`` keeps
             the stored size (all images must then share it).
+        max_image_pixels: largest ``height * width`` of one stored image.
+        max_images: largest number of images (``2 * pairs``).
+        max_output_bytes: largest size of the returned uint8 image array.
 
     Returns:
         ``(images, issame)``: uint8 RGB ``(2N, H, W, 3)`` (pair ``i`` = rows ``2i, 2i+1``) and
         bool ``(N,)``.
 
     Raises:
-        UnsafeBinError: the pickle references a non-admitted global (nothing is executed).
-        ValueError: wrong structure, undecodable image or inconsistent sizes (message names the file).
+        OSError: the file is missing or unreadable.
+        UnsafeBinError: the pickle names a non-admitted global or opcode (nothing is executed).
+        BinSetError: anything else wrong with the bytes: not a pickle, wrong structure, memo
+            references, an undecodable or over-cap image, inconsistent sizes, a limit exceeded.
+            The message names the file and the field (``bins[7]``, ``issame_list``) or offset.
 
     Example::
 
@@ -250,22 +459,47 @@ def load_bin(path, image_size=(112, 112)):
     """
     source = os.fspath(path)
     size = _check_image_size(image_size)
+    max_image_pixels = check_max_pixels(max_image_pixels)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"verification .bin not found: {source}")
     with open(source, "rb") as f:
         data = f.read()
+    _prescan_pickle(data, source)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
-    except UnsafeBinError:
+    except BinSetError:
         raise
-    except Exception as exc:  # truncated / not a pickle
-        raise ValueError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc}).") from exc
-    bins, same = _validate_bin(obj, source)
-    images = [_decode(bytes(b), source, i, size) for i, b in enumerate(bins)]
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ValueError(f"{source}: images have different sizes {sorted(shapes)[:4]}; pass `image_size`.")
-    return np.stack(images), same
+    except _Refused as exc:
+        raise BinSetError(source, str(exc), "issame_list") from None
+    except Exception as exc:  # noqa: BLE001 - truncated / not a pickle / a stand-in refused the data
+        raise BinSetError(source, f"not a readable pickle ({type(exc).__name__}: {exc})") from None
+    del data
+    bins, same = _validate_bin(obj, source, int(max_images))
+    shapes = []
+    for i, b in enumerate(bins):
+        hdr, why = check_image_bytes(b, max_image_pixels)
+        if why is not None:
+            raise BinSetError(source, f"image {i} could not be decoded ({why})", f"bins[{i}]")
+        shapes.append((hdr.height, hdr.width))
+    if size is None and len(set(shapes)) != 1:
+        raise BinSetError(source, f"images have different sizes {sorted(set(shapes))[:4]}; pass `image_size`",
+                          "bins")
+    h, w = size or shapes[0]
+    need = len(bins) * h * w * 3
+    if need > max_output_bytes:
+        raise BinSetError(source, f"{len(bins):,} images of {h}x{w} need {need:,} bytes, above "
+                          f"max_output_bytes={max_output_bytes:,}", "bins")
+    images = np.empty((len(bins), h, w, 3), np.uint8)
+    for i, b in enumerate(bins):
+        img, why = decode_image(b, max_image_pixels)
+        if img is None:
+            raise BinSetError(source, f"image {i} could not be decoded ({why})", f"bins[{i}]")
+        img = _resize(img, size)
+        if img.shape != images.shape[1:]:  # e.g. an EXIF rotation or a header that lied
+            raise BinSetError(source, f"image decodes to {img.shape[1]}x{img.shape[0]}, expected {w}x{h}; "
+                              "pass `image_size`", f"bins[{i}]")
+        images[i] = img
+    return images, same
 
 
 def write_bin(path, images, issame, ext=".jpg", quality=95):

@@ -1,0 +1,146 @@
+"""Typed errors for files read from outside the package (untrusted input).
+
+Every reader of outside data raises, for any bytes it is given, either ``OSError`` (a missing or
+unreadable file) or a subclass of :class:`UntrustedFileError` (a ``ValueError``) whose message
+names the file, the field / offset / line, and what was expected. One class per format:
+
+==========================  ==============================================================
+:class:`BinSetError`        insightface ``.bin`` verification sets
+                            (:func:`keras_facemargin.evaluation.bin_sets.load_bin`);
+                            ``UnsafeBinError`` (a refused pickle global) is a subclass
+:class:`RecordIOError`      RecordIO ``train.idx`` / ``property`` / ``train.rec`` layout;
+                            per-record problems are :class:`RecordIORecordError`
+                            (also a :class:`BadRecordError`)
+:class:`TFRecordError`      TFRecord files; per-record: :class:`TFRecordRecordError`
+:class:`ImageFileError`     image files of folders (also a :class:`BadRecordError`)
+:class:`PairsFileError`     LFW ``pairs.txt``
+:class:`IJBFileError`       IJB-B/C meta files
+:class:`MegaFaceFileError`  MegaFace feature files (``.bin``, ``.npy``) and noise lists
+:class:`WeightsFileError`   converted ``.pth`` / ``.onnx`` weights
+==========================  ==============================================================
+
+:class:`BadRecordError` (re-exported by :mod:`keras_facemargin.data.errors`) keeps its
+``(file, offset, reason, detail)`` signature and message, so code that catches it keeps working.
+
+This module imports nothing from the package, so it can be used without TensorFlow.
+
+Example::
+
+    try:
+        load_bin("suspicious.bin")
+    except BinSetError as e:
+        print(e.file, e.where, e.detail)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UntrustedFileError",
+    "BadRecordError",
+    "BinSetError",
+    "RecordIOError",
+    "RecordIORecordError",
+    "TFRecordError",
+    "TFRecordRecordError",
+    "ImageFileError",
+    "PairsFileError",
+    "IJBFileError",
+    "MegaFaceFileError",
+    "WeightsFileError",
+]
+
+
+class UntrustedFileError(ValueError):
+    """A file read from outside is malformed, inconsistent or over a resource limit.
+
+    Args:
+        file: path of the offending file.
+        detail: what was found and what was expected.
+        where: field, byte offset or line (``"line 3"``, ``"byte offset 120"``), or ``None``.
+
+    Attributes:
+        file, detail, where: as given (``file`` as a string).
+    """
+
+    def __init__(self, file, detail, where=None):
+        self.file = str(file)
+        self.detail = str(detail)
+        self.where = None if where is None else str(where)
+        loc = self.file if self.where is None else f"{self.file}: {self.where}"
+        super().__init__(f"{loc}: {self.detail}")
+
+    def __reduce__(self):  # picklable although __init__ takes several arguments
+        return _rebuild, (type(self), self.__dict__.copy(), self.args)
+
+
+def _rebuild(cls, state, args):
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    err.args = args
+    return err
+
+
+class BadRecordError(UntrustedFileError):
+    """A corrupt or invalid input record (RecordIO / TFRecord record, image file).
+
+    Args:
+        file: path of the file holding the record (or the image path).
+        offset: byte offset of the record in ``file`` (``None`` for whole files).
+        reason: short machine-readable reason, e.g. ``"bad_magic"``.
+        detail: human-readable explanation.
+
+    Attributes:
+        file, offset, reason, detail: as given.
+    """
+
+    def __init__(self, file, offset, reason, detail=""):
+        self.offset = None if offset is None else int(offset)
+        self.reason = reason
+        UntrustedFileError.__init__(self, file, detail,
+                                    None if offset is None else f"byte offset {self.offset}")
+        where = self.file if offset is None else f"{self.file} at byte offset {self.offset}"
+        self.args = (f"Bad record in {where}: {reason}" + (f" ({detail})" if detail else ""),)
+
+
+class BinSetError(UntrustedFileError):
+    """An insightface ``.bin`` verification set that is not a valid, bounded set."""
+
+
+class RecordIOError(UntrustedFileError):
+    """A RecordIO set (``train.idx``, ``property``, header / identity records) that is malformed."""
+
+
+class RecordIORecordError(RecordIOError, BadRecordError):
+    """One bad record of a ``train.rec`` (a :class:`RecordIOError` and a :class:`BadRecordError`)."""
+
+    __init__ = BadRecordError.__init__
+
+
+class TFRecordError(UntrustedFileError):
+    """TFRecord files that are malformed as a whole (framing, sample indices)."""
+
+
+class TFRecordRecordError(TFRecordError, BadRecordError):
+    """One bad record of a TFRecord file (a :class:`TFRecordError` and a :class:`BadRecordError`)."""
+
+    __init__ = BadRecordError.__init__
+
+
+class ImageFileError(BadRecordError):
+    """An image file that is unreadable, not an admitted format or over the pixel cap."""
+
+
+class PairsFileError(UntrustedFileError):
+    """A malformed LFW ``pairs.txt`` (or a name that leaves the images folder)."""
+
+
+class IJBFileError(UntrustedFileError):
+    """A malformed IJB-B/C meta file."""
+
+
+class MegaFaceFileError(UntrustedFileError):
+    """A malformed MegaFace feature file or noise list."""
+
+
+class WeightsFileError(UntrustedFileError):
+    """A malformed or over-limit ``.pth`` / ``.onnx`` weights file."""
