@@ -72,9 +72,11 @@ Example::
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import struct
+import warnings
 from collections import namedtuple
 from pathlib import Path
 
@@ -83,6 +85,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.errors import RecordIOError, RecordIORecordError
 from keras_facemargin.data.pipeline import _check_common, normalize_images
 
 __all__ = [
@@ -94,7 +98,13 @@ __all__ = [
     "pack_record",
     "resolve_shard",
     "MAGIC",
+    "RecordIOError",
+    "RecordIORecordError",
+    "DEFAULT_MIN_MAX_CLASSES",
 ]
+
+#: ``max_classes`` default: this many, or the number of ``.idx`` entries when larger.
+DEFAULT_MIN_MAX_CLASSES = 1 << 20
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -105,12 +115,12 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
 IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
 IRHeader.__doc__ = """MXNet image-record header. ``label`` is a float, or a float32 array when ``flag > 0``."""
 
-_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
-
 # Scan reason codes.
-_OK, _TRUNC, _MAGIC_BAD, _CFLAG, _SHORT, _IMAGE, _LABEL = range(7)
+_OK, _TRUNC, _MAGIC_BAD, _CFLAG, _SHORT, _IMAGE, _LABEL, _OVERLAP = range(8)
 _REASONS = {_TRUNC: "truncated", _MAGIC_BAD: "bad_magic", _CFLAG: "bad_cflag",
-            _SHORT: "short_record", _IMAGE: "bad_image", _LABEL: "bad_label"}
+            _SHORT: "short_record", _IMAGE: "bad_image", _LABEL: "bad_label", _OVERLAP: "overlap"}
+_IDX_BYTES = np.zeros(256, bool)
+_IDX_BYTES[list(b"0123456789+- \t\r\n")] = True
 
 
 def _has_image_signature(head: bytes) -> bool:
@@ -267,9 +277,21 @@ def _resolve_paths(path):
 class RecordIOReader:
     """Random-access reader of an insightface RecordIO set (no MXNet needed).
 
+    Every field read from the three files is checked before it sizes an allocation or a loop:
+    ``.idx`` lines are exactly two integers, keys unique and >= 0, byte offsets unique (two keys
+    never share a record); the header record's range must be covered by the ``.idx``; labels
+    are integers in ``[0, num_classes)`` (``num_classes`` from ``property`` or the identity
+    records, at most ``max_classes``); identity ranges lie inside the image keys; a record may
+    not run into the next indexed record (so reading every record touches each byte of
+    ``train.rec`` once: the scan is O(n log n)). Images are checked against
+    ``max_image_pixels`` from their header before decoding.
+
     Args:
         path: folder holding ``train.rec``, ``train.idx`` (and ``property``), or
             the ``.rec`` path (its ``.idx`` must sit next to it).
+        max_classes: largest admitted class count / label + 1 (default: the larger of
+            :data:`DEFAULT_MIN_MAX_CLASSES` and the number of ``.idx`` entries).
+        max_image_pixels: largest ``height * width`` of an image (``property`` size included).
 
     Attributes:
         rec_path, idx_path, property_path: the files (``property_path`` may be ``None``).
@@ -278,10 +300,15 @@ class RecordIOReader:
         num_classes: from ``property``, else the identity records, else the labels.
         image_size: ``(height, width)`` from ``property``, or ``None``.
         identity_keys: int64 keys of the identity records (empty when absent).
+        max_image_pixels: the cap used by :func:`make_dataset` for this reader.
 
     Raises:
-        FileNotFoundError / ValueError: missing files, malformed ``.idx`` /
-        ``property``, or a header record that does not match the ``.idx``.
+        OSError: a missing or unreadable file (``FileNotFoundError`` names what is missing).
+        RecordIOError: malformed ``.idx`` / ``property``, a header or identity record that does
+            not match the ``.idx``, or a limit exceeded (message names the file and line / key).
+        RecordIORecordError: (a :class:`BadRecordError` too) a corrupt record met at open
+            (the header record) or by :meth:`read` / :meth:`header`; :meth:`scan` collects
+            them instead of raising.
 
     Example::
 
@@ -290,97 +317,191 @@ class RecordIOReader:
         counts = r.class_counts()
     """
 
-    def __init__(self, path):
+    def __init__(self, path, max_classes=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         self.rec_path, self.idx_path, self.property_path = _resolve_paths(path)
-        self._file = open(self.rec_path, "rb")
-        self.file_size = os.fstat(self._file.fileno()).st_size
-        if self.file_size == 0:
-            self._file.close()
-            raise ValueError(f"RecordIO file {self.rec_path} is empty.")
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
+        if max_classes is not None and (isinstance(max_classes, bool) or not isinstance(
+                max_classes, (int, np.integer)) or max_classes < 1):
+            raise ValueError(f"`max_classes` must be None or a positive integer, got {max_classes!r}.")
+        self._max_classes_arg = max_classes
         self._mm = None
+        self._buf = None
+        self._scan_result = None
+        self._file = open(self.rec_path, "rb")
         try:
+            self.file_size = os.fstat(self._file.fileno()).st_size
+            if self.file_size == 0:
+                raise RecordIOError(self.rec_path, "the file is empty")
             self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
             self._buf = np.frombuffer(self._mm, np.uint8)
             self._read_idx()
             self._read_property()
             self._read_layout()
         except BaseException:
-            try:
-                self.close()  # no file handle / memory map leaks from a failed open
-            except Exception:  # noqa: BLE001 - the setup error is the one to report
-                pass
+            self.close()  # no file handle / memory map leaks from a failed open
             raise
-        self._scan_result = None
 
     # ---------------------------------------------------------------- setup
+    def _idx_lines(self, data):
+        """``(line number, fields)`` of the non-blank lines (error path only)."""
+        for lineno, line in enumerate(data.split(b"\n"), 1):
+            fields = line.split()
+            if fields:
+                yield lineno, fields
+
+    def _idx_error(self, data, detail):
+        for lineno, fields in self._idx_lines(data):
+            text = b" ".join(fields).decode("ascii", "replace")[:80]
+            if len(fields) != 2:
+                return RecordIOError(self.idx_path, f"malformed index file: expected 'key<TAB>offset', got "
+                                     f"{len(fields)} field(s) "
+                                     f"{text!r}", f"line {lineno}")
+            for v in fields:
+                try:
+                    ok = -(2**63) <= int(v) < 2**63
+                except ValueError:
+                    ok = False
+                if not ok:
+                    shown = v.decode("ascii", "replace")[:40]
+                    return RecordIOError(self.idx_path, f"malformed index file: {shown!r} "
+                                         "is not an int64 integer (expected 'key<TAB>offset')", f"line {lineno}")
+        return RecordIOError(self.idx_path, f"malformed index file: {detail}")
+
+    def _idx_line_of_row(self, data, row):
+        for k, (lineno, _) in enumerate(self._idx_lines(data)):
+            if k == row:
+                return lineno
+        return None  # pragma: no cover
+
     def _read_idx(self):
-        text = self.idx_path.read_text()
+        data = self.idx_path.read_bytes()
+        raw = np.frombuffer(data, np.uint8)
+        bad = np.flatnonzero(~_IDX_BYTES[raw])
+        if bad.size:
+            pos = int(bad[0])
+            line = data.count(b"\n", 0, pos) + 1
+            raise RecordIOError(self.idx_path, f"malformed index file: byte 0x{data[pos]:02x} at offset {pos} "
+                                "cannot be part of 'key<TAB>offset' integer lines", f"line {line}")
         try:
-            vals = np.array(text.split(), dtype=np.int64)
-        except ValueError as e:
-            raise ValueError(f"Malformed index file {self.idx_path}: expected 'key<TAB>offset' "
-                             f"lines of integers ({e}).") from None
-        if vals.size == 0 or vals.size % 2:
-            raise ValueError(f"Malformed index file {self.idx_path}: expected 'key<TAB>offset' "
-                             f"lines, got {vals.size} numbers.")
-        vals = vals.reshape(-1, 2)
-        self._idx_keys, self._idx_offsets = vals[:, 0].copy(), vals[:, 1].copy()
-        order = np.argsort(self._idx_keys, kind="stable")
-        self._sorted_keys = self._idx_keys[order]
-        self._sorted_offsets = self._idx_offsets[order]
-        if np.any(np.diff(self._sorted_keys) == 0):
-            dup = self._sorted_keys[np.flatnonzero(np.diff(self._sorted_keys) == 0)[0]]
-            raise ValueError(f"Index file {self.idx_path} lists key {dup} more than once.")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data"
+                vals = np.loadtxt(io.StringIO(data.decode("ascii")), dtype=np.int64, ndmin=2,
+                                  comments=None)
+        except (ValueError, OverflowError) as e:
+            raise self._idx_error(data, f"expected 'key<TAB>offset' integer lines ({e})") from None
+        if vals.size == 0:
+            raise RecordIOError(self.idx_path, "malformed index file: no 'key<TAB>offset' lines")
+        if vals.shape[1] != 2:
+            raise self._idx_error(data, f"expected 2 integers per line, got {vals.shape[1]}")
+        keys, offsets = vals[:, 0].copy(), vals[:, 1].copy()
+        if keys.min() < 0:
+            row = int(np.argmin(keys))
+            raise RecordIOError(self.idx_path, f"index file lists a negative key {int(keys[row])} (keys are >= 0)",
+                                f"line {self._idx_line_of_row(data, row)}")
+        self._idx_keys, self._idx_offsets = keys, offsets
+        order = np.argsort(keys, kind="stable")
+        self._sorted_keys = keys[order]
+        self._sorted_offsets = offsets[order]
+        dup = np.flatnonzero(np.diff(self._sorted_keys) == 0)
+        if dup.size:
+            raise RecordIOError(self.idx_path, f"index file lists key {self._sorted_keys[dup[0]]} more than once "
+                                f"(lines {self._idx_line_of_row(data, int(order[dup[0]]))} and "
+                                f"{self._idx_line_of_row(data, int(order[dup[0] + 1]))})")
+        by_off = np.argsort(offsets, kind="stable")
+        self._offsets_sorted = offsets[by_off]
+        dup = np.flatnonzero(np.diff(self._offsets_sorted) == 0)
+        if dup.size:
+            a, b = int(by_off[dup[0]]), int(by_off[dup[0] + 1])
+            raise RecordIOError(self.idx_path, f"index file points keys {int(keys[a])} and {int(keys[b])} at the "
+                                f"same byte offset {int(offsets[a])} (each record has one key)",
+                                f"lines {self._idx_line_of_row(data, a)} and {self._idx_line_of_row(data, b)}")
+        n = int(keys.size)
+        self.max_classes = int(self._max_classes_arg) if self._max_classes_arg is not None else \
+            max(DEFAULT_MIN_MAX_CLASSES, n)
+
+    def _next_offsets(self, offsets):
+        """Byte offset of the next indexed record after each offset (the file size after the last)."""
+        pos = np.searchsorted(self._offsets_sorted, offsets, side="right")
+        nxt = self._offsets_sorted[np.minimum(pos, self._offsets_sorted.size - 1)]
+        return np.where(pos < self._offsets_sorted.size, nxt, self.file_size)
 
     def _read_property(self):
         self._prop_classes = None
         self.image_size = None
         if self.property_path is None:
             return
-        parts = self.property_path.read_text().strip().split(",")
+        raw = self.property_path.read_bytes()
         try:
-            vals = [int(v) for v in parts]
-            if len(vals) != 3 or min(vals) <= 0:
+            text = raw.decode("ascii")
+            parts = text.strip().split(",")
+            if len(parts) != 3 or len(text) > 200:
                 raise ValueError
-        except ValueError:
-            raise ValueError(f"Malformed property file {self.property_path}: expected "
-                             f"'num_classes,height,width', got {','.join(parts)!r}.") from None
+            vals = [int(v) for v in parts]
+            if min(vals) <= 0:
+                raise ValueError
+        except ValueError:  # UnicodeDecodeError is a ValueError
+            raise RecordIOError(self.property_path, "expected 'num_classes,height,width' (three positive "
+                                f"integers), got {raw[:60]!r}") from None
+        if vals[0] > self.max_classes:
+            raise RecordIOError(self.property_path, f"num_classes {vals[0]:,} exceeds max_classes="
+                                f"{self.max_classes:,} (default: the larger of {DEFAULT_MIN_MAX_CLASSES:,} "
+                                "and the number of .idx entries)", "num_classes")
+        if vals[1] * vals[2] > self.max_image_pixels:
+            raise RecordIOError(self.property_path, f"image size {vals[1]}x{vals[2]} exceeds "
+                                f"max_image_pixels={self.max_image_pixels:,}", "height,width")
         self._prop_classes = vals[0]
         self.image_size = (vals[1], vals[2])
 
     def offsets_of(self, keys) -> np.ndarray:
-        """Byte offsets in ``train.rec`` of ``keys`` (ValueError for keys missing from the ``.idx``)."""
+        """Byte offsets in ``train.rec`` of ``keys`` (:class:`RecordIOError`, a ValueError, for keys
+        missing from the ``.idx``)."""
         keys = np.asarray(keys, np.int64)
         pos = np.searchsorted(self._sorted_keys, keys)
         pos_c = np.minimum(pos, self._sorted_keys.size - 1)
         bad = self._sorted_keys[pos_c] != keys
         if np.any(bad):
             missing = keys[bad]
-            raise ValueError(f"{missing.size} key(s) missing from {self.idx_path}, e.g. "
-                             f"{missing[:5].tolist()}.")
+            raise RecordIOError(self.idx_path, f"{missing.size} key(s) missing from the index, e.g. "
+                                f"{missing[:5].tolist()}")
         return self._sorted_offsets[pos_c]
+
+    @staticmethod
+    def _int_label(v):
+        """``int(v)`` for a finite float holding an integer, else None."""
+        v = float(v)
+        return int(v) if np.isfinite(v) and v == np.floor(v) else None
 
     def _read_layout(self):
         self.identity_keys = np.zeros(0, np.int64)
         self._header0 = None
+        self._image_key_end = None
         has0 = self._sorted_keys[0] == 0
         if has0:
-            h0 = self.header(0)  # raises BadRecordError if record 0 is corrupt
+            h0 = self.header(0)  # raises RecordIORecordError if record 0 is corrupt
             if h0.flag > 0:
+                off0 = int(self.offsets_of([0])[0])
                 lab = np.asarray(h0.label).ravel()
                 if lab.size < 2:
-                    raise ValueError(f"Header record (key 0) of {self.rec_path} has flag {h0.flag} "
-                                     "but fewer than 2 labels; expected (first identity key, end key).")
-                s, e = int(lab[0]), int(lab[1])
-                if s < 1 or e < s:
-                    raise ValueError(f"Header record (key 0) of {self.rec_path} has an invalid range "
-                                     f"({s}, {e}); expected 1 <= first identity key <= end key.")
+                    raise RecordIOError(self.rec_path, f"header record (key 0) has flag {h0.flag} but fewer "
+                                        "than 2 labels; expected (first identity key, end key)",
+                                        f"byte offset {off0}")
+                s, e = self._int_label(lab[0]), self._int_label(lab[1])
+                n = int(self._idx_keys.size)
+                if s is None or e is None or s < 1 or e < s or e > n:
+                    raise RecordIOError(self.rec_path, f"header record (key 0) has range ({lab[0]!r}, "
+                                        f"{lab[1]!r}); expected integers 1 <= first identity key <= end key "
+                                        f"<= {n} (the .idx lists {n} keys, 0 .. end - 1 must all be there)",
+                                        f"byte offset {off0}")
                 self._header0 = (s, e)
+                self._image_key_end = s
                 self.keys = np.arange(1, s, dtype=np.int64)
                 self.identity_keys = np.arange(s, e, dtype=np.int64)
                 self._image_offsets = self.offsets_of(self.keys)
                 if self.identity_keys.size:
                     self.offsets_of(self.identity_keys)  # existence check
+                if self.identity_keys.size > self.max_classes:
+                    raise RecordIOError(self.rec_path, f"{self.identity_keys.size:,} identity records exceed "
+                                        f"max_classes={self.max_classes:,}", f"byte offset {off0}")
                 return
         # No header record (or key 0 is an ordinary image record, flag == 0, as in a headerless
         # im2rec set): every key of the .idx is an image, key 0 included.
@@ -388,12 +509,22 @@ class RecordIOReader:
         self._image_offsets = self.offsets_of(self.keys)
 
     def close(self):
-        """Release the memory map and file."""
+        """Release the memory map and file (idempotent; never raises).
+
+        When arrays viewing the memory map (images handed to a pipeline) are still alive, the map
+        is released with the last of them instead of raising ``BufferError``.
+        """
         self._buf = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
-        self._file.close()
+        mm, self._mm = self._mm, None
+        try:
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:  # views handed out are still alive: they keep the map until freed
+                    pass
+        finally:
+            if getattr(self, "_file", None) is not None:
+                self._file.close()
 
     def __enter__(self):
         return self
@@ -424,27 +555,40 @@ class RecordIOReader:
 
     # ---------------------------------------------------------------- records
     def _read_payload(self, offset: int) -> bytes:
-        """Payload of the record starting at ``offset`` (multi-part records rejoined)."""
+        """Payload of the record starting at ``offset`` (multi-part records rejoined).
+
+        The record may not run into the next indexed record, so the parts walked by all keys
+        together are each walked once.
+        """
         parts = []
         pos = int(offset)
         size = self.file_size
+        limit = int(self._next_offsets(np.array([pos]))[0]) if pos >= 0 else size
         while True:
             if pos < 0 or pos + 8 > size:
-                raise BadRecordError(self.rec_path, offset, "truncated",
-                                     f"record header at byte {pos} lies past the end of the "
-                                     f"{size}-byte file")
+                raise RecordIORecordError(self.rec_path, offset, "truncated",
+                                          f"record header at byte {pos} lies past the end of the "
+                                          f"{size}-byte file")
+            if pos + 8 > limit:
+                raise RecordIORecordError(self.rec_path, offset, "overlap",
+                                          f"record part at byte {pos} runs into the next indexed record "
+                                          f"at byte {limit}")
             magic, lrec = struct.unpack_from("<II", self._mm, pos)
             if magic != MAGIC:
-                raise BadRecordError(self.rec_path, offset, "bad_magic",
-                                     f"found 0x{magic:08x} at byte {pos}, expected 0x{MAGIC:08x}")
+                raise RecordIORecordError(self.rec_path, offset, "bad_magic",
+                                          f"found 0x{magic:08x} at byte {pos}, expected 0x{MAGIC:08x}")
             cflag, length = lrec >> 29, lrec & _LEN_MASK
             if pos + 8 + length > size:
-                raise BadRecordError(self.rec_path, offset, "truncated",
-                                     f"record part at byte {pos} claims {length} bytes but the file "
-                                     f"ends at {size}")
+                raise RecordIORecordError(self.rec_path, offset, "truncated",
+                                          f"record part at byte {pos} claims {length} bytes but the file "
+                                          f"ends at {size}")
+            if pos + 8 + length > limit:
+                raise RecordIORecordError(self.rec_path, offset, "overlap",
+                                          f"record part at byte {pos} claims {length} bytes, running into "
+                                          f"the next indexed record at byte {limit}")
             if (not parts and cflag not in (0, 1)) or (parts and cflag not in (2, 3)):
-                raise BadRecordError(self.rec_path, offset, "bad_cflag",
-                                     f"unexpected continuation flag {cflag} at byte {pos}")
+                raise RecordIORecordError(self.rec_path, offset, "bad_cflag",
+                                          f"unexpected continuation flag {cflag} at byte {pos}")
             parts.append(self._mm[pos + 8:pos + 8 + length])
             pos += 8 + length + (-length % 4)
             if cflag in (0, 3):
@@ -452,17 +596,17 @@ class RecordIOReader:
 
     def _unpack(self, payload: bytes, offset):
         if len(payload) < _IR_SIZE:
-            raise BadRecordError(self.rec_path, offset, "short_record",
-                                 f"payload of {len(payload)} bytes is shorter than the "
-                                 f"{_IR_SIZE}-byte IRHeader")
+            raise RecordIORecordError(self.rec_path, offset, "short_record",
+                                      f"payload of {len(payload)} bytes is shorter than the "
+                                      f"{_IR_SIZE}-byte IRHeader")
         flag, label, id_, id2 = struct.unpack_from(_IR_FORMAT, payload, 0)
         start = _IR_SIZE
         if flag > 0:
             start += 4 * flag
             if start > len(payload):
-                raise BadRecordError(self.rec_path, offset, "short_record",
-                                     f"IRHeader declares {flag} labels but the payload has "
-                                     f"{len(payload)} bytes")
+                raise RecordIORecordError(self.rec_path, offset, "short_record",
+                                          f"IRHeader declares {flag} labels but the payload has "
+                                          f"{len(payload)} bytes")
             label = np.frombuffer(payload, np.float32, flag, _IR_SIZE).copy()
         return IRHeader(flag, label, id_, id2), payload[start:]
 
@@ -471,13 +615,16 @@ class RecordIOReader:
         off = int(self.offsets_of([key])[0])
         return self._unpack(self._read_payload(off), off)[0]
 
+    def _label_limit(self):
+        n = self._known_num_classes()
+        return self.max_classes if n is None else n
+
     def _check_label(self, label, offset):
         lab = float(np.asarray(label).ravel()[0]) if np.ndim(label) else float(label)
-        n = self._known_num_classes()
-        if not (np.isfinite(lab) and lab == int(lab) and 0 <= lab < 2**31 and (n is None or lab < n)):
-            rng = f"[0, {n})" if n is not None else "[0, 2**31)"
-            raise BadRecordError(self.rec_path, offset, "bad_label",
-                                 f"label {lab!r} is not an integer class id in {rng}")
+        n = self._label_limit()
+        if not (np.isfinite(lab) and lab == np.floor(lab) and 0 <= lab < min(n, 2**31)):
+            raise RecordIORecordError(self.rec_path, offset, "bad_label",
+                                      f"label {lab!r} is not an integer class id in [0, {min(n, 2**31)})")
         return int(lab)
 
     def _known_num_classes(self):
@@ -497,30 +644,46 @@ class RecordIOReader:
             ``(label, image_bytes)``: the integer class id and the encoded image.
 
         Raises:
-            BadRecordError: the record is corrupt (message names file and offset).
-            ValueError: ``key`` is not in the ``.idx``.
+            RecordIORecordError: the record is corrupt (a :class:`BadRecordError`; the message
+                names the file and offset).
+            RecordIOError: ``key`` is not in the ``.idx`` (a ValueError).
         """
         off = int(self.offsets_of([key])[0])
         hdr, data = self._unpack(self._read_payload(off), off)
         label = self._check_label(hdr.label, off)
         if not data:
-            raise BadRecordError(self.rec_path, off, "bad_image", "empty image")
+            raise RecordIORecordError(self.rec_path, off, "bad_image", "empty image")
         if not _has_image_signature(data[:4]):
-            raise BadRecordError(self.rec_path, off, "bad_image",
-                                 f"no JPEG/PNG/BMP/WebP signature (first bytes {data[:4].hex()})")
+            raise RecordIORecordError(self.rec_path, off, "bad_image",
+                                      f"no JPEG/PNG/BMP/WebP signature (first bytes {data[:4].hex()})")
         return label, data
 
     def identity_ranges(self) -> np.ndarray:
-        """int64 ``(C, 2)`` image-key ranges ``[a, b)`` from the identity records (``(0, 2)`` when absent)."""
+        """int64 ``(C, 2)`` image-key ranges ``[a, b)`` from the identity records (``(0, 2)`` when absent).
+
+        Raises:
+            RecordIOError / RecordIORecordError: an identity record that is corrupt or whose range
+            is not integers inside the image keys ``[1, first identity key]``.
+        """
         if not self.identity_keys.size:
             return np.zeros((0, 2), np.int64)
         out = np.empty((self.identity_keys.size, 2), np.int64)
+        end = self._image_key_end
+        offs = self.offsets_of(self.identity_keys)
         for i, k in enumerate(self.identity_keys):
             h = self.header(int(k))
             if h.flag >= 2:
-                out[i] = int(h.label[0]), int(h.label[1])
+                a, b = self._int_label(h.label[0]), self._int_label(h.label[1])
+            elif h.flag == 1:
+                a = b = None
             else:
-                out[i] = h.id, h.id2
+                a, b = int(h.id), int(h.id2)
+            if a is None or b is None or not (1 <= a <= b <= end):
+                shown = (h.label[0], h.label[1]) if h.flag >= 2 else (h.id, h.id2)
+                raise RecordIOError(self.rec_path, f"identity record key {int(k)} has range {shown}; expected "
+                                    f"integers 1 <= a <= b <= {end} (the image keys)",
+                                    f"byte offset {int(offs[i])}")
+            out[i] = a, b
         return out
 
     def class_counts(self) -> np.ndarray:
@@ -532,8 +695,6 @@ class RecordIOReader:
         if self.identity_keys.size:
             r = self.identity_ranges()
             counts = r[:, 1] - r[:, 0]
-            if np.any(counts < 0):
-                raise ValueError(f"Identity records of {self.rec_path} hold a negative range.")
             n = self.num_classes
             if counts.size < n:
                 counts = np.concatenate([counts, np.zeros(n - counts.size, np.int64)])
@@ -546,13 +707,15 @@ class RecordIOReader:
         """Validate every image record's framing, header, label and image signature (no decode).
 
         Vectorised over memory-mapped headers (multi-part records are parsed in
-        Python). Cached.
+        Python); a record that runs into the next indexed record is bad (``"overlap"``). Cached.
+        O(n log n) in the number of records; every byte is walked at most once.
 
         Returns:
             dict with int64 ``labels`` (-1 for bad records), ``image_offset`` and
             ``image_length`` (bytes of the encoded image; for multi-part records
             the record offset and -1), bool ``valid`` and ``multipart``, and
-            ``bad``: list of :class:`BadRecordError` (one per bad record, in key order).
+            ``bad``: list of :class:`RecordIORecordError` (one per bad record, in key order;
+            kept without tracebacks, so they hold no view of the memory map).
         """
         if self._scan_result is not None:
             return self._scan_result
@@ -564,11 +727,13 @@ class RecordIOReader:
         img_len = np.zeros(n, np.int64)
         reason = np.zeros(n, np.int8)
         multipart = np.zeros(n, bool)
-        known_c = self._known_num_classes()
+        limit = min(self._label_limit(), 2**31)
+        h = sig = None
         span = np.arange(36, dtype=np.int64)
         step = 1 << 18
         for s in range(0, n, step):
             off = self._image_offsets[s:s + step]
+            nxt = self._next_offsets(off)
             r = np.zeros(off.size, np.int8)
             h = buf[np.clip(off[:, None] + span, 0, size - 1)]
             u32 = np.ascontiguousarray(h[:, :16]).view("<u4")
@@ -581,6 +746,7 @@ class RecordIOReader:
             r[(r == 0) & (cflag >= 2)] = _CFLAG
             multi = (r == 0) & (cflag == 1)
             r[(r == 0) & ~multi & (off + 8 + length > size)] = _TRUNC
+            r[(r == 0) & ~multi & (off + 8 + length > nxt)] = _OVERLAP
             body = 24 + 4 * np.where(flag > 0, flag, 0)
             r[(r == 0) & ~multi & ((length < 24) | (body > length))] = _SHORT
             lab = np.where(flag > 0, f32b, f32).astype(np.float64)
@@ -597,33 +763,32 @@ class RecordIOReader:
             r[ok & ~is_img] = _IMAGE
             ok = (r == 0) & ~multi
             with np.errstate(invalid="ignore"):
-                good_lab = np.isfinite(lab) & (lab >= 0) & (lab == np.floor(lab)) & (lab < 2**31)
-                if known_c is not None:
-                    good_lab &= lab < known_c
+                good_lab = np.isfinite(lab) & (lab >= 0) & (lab == np.floor(lab)) & (lab < limit)
             r[ok & ~good_lab] = _LABEL
             ok = (r == 0) & ~multi
             sl = slice(s, s + off.size)
             reason[sl] = r
             multipart[sl] = multi
-            labels[sl] = np.where(ok, np.nan_to_num(lab, nan=-1), -1).astype(np.int64)
+            labels[sl] = np.where(ok, np.nan_to_num(lab, nan=-1, posinf=-1, neginf=-1), -1).astype(np.int64)
             img_off[sl] = np.where(ok, ioff, 0)
             img_len[sl] = np.where(ok, ilen, 0)
+        del buf, h, sig
         bad = {}
-        for i in np.flatnonzero(multipart):  # rare: parse in Python
+        for i in np.flatnonzero(multipart):  # rare: parse in Python (bounded by the next record)
             off = int(self._image_offsets[i])
             try:
                 labels[i], _ = self.read(int(self.keys[i]))
                 img_off[i], img_len[i] = off, -1
             except BadRecordError as e:
-                bad[i] = e
+                bad[i] = e.with_traceback(None)
                 multipart[i] = False
         for i in np.flatnonzero(reason):
             off = int(self._image_offsets[i])
             try:  # the Python parser gives the detailed message
                 self.read(int(self.keys[i]))
-                err = BadRecordError(self.rec_path, off, _REASONS[int(reason[i])])
+                err = RecordIORecordError(self.rec_path, off, _REASONS[int(reason[i])])
             except BadRecordError as e:
-                err = e
+                err = e.with_traceback(None)
             bad[i] = err
         valid = np.ones(n, bool)
         valid[list(bad)] = False
@@ -649,22 +814,17 @@ class RecordIOReader:
 
 
 # --------------------------------------------------------------------------- decoding
-def decode_image_into(data, out, resize: bool) -> str | None:
+def decode_image_into(data, out, resize: bool, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
     """Decode encoded image ``data`` (uint8 array/bytes) as RGB into ``out`` (H, W, 3).
 
-    Returns ``None`` on success, else a reason string (undecodable / wrong size).
+    The header is checked first (JPEG/PNG/BMP/WebP, at most ``max_pixels`` pixels; see
+    :mod:`keras_facemargin.data.image_header`).
+
+    Returns ``None`` on success, else a reason string (undecodable / over the cap / wrong size).
     """
-    arr = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
-    if arr.size == 0:
-        return "empty image"
-    if _IMREAD_RGB is not None:
-        img = cv2.imdecode(arr, _IMREAD_RGB)
-    else:  # OpenCV < 4.10
-        img = cv2.imdecode(arr, cv2.IMREAD_COLOR)
-        if img is not None:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    img, why = decode_image(data, max_pixels)
     if img is None:
-        return "undecodable image"
+        return why
     h, w = out.shape[:2]
     if img.shape[:2] != (h, w):
         if not resize:
@@ -819,7 +979,7 @@ def make_dataset(path, batch_size: int, shuffle: bool = True, seed: int = 0,
                  augment_flip: bool = True, drop_remainder: bool = True, repeat: bool = False,
                  num_parallel_calls=tf.data.AUTOTUNE, on_error: str = "skip", shard="auto",
                  image_size=None, report: BadRecordReport | None = None,
-                 chunk_size: int = 32) -> tf.data.Dataset:
+                 chunk_size: int = 32, max_image_pixels=None) -> tf.data.Dataset:
     """Training ``tf.data`` pipeline over an insightface RecordIO set.
 
     Yields the package contract ``({"images", "labels", "index"}, labels)``
@@ -849,13 +1009,16 @@ def make_dataset(path, batch_size: int, shuffle: bool = True, seed: int = 0,
         report: a :class:`BadRecordReport` to count into (default: a new one,
             also attached to the returned dataset as ``.bad_records``).
         chunk_size: images decoded per ``numpy_function`` call.
+        max_image_pixels: largest ``height * width`` decoded (read from each image's header
+            first); default: the reader's ``max_image_pixels``.
 
     Returns:
         ``tf.data.Dataset``.
 
     Raises:
-        FileNotFoundError / ValueError: bad path or arguments; BadRecordError
-        with ``on_error="raise"``.
+        OSError: missing / unreadable files. ValueError: bad arguments. RecordIOError: a
+        malformed set (see :class:`RecordIOReader`). RecordIORecordError (a
+        :class:`BadRecordError`) with ``on_error="raise"``.
 
     Example::
 
@@ -868,26 +1031,27 @@ def make_dataset(path, batch_size: int, shuffle: bool = True, seed: int = 0,
     reader = path if isinstance(path, RecordIOReader) else RecordIOReader(path)
     hw = _check_pipeline_args(chunk_size, num_parallel_calls, image_size)
     resize = hw is not None
+    cap = reader.max_image_pixels if max_image_pixels is None else check_max_pixels(max_image_pixels)
     report = BadRecordReport() if report is None else report
     sc = reader.scan()
     if sc["bad"]:
         if on_error == "raise":
             first = sc["bad"][0]
-            raise BadRecordError(first.file, first.offset, first.reason,
+            raise RecordIORecordError(first.file, first.offset, first.reason,
                                  f"{first.detail}; {len(sc['bad'])} bad record(s) in total")
         for pos, err in zip(sc["bad_positions"], sc["bad"]):
             report.add_error(err, key=int(reader.keys[pos]), log=False)
         report.log_summary()
     positions = np.flatnonzero(sc["valid"]).astype(np.int64)
     if positions.size == 0:
-        raise ValueError(f"No valid image records in {reader.rec_path}.")
+        raise RecordIOError(reader.rec_path, "no valid image records")
     if hw is None:
         hw = reader.image_size
     if hw is None:
-        probe = cv2.imdecode(reader._image_view(int(positions[0])), cv2.IMREAD_COLOR)
+        probe, why = decode_image(reader._image_view(int(positions[0])), cap)
         if probe is None:
-            raise BadRecordError(reader.rec_path, int(reader._image_offsets[positions[0]]),
-                                 "bad_image", "undecodable image (used to infer the image size)")
+            raise RecordIORecordError(reader.rec_path, int(reader._image_offsets[positions[0]]),
+                                      "bad_image", f"{why} (the first image is used to infer the image size)")
         hw = probe.shape[:2]
     shard_spec = resolve_shard(shard)
     if shard_spec:
@@ -902,11 +1066,11 @@ def make_dataset(path, batch_size: int, shuffle: bool = True, seed: int = 0,
         ok = np.ones(idx.size, bool)
         for k, i in enumerate(idx):
             try:
-                why = decode_image_into(reader._image_view(int(i)), out[k], resize)
+                why = decode_image_into(reader._image_view(int(i)), out[k], resize, cap)
             except BadRecordError as e:
                 why = e.detail or e.reason
             if why is not None:
-                err = BadRecordError(rec_path, int(img_offsets[i]), "bad_image", why)
+                err = RecordIORecordError(rec_path, int(img_offsets[i]), "bad_image", why)
                 if on_error == "raise":
                     raise err
                 report.add_error(err, key=int(keys[i]))
