@@ -434,6 +434,7 @@ def write_torch_state_dict(state_dict, path):
 _TRANSPARENT = {"Identity", "Dropout"}  # value-preserving in an inference graph
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16: the Keras model computes in float32
 _SHAPE_OPS = {"Shape", "Size"}
+_MAX_FOLDED = 1 << 26  # elements of a constant made by folding (far above any weight of these nets)
 
 
 def _onnx_location(tensor):
@@ -571,6 +572,17 @@ def _fold(node, args):
         return {"Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Neg": np.negative}[op](x)
     if op == "Concat":
         return np.concatenate(args, axis=node.attr("axis"))
+    if op == "Shape":
+        return np.array(x.shape[node.attr("start", 0):node.attr("end", None)], np.int64)
+    if op == "Size":
+        return np.array(x.size, np.int64)
+    if op == "Expand":
+        shape = tuple(int(s) for s in np.asarray(args[1]).reshape(-1))
+        if np.prod(np.broadcast_shapes(x.shape, shape), dtype=np.float64) > _MAX_FOLDED:
+            return None  # not a weight of these networks: left to fail as an unexpected node
+        return np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)).copy()
+    if op == "Gather":
+        return np.take(x, np.asarray(args[1]).astype(np.int64), axis=node.attr("axis", 0))
     return None
 
 
@@ -596,17 +608,21 @@ class _OnnxGraph:
             if proto.op_type == "Constant":
                 self.consts[proto.output[0]] = self._constant(node, proto)
                 continue
-            data = [i for i in inputs if i and i not in self.consts]
-            if proto.op_type in _SHAPE_OPS or (data and all(i in self.shape_tensors for i in data)):
-                self.shape_tensors.update(proto.output)  # shape arithmetic (dynamic batch size)
+            if proto.op_type == "CastLike" and len(inputs) == 2 and inputs[0] in self.consts:
+                value = np.asarray(self.consts[inputs[0]])  # cast to the data's (float) type: folded
+                self.consts[proto.output[0]] = value.astype(np.float32) if value.dtype.kind == "f" else value
                 continue
+            data = [i for i in inputs if i and i not in self.consts]
             if not data and inputs and proto.domain in ("", "ai.onnx"):
                 value = _fold(node, [self.consts[i] if i else None for i in inputs])
                 if value is not None:
                     self.consts[proto.output[0]] = np.asarray(value)
                     continue
-            if (proto.op_type in _TRANSPARENT or (proto.op_type == "Cast" and node.attr("to") in _FLOAT_TYPES)) \
-                    and inputs and inputs[0]:
+            if proto.op_type in _SHAPE_OPS or (data and all(i in self.shape_tensors for i in data)):
+                self.shape_tensors.update(proto.output)  # shape arithmetic (dynamic batch size)
+                continue
+            if (proto.op_type in _TRANSPARENT or (proto.op_type == "Cast" and node.attr("to") in _FLOAT_TYPES)
+                    or proto.op_type == "CastLike") and inputs and inputs[0]:
                 if inputs[0] in self.consts:
                     self.consts[proto.output[0]] = self.consts[inputs[0]]
                 else:
@@ -702,8 +718,8 @@ class _OnnxGraph:
     def take(self, node, ops, what):
         if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
             op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
-            hint = (" (an onnxruntime graph optimised beyond ORT_ENABLE_BASIC?)"
-                    if node.domain.startswith("com.microsoft") else "")
+            hint = (" (an onnxruntime graph saved at ORT_ENABLE_ALL, with its NCHWc layout? save it at "
+                    "ORT_ENABLE_BASIC or ORT_ENABLE_EXTENDED)" if node.domain.startswith("com.microsoft") else "")
             raise self.error(f"expected {what} ({'/'.join(ops)}), found {op} node {node.name!r}{hint}.", node)
         for extra in node.outputs[1:]:
             if extra and self.users.get(extra):
