@@ -384,3 +384,29 @@ def test_convert_tool_records_the_normalization(tmp_path, capsys):
                      "--data-dir", str(tmp_path)]) == 0
     assert read_normalization(h5) == {"mean": 127.5, "std": 128.0}
     assert mod.main([str(tmp_path / "missing.onnx"), "--output", str(h5)]) == 2
+
+
+def test_training_checkpoint_reads_only_the_backbone(tmp_path, monkeypatch):
+    """arcface_torch's checkpoint_gpu_0.pt: state_dict_backbone is used, the PartialFC centres and
+    optimizer state are never read from the archive; bfloat16 tensors are widened exactly."""
+    torch = pytest.importorskip("torch", reason="torch not installed: torch.save cross-check skipped")
+    sd = random_state_dict(seed=12)
+    backbone = {k: torch.from_numpy(v) for k, v in sd.items()}
+    backbone["conv1.weight"] = backbone["conv1.weight"].bfloat16()
+    path = tmp_path / "checkpoint_gpu_0.pt"
+    torch.save({"epoch": 2, "global_step": 10, "state_dict_backbone": backbone,
+                "state_dict_softmax_fc": {"weight": torch.zeros(300, EMB)},
+                "state_optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
+                "state_lr_scheduler": {"last_epoch": 10, "base_lrs": [0.1]}}, path)
+    read = []
+    real = convert._LazyStorage.array
+    monkeypatch.setattr(convert._LazyStorage, "array", lambda self: read.append(self.numel) or real(self))
+    got, info = convert.read_torch_checkpoint(path)
+    assert info["key"] == "state_dict_backbone" and sorted(got) == sorted(sd)
+    assert 300 * EMB not in read and 3 not in read  # PartialFC / momentum storages untouched
+    assert any("'state_dict_softmax_fc' (1 tensors (weight (300, 16)): the PartialFC" in n for n in info["notes"])
+    np.testing.assert_array_equal(got["conv1.weight"], backbone["conv1.weight"].float().numpy())
+    np.testing.assert_array_equal(got["fc.weight"], sd["fc.weight"])
+    torch.save({"epoch": 2, "optimizer": {"x": torch.ones(2)}}, tmp_path / "no_backbone.pt")
+    with pytest.raises(convert.WeightsFileError, match="without a backbone state dict.*'optimizer'"):
+        convert.read_torch_checkpoint(tmp_path / "no_backbone.pt")
