@@ -13,6 +13,7 @@ from keras_facemargin.data.errors import BadRecordError, BadRecordReport
 from keras_facemargin.data.folders import make_folder_dataset, scan_image_folder
 from keras_facemargin.data.recordio import RecordIOReader, make_dataset
 from keras_facemargin.data.tfrecord import make_tfrecord_dataset, write_tfrecords
+from keras_facemargin.errors import TFRecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -244,7 +245,10 @@ def test_tfrecord_crc_corrupt_record_raises_data_loss(tmp_path):
     raw[12 + length // 2] ^= 0xFF  # a data byte of the first (complete) record
     Path(files[0]).write_bytes(bytes(raw))
     with pytest.raises(tf.errors.DataLossError, match=r"corrupted record at \d+"):
-        collect(make_tfrecord_dataset(files, 2, on_error="skip", **PLAIN))
+        collect(make_tfrecord_dataset(files, 2, on_error="skip", image_size=SIZE, **PLAIN))
+    # inferring the image size reads the first records: there the error is typed and names the file
+    with pytest.raises(TFRecordError, match=r"train-00000-of-00001\.tfrecord: .*corrupted record at \d+"):
+        make_tfrecord_dataset(files, 2, on_error="skip", **PLAIN)
 
 
 def test_folder2rec_refuses_mixed_sizes_undecodable_and_failed_encode(tmp_path, monkeypatch, capsys):

@@ -16,8 +16,11 @@ The pipeline has the package-wide element contract and the RecordIO
 pipeline's decoding and bad-record handling (see
 :mod:`keras_facemargin.data.recordio`): files are read and decoded with
 OpenCV in chunks inside ``tf.numpy_function``; empty files are rejected up
-front and unreadable/undecodable images are skipped and counted
-(``on_error="skip"``) or raise a :class:`BadRecordError` naming the path.
+front and unreadable/undecodable images -- including images in formats other
+than JPEG/PNG/BMP/WebP and images whose header declares more than
+``max_image_pixels`` pixels, refused before decoding -- are skipped and counted
+(``on_error="skip"``) or raise an :class:`~keras_facemargin.errors.ImageFileError`
+(a ``BadRecordError``) naming the path.
 
 Example::
 
@@ -33,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
+from keras_facemargin.data.errors import BadRecordReport, check_on_error
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.pipeline import _check_common
 from keras_facemargin.data.recordio import (
     _check_pipeline_args,
@@ -41,6 +45,7 @@ from keras_facemargin.data.recordio import (
     decode_image_into,
     resolve_shard,
 )
+from keras_facemargin.errors import ImageFileError
 
 __all__ = ["IMAGE_EXTENSIONS", "scan_image_folder", "make_folder_dataset"]
 
@@ -104,7 +109,7 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
                         augment_flip: bool = True, drop_remainder: bool = True, repeat: bool = False,
                         num_parallel_calls=tf.data.AUTOTUNE, on_error: str = "skip", shard="auto",
                         report: BadRecordReport | None = None,
-                        chunk_size: int = 32) -> tf.data.Dataset:
+                        chunk_size: int = 32, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Training ``tf.data`` pipeline over an image folder tree.
 
     Yields ``({"images", "labels", "index"}, labels)``; ``index`` is the position
@@ -118,9 +123,16 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
             on_error, shard, report, chunk_size: as in
             :func:`keras_facemargin.data.recordio.make_dataset`.
+        max_image_pixels: largest ``height * width`` decoded (read from the header first).
 
     Returns:
         ``tf.data.Dataset`` (with ``.bad_records``, ``.class_names`` attributes).
+
+    Raises:
+        OSError: ``root`` missing. ValueError: no images / bad arguments, or no decodable
+        probe image to infer the size. ImageFileError: with ``on_error="raise"``, an empty,
+        unreadable, undecodable or over-cap image (while iterating: wrapped in a ``tf.errors``
+        exception carrying its message).
 
     Example::
 
@@ -129,12 +141,13 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
     check_on_error(on_error)
     hw = _check_pipeline_args(chunk_size, num_parallel_calls, image_size)
     resize = hw is not None
+    cap = check_max_pixels(max_image_pixels)
     report = BadRecordReport() if report is None else report
     paths, labels, class_names = scan_image_folder(root)
     sizes = np.array([os.path.getsize(p) for p in paths])
     valid = sizes > 0
     for i in np.flatnonzero(~valid):
-        err = BadRecordError(paths[i], None, "bad_image", "empty file")
+        err = ImageFileError(paths[i], None, "bad_image", "empty file")
         if on_error == "raise":
             raise err
         report.add_error(err, log=False)
@@ -145,7 +158,7 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
     if hw is None:
         probe = None
         for i in positions[:16]:
-            probe = _decode_file(paths[i])
+            probe = _decode_file(paths[i], cap)
             if probe is not None:
                 break
         if probe is None:
@@ -164,11 +177,11 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
             try:
                 with open(paths[i], "rb") as f:
                     data = f.read()
-                why = decode_image_into(data, out[k], resize)
+                why = decode_image_into(data, out[k], resize, cap)
             except OSError as e:
                 why = f"unreadable file ({e})"
             if why is not None:
-                err = BadRecordError(paths[i], None, "bad_image", why)
+                err = ImageFileError(paths[i], None, "bad_image", why)
                 if on_error == "raise":
                     raise err
                 report.add_error(err)
@@ -183,10 +196,8 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
     return ds
 
 
-def _decode_file(path):
-    import cv2
-
+def _decode_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     try:
-        return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        return decode_image(np.fromfile(path, np.uint8), max_pixels)[0]
     except OSError:
         return None

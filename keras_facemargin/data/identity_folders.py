@@ -42,7 +42,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from keras_facemargin.data.align import read_rgb
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.errors import ImageFileError
 
 __all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "CombinedIdentityData", "load_identity_folder",
            "load_identity_folders", "list_identity_folder"]
@@ -158,7 +159,8 @@ def _crop_resize(img, box, size_hw):
 
 def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1, on_error: str = "raise",
                          max_identities: int | None = None, extensions=IMAGE_EXTENSIONS,
-                         num_threads: int = 2, progress: bool = False) -> IdentityFolderData:
+                         num_threads: int = 2, progress: bool = False,
+                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> IdentityFolderData:
     """Load an identity-folder training set into memory as uint8 face crops.
 
     Args:
@@ -174,13 +176,16 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
         extensions: image suffixes; other files are listed in ``ignored`` (and logged).
         num_threads: decoding threads.
         progress: tqdm progress bar.
+        max_image_pixels: largest ``height * width`` decoded; the header is read first, so a
+            larger image (or a format other than JPEG/PNG/BMP/WebP) is an undecodable file.
 
     Returns:
         :class:`IdentityFolderData` (``images, labels, class_names, class_counts = data``).
 
     Raises:
-        FileNotFoundError: ``root`` missing. ValueError: bad arguments, an undecodable file
-        with ``on_error="raise"`` (named), a crop box outside an image, or no identity left.
+        FileNotFoundError: ``root`` missing. ValueError: bad arguments or no identity left.
+        ImageFileError: (a ValueError naming the file) an unreadable, undecodable or over-cap
+        file with ``on_error="raise"``, or a crop box outside an image.
 
     Example::
 
@@ -199,6 +204,7 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
             raise ValueError(f"`image_size` must be an int or (H, W), got {image_size!r}.")
     if min(size_hw) <= 0:
         raise ValueError(f"`image_size` must be positive, got {image_size!r}.")
+    cap = check_max_pixels(max_image_pixels)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"`on_error` must be 'raise' or 'skip', got {on_error!r}.")
     if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
@@ -221,16 +227,16 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
 
     def _load(rel):
         try:
-            img = read_rgb(root / rel)
+            img, why = read_image_file(root / rel, cap)
         except OSError as e:
             return None, f"{type(e).__name__}: {e}"
         if img is None:
-            return None, "OpenCV could not decode the file"
+            return None, why
         h, w = img.shape[:2]
         try:
             return _crop_resize(img, _resolve_box(crop, w, h), size_hw), None
         except ValueError as e:
-            raise ValueError(f"{root / rel}: {e}") from None
+            raise ImageFileError(root / rel, None, "bad_crop", str(e)) from None
 
     names, counts, dropped, rows, labels, unreadable = [], [], {}, [], [], []
     out = {}
@@ -251,8 +257,9 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
                 bar.update(1)
                 if img is None:
                     if on_error == "raise":
-                        raise ValueError(f"Cannot read image {root / rel}: {err} (use on_error='skip' to "
-                                         "skip and list unreadable files).")
+                        raise ImageFileError(root / rel, None, "bad_image",
+                                             f"cannot read image: {err} (use on_error='skip' to skip and "
+                                             "list unreadable files)")
                     unreadable.append((rel, err))
                 else:
                     out[rel] = img
@@ -318,7 +325,7 @@ class CombinedIdentityData(IdentityFolderData):
 
 def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_images: int = 1,
                           on_error: str = "raise", num_threads: int = 2,
-                          progress: bool = False) -> CombinedIdentityData:
+                          progress: bool = False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> CombinedIdentityData:
     """Load several identity-folder roots into one label space.
 
     Identities are merged **by folder name** across roots (CelebA folders are CelebA identity
@@ -329,7 +336,7 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
 
     Args:
         roots: one root or a sequence of roots (each a folder of ``<identity>/`` sub-folders).
-        image_size, crop, on_error, num_threads, progress: as in :func:`load_identity_folder`
+        image_size, crop, on_error, num_threads, progress, max_image_pixels: as in :func:`load_identity_folder`
             (``crop="auto"`` is resolved per image, so 89x109 CelebA and 112x112 ArcFace crops mix).
         exclude: identity names to drop from every root (e.g. :func:`keras_facemargin.data.sources.read_identity_list`
             of LFW-overlap candidates); names not present are ignored.
@@ -356,7 +363,8 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
         raise ValueError(f"`min_images` must be a positive integer, got {min_images!r}.")
     exclude = set(map(str, exclude))
     parts = [load_identity_folder(r, image_size=image_size, crop=crop, on_error=on_error,
-                                  num_threads=num_threads, progress=progress) for r in roots]
+                                  num_threads=num_threads, progress=progress,
+                                  max_image_pixels=max_image_pixels) for r in roots]
     seen = {}  # (identity, file name) -> root index
     per_id = {}  # identity -> [(root index, row in that part)]
     duplicates, excluded = [], {}

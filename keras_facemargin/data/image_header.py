@@ -160,7 +160,7 @@ def check_image_bytes(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     hdr = image_header_size(data)
     if hdr is None:
         head = _as_bytes(data, 4).hex()
-        return None, f"not a JPEG/PNG/BMP/WebP image or malformed header (first bytes {head})"
+        return None, f"undecodable image (not a JPEG/PNG/BMP/WebP image or a malformed header; first bytes {head})"
     if hdr.height * hdr.width > max_pixels:
         return hdr, (f"{hdr.format} image of {hdr.width}x{hdr.height} = {hdr.height * hdr.width:,} pixels "
                      f"exceeds max_image_pixels={max_pixels:,}")

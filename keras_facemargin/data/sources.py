@@ -64,13 +64,16 @@ from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_
 from keras_facemargin.data.folders import IMAGE_EXTENSIONS, scan_image_folder
 from keras_facemargin.data.pipeline import _check_common
 from keras_facemargin.data.recordio import (
+    DEFAULT_MIN_MAX_CLASSES,
     RecordIOReader,
     _check_pipeline_args,
     _has_image_signature,
     build_decoded_pipeline,
     decode_image_into,
 )
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.tfrecord import decode_example, index_tfrecord_file
+from keras_facemargin.errors import ImageFileError, TFRecordError, TFRecordRecordError, UntrustedFileError
 
 __all__ = ["DATA_KINDS", "MERGE_MODES", "DataSourceError", "detect_data_kind", "open_source",
            "read_identity_list", "load_training_set", "TrainingSet"]
@@ -166,8 +169,9 @@ class _Source:
 
     kind = None
 
-    def __init__(self, path):
+    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         self.path = str(path)
+        self.max_image_pixels = max_image_pixels
         self.file_names = None
         self.bad = []
         self.ignored = []
@@ -207,8 +211,8 @@ class _Source:
 class _FolderSource(_Source):
     kind = "image_folder"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        super().__init__(path, max_image_pixels)
         paths, labels, names = scan_image_folder(path, ignored=self.ignored)
         keep = np.ones(len(paths), bool)
         for i, p in enumerate(paths):
@@ -216,14 +220,14 @@ class _FolderSource(_Source):
                 with open(p, "rb") as f:
                     head = f.read(4)
             except OSError as e:
-                self.bad.append(BadRecordError(p, None, "bad_image", f"unreadable file ({e})"))
+                self.bad.append(ImageFileError(p, None, "bad_image", f"unreadable file ({e})"))
                 keep[i] = False
                 continue
             if not head:
-                self.bad.append(BadRecordError(p, None, "bad_image", "empty file"))
+                self.bad.append(ImageFileError(p, None, "bad_image", "empty file"))
                 keep[i] = False
             elif not _has_image_signature(head):
-                self.bad.append(BadRecordError(p, None, "bad_image",
+                self.bad.append(ImageFileError(p, None, "bad_image",
                                                f"no JPEG/PNG/BMP/WebP signature (first bytes {head.hex()})"))
                 keep[i] = False
         self.paths = [p for p, k in zip(paths, keep) if k]
@@ -231,10 +235,8 @@ class _FolderSource(_Source):
         self.class_names = list(names)
         self.file_names = [os.path.basename(p) for p in self.paths]
         self.image_hw = None
-        import cv2
-
         for p in self.paths[:16]:
-            img = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
+            img, _ = decode_image(np.fromfile(p, np.uint8), max_image_pixels)
             if img is not None:
                 self.image_hw = tuple(img.shape[:2])
                 break
@@ -250,9 +252,9 @@ class _FolderSource(_Source):
 class _RecordIOSource(_Source):
     kind = "recordio"
 
-    def __init__(self, path):
-        super().__init__(path)
-        self.reader = RecordIOReader(path)
+    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        super().__init__(path, max_image_pixels)
+        self.reader = RecordIOReader(path, max_image_pixels=max_image_pixels)
         sc = self.reader.scan()
         self.bad = list(sc["bad"])
         self.positions = np.flatnonzero(sc["valid"]).astype(np.int64)
@@ -260,9 +262,7 @@ class _RecordIOSource(_Source):
         self.class_names = [str(c) for c in range(max(self.reader.num_classes, int(self.labels.max(initial=-1)) + 1))]
         self.image_hw = self.reader.image_size
         if self.image_hw is None and self.positions.size:
-            import cv2
-
-            img = cv2.imdecode(self.reader._image_view(int(self.positions[0])), cv2.IMREAD_COLOR)
+            img, _ = decode_image(self.reader._image_view(int(self.positions[0])), max_image_pixels)
             self.image_hw = None if img is None else tuple(img.shape[:2])
 
     def read(self, row):
@@ -278,8 +278,8 @@ class _RecordIOSource(_Source):
 class _TFRecordSource(_Source):
     kind = "tfrecord"
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, max_classes=None):
+        super().__init__(path, max_image_pixels)
         p = Path(path)
         if p.is_dir():
             files = sorted(str(e.path) for e in os.scandir(p)
@@ -301,13 +301,11 @@ class _TFRecordSource(_Source):
             for o, n in zip(off.tolist(), ln.tolist()):
                 try:
                     i, lab, data = decode_example(mm[o:o + n])
-                    if lab < 0 or i < 0:
-                        raise ValueError(f"negative image/label {lab} or image/index {i}")
                     if not _has_image_signature(data[:4]):
-                        raise ValueError(f"image/encoded has no JPEG/PNG/BMP/WebP signature "
-                                         f"(first bytes {data[:4].hex()})")
-                except ValueError as e:
-                    self.bad.append(BadRecordError(f, o - 12, "bad_example", str(e)))
+                        raise TFRecordError(f, f"image/encoded has no JPEG/PNG/BMP/WebP signature "
+                                            f"(first bytes {data[:4].hex()})", "image/encoded")
+                except UntrustedFileError as e:
+                    self.bad.append(TFRecordRecordError(f, o - 12, "bad_example", e.detail))
                     continue
                 file_id.append(k)
                 offsets.append(o)
@@ -333,12 +331,20 @@ class _TFRecordSource(_Source):
         self.lengths = np.asarray(lengths, np.int64)[order]
         self.stored_index = stored[order]
         self.labels = np.asarray(labels, np.int64)[order]
-        self.class_names = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
+        limit = max(DEFAULT_MIN_MAX_CLASSES, self.labels.size) if max_classes is None else int(max_classes)
+        top = int(self.labels.max(initial=-1))
+        if top >= limit:
+            j = int(np.argmax(self.labels))
+            raise TFRecordError(self.files[int(self.file_id[j])], f"image/label {top} needs {top + 1:,} classes, "
+                                f"above max_classes={limit:,} (default: the larger of {DEFAULT_MIN_MAX_CLASSES:,} "
+                                "and the number of records)", f"byte offset {int(self.offsets[j]) - 12}")
+        self.class_names = [str(c) for c in range(top + 1)]
         self.image_hw = None
         if self.labels.size:
-            import cv2
-
-            img = cv2.imdecode(np.frombuffer(self.read(0), np.uint8), cv2.IMREAD_COLOR)
+            try:
+                img, _ = decode_image(np.frombuffer(self.read(0), np.uint8), max_image_pixels)
+            except BadRecordError:
+                img = None
             self.image_hw = None if img is None else tuple(img.shape[:2])
 
     def _map(self, k):
@@ -351,9 +357,9 @@ class _TFRecordSource(_Source):
         o, n = int(self.offsets[row]), int(self.lengths[row])
         try:
             return decode_example(self._map(int(self.file_id[row]))[o:o + n])[2]
-        except ValueError as e:
+        except TFRecordError as e:
             f, off = self.where(row)
-            raise BadRecordError(f, off, "bad_example", str(e)) from None
+            raise TFRecordRecordError(f, off, "bad_example", e.detail) from None
 
     def where(self, row):
         return self.files[int(self.file_id[row])], int(self.offsets[row]) - 12
@@ -368,8 +374,12 @@ class _TFRecordSource(_Source):
 _SOURCES = {"recordio": _RecordIOSource, "tfrecord": _TFRecordSource, "image_folder": _FolderSource}
 
 
-def open_source(path):
+def open_source(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Detect the kind of ``path`` and scan it (no image is decoded except one to find the size).
+
+    Args:
+        path: a data root (see :func:`detect_data_kind`).
+        max_image_pixels: largest ``height * width`` decoded (read from each image header first).
 
     Returns:
         A source with ``kind``, ``path``, ``class_names``, ``labels`` (per row), ``bad``
@@ -380,7 +390,7 @@ def open_source(path):
         src = open_source("faces_emore"); print(src.summary())
     """
     kind = detect_data_kind(path)
-    src = _SOURCES[kind](path)
+    src = _SOURCES[kind](path, check_max_pixels(max_image_pixels))
     if src.num_images == 0:
         raise DataSourceError(f"Training data {str(path)!r} ({DATA_KINDS[kind]}) holds no usable image "
                               f"({len(src.bad)} bad record(s){': ' + str(src.bad[0]) if src.bad else ''}).")
@@ -725,7 +735,7 @@ class TrainingSet:
             for k, i in enumerate(idx):
                 src, row = sources[source_of[i]], int(row_of[i])
                 try:
-                    why = decode_image_into(src.read(row), out[k], resize)
+                    why = decode_image_into(src.read(row), out[k], resize, src.max_image_pixels)
                     err = None if why is None else BadRecordError(*src.where(row), "bad_image", why)
                 except BadRecordError as e:
                     err = e
@@ -754,7 +764,8 @@ def _error_dict(e):
     return {"file": e.file, "offset": e.offset, "reason": e.reason, "detail": e.detail}
 
 
-def load_training_set(paths, merge_identities="by_name", exclude_identities=(), image_size=None):
+def load_training_set(paths, merge_identities="by_name", exclude_identities=(), image_size=None,
+                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Scan one or more data roots and combine them into one :class:`TrainingSet`.
 
     Args:
@@ -766,13 +777,18 @@ def load_training_set(paths, merge_identities="by_name", exclude_identities=(), 
         exclude_identities: image-folder identity names to leave out.
         image_size: int or ``(H, W)`` to resize every image to; default: the roots' common
             size (roots of different sizes then raise :class:`DataSourceError`).
+        max_image_pixels: largest ``height * width`` of an image, checked on its header before
+            decoding (larger ones are bad records).
 
     Returns:
         :class:`TrainingSet`.
 
     Raises:
-        FileNotFoundError / DataSourceError: a path that is missing or none of the kinds,
-        a path given twice, or no image left.
+        OSError: a missing or unreadable path (``FileNotFoundError`` names it).
+        DataSourceError: a path that is none of the kinds, a path given twice, or no image left.
+        RecordIOError / TFRecordError: a RecordIO or TFRecord root that is malformed as a whole
+            (see :class:`~keras_facemargin.data.recordio.RecordIOReader`); bad single records
+            are listed in ``bad_records`` instead. All are ``ValueError`` s naming the file.
 
     Example::
 
@@ -796,7 +812,7 @@ def load_training_set(paths, merge_identities="by_name", exclude_identities=(), 
     sources = []
     try:
         for p in paths:
-            sources.append(open_source(p))
+            sources.append(open_source(p, max_image_pixels))
         return TrainingSet(sources, merge_identities, exclude_identities, image_size)
     except BaseException:
         for s in sources:

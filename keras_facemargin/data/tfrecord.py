@@ -12,22 +12,29 @@ Files are named ``<prefix>-00000-of-00008.tfrecord``; :func:`write_tfrecords`
 assigns images to shards round-robin so each shard mixes classes.
 
 Reading (:func:`make_tfrecord_dataset`): files are shuffled and interleaved,
-records shuffled in a buffer, then decoded with the shared OpenCV chunk decoder
-of :mod:`keras_facemargin.data.recordio` (same contract, same bad-record
-handling). Before building the pipeline a header-only pass over each file
-follows the record framing (``uint64 length, uint32 crc, data, uint32 crc``)
-without reading the data: a truncated file is reported (file and offset) and,
-with ``on_error="skip"``, only its complete records are read.
+records parsed in Python a chunk at a time (:func:`decode_example`), shuffled in a
+buffer, then decoded with the shared OpenCV chunk decoder of
+:mod:`keras_facemargin.data.recordio` (same contract, same bad-record handling;
+image headers are checked against ``max_image_pixels`` first). Before building the
+pipeline a header-only pass over each file follows the record framing
+(``uint64 length, uint32 crc, data, uint32 crc``) without reading the data: a
+truncated file is reported (file and offset) and, with ``on_error="skip"``, only its
+complete records are read.
 
-What ``on_error="skip"`` covers: truncated files (their complete records are
-read), undecodable/empty images and labels outside ``[0, num_classes)`` (each
-reported with the file it came from and its ``image/index``). What it does
-*not* cover: record CRCs are not checked up front, so a CRC-corrupt record in
-the middle of a file (bit rot in a complete record) makes TensorFlow's reader
-raise ``tf.errors.DataLossError`` while iterating, whatever ``on_error`` is.
-Its message gives the byte offset (``corrupted record at 12``) but *not* the
-file; to find it, read each file alone (``for f in ds.files:
-list(tf.data.TFRecordDataset(f))``).
+What ``on_error="skip"`` covers, each reported as a :class:`TFRecordRecordError`
+(a :class:`BadRecordError`) naming the file and the record's byte offset:
+truncated files (their complete records are read); records that are not a
+``tf.train.Example`` or lack ``image/encoded``, ``image/label`` or ``image/index``
+(or hold them with another type or count) (``"bad_example"``); labels outside
+``[0, num_classes)`` or beyond int32 (``"bad_label"``); indices outside
+``[0, num_samples)`` (``"bad_index"``) or already used by another record
+(``"duplicate_index"``: the first record met keeps the index); undecodable, empty or
+over-cap images (``"bad_image"``). What it does *not* cover: record CRCs are not
+checked up front, so a CRC-corrupt record in the middle of a file (bit rot in a
+complete record) makes TensorFlow's reader raise ``tf.errors.DataLossError`` while
+iterating, whatever ``on_error`` is. Its message gives the byte offset
+(``corrupted record at 12``) but *not* the file; to find it, read each file alone
+(``for f in ds.files: list(tf.data.TFRecordDataset(f))``).
 
 Example::
 
@@ -39,11 +46,13 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import numpy as np
 import tensorflow as tf
 
-from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
+from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error  # noqa: F401
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.pipeline import _check_common
 from keras_facemargin.data.recordio import (
     _check_pipeline_args,
@@ -51,9 +60,10 @@ from keras_facemargin.data.recordio import (
     decode_image_into,
     resolve_shard,
 )
+from keras_facemargin.errors import TFRecordError, TFRecordRecordError
 
 __all__ = ["FEATURES", "encode_example", "decode_example", "write_tfrecords", "scan_tfrecord_file",
-           "index_tfrecord_file", "make_tfrecord_dataset"]
+           "index_tfrecord_file", "make_tfrecord_dataset", "TFRecordError", "TFRecordRecordError"]
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -72,14 +82,28 @@ def encode_example(index: int, label: int, encoded: bytes) -> bytes:
     })).SerializeToString()
 
 
-def decode_example(serialized: bytes):
+def _fail(source, detail, field=None):
+    return TFRecordError(source if source is not None else "<serialized tf.train.Example>", detail, field)
+
+
+def decode_example(serialized: bytes, source=None, num_classes=None):
     """Parse one serialised ``tf.train.Example`` of the schema above (in Python, no graph).
+
+    Each feature must hold exactly one value of its type; ``image/label`` must lie in
+    ``[0, num_classes)`` (``[0, 2**31)`` when None, so it fits int32 without wrapping) and
+    ``image/index`` in ``[0, 2**31)``.
+
+    Args:
+        serialized: the record bytes.
+        source: where the record is (file and offset) for the message.
+        num_classes: optional label bound.
 
     Returns:
         ``(index, label, encoded_bytes)``.
 
     Raises:
-        ValueError: not a ``tf.train.Example``, or a feature of the schema is missing.
+        TFRecordError: (a ValueError) not a ``tf.train.Example``, a feature of the schema missing
+            or of the wrong type / length, or a value out of range.
 
     Example::
 
@@ -89,16 +113,29 @@ def decode_example(serialized: bytes):
 
     try:
         feature = tf.train.Example.FromString(bytes(serialized)).features.feature
-    except DecodeError as e:
-        raise ValueError(f"not a serialised tf.train.Example ({e})") from None
-    try:
-        return (int(feature["image/index"].int64_list.value[0]),
-                int(feature["image/label"].int64_list.value[0]),
-                bytes(feature["image/encoded"].bytes_list.value[0]))
-    except (KeyError, IndexError):
-        missing = [k for k in FEATURES if k not in feature]
-        raise ValueError(f"tf.train.Example lacks feature(s) {missing or list(FEATURES)} "
-                         "(expected image/encoded, image/label, image/index)") from None
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise _fail(source, f"not a serialised tf.train.Example ({e})") from None
+    missing = [k for k in FEATURES if k not in feature]
+    if missing:
+        raise _fail(source, f"tf.train.Example lacks feature(s) {missing} (expected image/encoded, "
+                            "image/label, image/index)")
+    out = []
+    for key, kind in (("image/index", "int64_list"), ("image/label", "int64_list"),
+                      ("image/encoded", "bytes_list")):
+        f = feature[key]
+        if f.WhichOneof("kind") != kind:
+            raise _fail(source, f"feature {key} is a {f.WhichOneof('kind')}, expected a {kind}", key)
+        values = getattr(f, kind).value
+        if len(values) != 1:
+            raise _fail(source, f"feature {key} holds {len(values)} values, expected exactly one", key)
+        out.append(values[0])
+    index, label, encoded = int(out[0]), int(out[1]), bytes(out[2])
+    limit = 2**31 if num_classes is None else min(int(num_classes), 2**31)
+    if not 0 <= label < limit:
+        raise _fail(source, f"image/label {label} outside [0, {limit})", "image/label")
+    if not 0 <= index < 2**31:
+        raise _fail(source, f"image/index {index} outside [0, 2**31)", "image/index")
+    return index, label, encoded
 
 
 def write_tfrecords(output_prefix, items, num_shards: int = 1, progress=None) -> list[str]:
@@ -138,29 +175,37 @@ def write_tfrecords(output_prefix, items, num_shards: int = 1, progress=None) ->
     return paths
 
 
+def _frame_file(path):
+    """``(record offsets int64, error)``: follow the framing of one file (header reads only)."""
+    size = tf.io.gfile.stat(path).length
+    offsets, pos, err = [], 0, None
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while pos < size:
+            if pos + 12 > size:
+                err = TFRecordRecordError(path, pos, "truncated", f"record header needs 12 bytes, {size - pos} left")
+                break
+            f.seek(pos)
+            (length,) = struct.unpack("<Q", f.read(8))
+            end = pos + 12 + length + 4
+            if end > size:
+                err = TFRecordRecordError(path, pos, "truncated",
+                                          f"record of {length} bytes ends past the {size}-byte file")
+                break
+            offsets.append(pos)
+            pos = end
+    return np.asarray(offsets, np.int64), err
+
+
 def scan_tfrecord_file(path):
     """Follow the record framing of one TFRecord file without reading record data.
 
     Returns:
         ``(num_complete_records, error)`` where ``error`` is ``None`` or a
-        :class:`BadRecordError` for a truncated tail (naming the file and offset).
+        :class:`TFRecordRecordError` (a :class:`BadRecordError`) for a truncated tail (naming
+        the file and offset).
     """
-    size = tf.io.gfile.stat(path).length
-    n, pos = 0, 0
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while pos < size:
-            if pos + 12 > size:
-                return n, BadRecordError(path, pos, "truncated",
-                                         f"record header needs 12 bytes, {size - pos} left")
-            f.seek(pos)
-            (length,) = struct.unpack("<Q", f.read(8))
-            end = pos + 12 + length + 4
-            if end > size:
-                return n, BadRecordError(path, pos, "truncated",
-                                         f"record of {length} bytes ends past the {size}-byte file")
-            n += 1
-            pos = end
-    return n, None
+    offsets, err = _frame_file(path)
+    return int(offsets.size), err
 
 
 def index_tfrecord_file(path):
@@ -190,12 +235,13 @@ def index_tfrecord_file(path):
         unpack = struct.Struct("<Q").unpack_from
         while pos < size:
             if pos + 12 > size:
-                err = BadRecordError(path, pos, "truncated", f"record header needs 12 bytes, {size - pos} left")
+                err = TFRecordRecordError(path, pos, "truncated",
+                                          f"record header needs 12 bytes, {size - pos} left")
                 break
             (length,) = unpack(mm, pos)
             end = pos + 12 + length + 4
             if end > size:
-                err = BadRecordError(path, pos, "truncated",
+                err = TFRecordRecordError(path, pos, "truncated",
                                      f"record of {length} bytes ends past the {size}-byte file")
                 break
             offsets.append(pos + 12)
@@ -209,8 +255,16 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
                           repeat: bool = False, num_parallel_calls=tf.data.AUTOTUNE,
                           on_error: str = "skip", shard="auto", report: BadRecordReport | None = None,
                           num_classes: int | None = None, shuffle_buffer: int = 10000,
-                          chunk_size: int = 32) -> tf.data.Dataset:
+                          chunk_size: int = 32, num_samples: int | None = None,
+                          max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Training ``tf.data`` pipeline over TFRecord files of the schema above.
+
+    Records are parsed in Python (:func:`decode_example`), a chunk per call, so a record that
+    is not an Example, lacks a feature or holds a wrong type is a bad record naming its file
+    and byte offset, never a TensorFlow parse error. ``image/label`` must fit int32 (and lie in
+    ``[0, num_classes)`` when given); ``image/index`` must lie in ``[0, num_samples)`` and be
+    unique: the first record met with an index keeps it, a later one with the same index is a
+    bad record (``"duplicate_index"``).
 
     Args:
         pattern: glob pattern (or list of patterns/paths) of the TFRecord files.
@@ -219,12 +273,17 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             image's size (other sizes are bad records).
         num_classes: when given, records with labels outside ``[0, num_classes)``
             are bad records.
+        num_samples: bound of ``image/index`` (default: the number of complete records in
+            all files; pass the original count when a file is truncated).
+        max_image_pixels: largest ``height * width`` decoded (read from the header first).
         shuffle_buffer: record shuffle buffer (files are shuffled too).
-        on_error: ``"skip"`` drops and reports truncated file tails, undecodable images and
-            bad labels (each naming its file); ``"raise"`` raises :class:`BadRecordError`
-            naming the file. Either way a CRC-corrupt record inside a file raises TensorFlow's
-            ``tf.errors.DataLossError`` while iterating (CRCs are not checked up front; its
-            message has the offset but not the file, see the module docstring).
+        on_error: ``"skip"`` drops and reports truncated file tails, records that do not
+            parse, bad labels / indices and undecodable or over-cap images (each naming its
+            file and offset); ``"raise"`` raises :class:`TFRecordRecordError` (a
+            :class:`BadRecordError`; while iterating, wrapped in a ``tf.errors`` exception
+            carrying its message). Either way a CRC-corrupt record inside a file raises
+            TensorFlow's ``tf.errors.DataLossError`` while iterating (CRCs are not checked up
+            front; its message has the offset but not the file, see the module docstring).
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
             shard, report, chunk_size: as in
             :func:`keras_facemargin.data.recordio.make_dataset`. Shards are whole
@@ -233,91 +292,147 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     Returns:
         ``tf.data.Dataset`` of ``({"images", "labels", "index"}, labels)``.
 
+    Raises:
+        OSError: no file matches / a file is unreadable. ValueError: bad arguments.
+        TFRecordError: no complete record, or no decodable first image to infer the size.
+        TFRecordRecordError: with ``on_error="raise"``, a truncated file.
+
     Example::
 
         ds = make_tfrecord_dataset("data/train-*.tfrecord", 128, num_classes=85742)
     """
     check_on_error(on_error)
     hw = _check_pipeline_args(chunk_size, num_parallel_calls, image_size)
+    cap = check_max_pixels(max_image_pixels)
     resize = hw is not None
     report = BadRecordReport() if report is None else report
     patterns = [pattern] if isinstance(pattern, (str, bytes)) or hasattr(pattern, "__fspath__") else list(pattern)
     files = sorted({f for p in patterns for f in tf.io.gfile.glob(str(p))})
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {pattern!r}.")
-    counts = []
+    counts, offsets = [], []
     for f in files:
-        n, err = scan_tfrecord_file(f)
+        off, err = _frame_file(f)
         if err is not None:
             if on_error == "raise":
                 raise err
             report.add_error(err, log=False)
-        counts.append(n)
+        counts.append(int(off.size))
+        offsets.append(off)
     report.log_summary()
-    if sum(counts) == 0:
-        raise ValueError(f"The TFRecord files matching {pattern!r} hold no complete records.")
+    total_all = sum(counts)
+    if total_all == 0:
+        raise TFRecordError(", ".join(files[:3]) + (" ..." if len(files) > 3 else ""),
+                            f"the files matching {pattern!r} hold no complete records")
+    n_index = total_all if num_samples is None else int(num_samples)
+    if not 0 < n_index <= 2**31:
+        raise ValueError(f"`num_samples` must be in [1, 2**31], got {num_samples!r}.")
+    label_limit = None if num_classes is None else int(num_classes)
     shard_spec = resolve_shard(shard)
     by_file = shard_spec is not None and len(files) >= shard_spec[0]
+    file_ids = list(range(len(files)))
     if by_file:
-        sel = list(range(shard_spec[1], len(files), shard_spec[0]))
-        files, counts = [files[i] for i in sel], [counts[i] for i in sel]
-    total = sum(counts) if (shard_spec is None or by_file) else None
+        file_ids = list(range(shard_spec[1], len(files), shard_spec[0]))
+    sel_counts = [counts[i] for i in file_ids]
+    total = sum(sel_counts) if (shard_spec is None or by_file) else None
     if total is not None:
         _check_common(total, batch_size, drop_remainder, seed)
     if hw is None:
-        first_file = files[int(np.argmax(counts))]
-        first = next(iter(tf.data.TFRecordDataset(first_file).take(1)))
-        ex = tf.io.parse_single_example(first, FEATURES)
-        import cv2
+        hw = _probe_size(files[file_ids[int(np.argmax(sel_counts))]], cap)
 
-        img = cv2.imdecode(np.frombuffer(ex["image/encoded"].numpy(), np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"Cannot infer `image_size` from the first record of {first_file}; "
-                             "pass image_size=.")
-        hw = img.shape[:2]
+    owner = np.full(n_index, -1, np.int64)  # record uid holding each image/index
+    base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    lock = threading.Lock()
 
-    file_ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64),
-                                                  tf.range(len(files), dtype=tf.int32)))
+    def _record_error(fid, rec, reason, detail, index=None):
+        f = files[int(fid)]
+        name = f if index is None else f"{f} (image/index {int(index)})"
+        return TFRecordRecordError(name, int(offsets[int(fid)][int(rec)]), reason, detail)
+
+    def _bad(err, key=None):
+        if on_error == "raise":
+            raise err
+        report.add_error(err, key=key)
+
+    def parse_chunk(serialized, fid, rec):
+        n = serialized.size
+        idx = np.zeros(n, np.int64)
+        lab = np.zeros(n, np.int32)
+        data = np.empty(n, object)
+        ok = np.zeros(n, bool)
+        for k in range(n):
+            data[k] = b""
+            try:
+                i, y, enc = decode_example(serialized[k], num_classes=label_limit)
+            except TFRecordError as e:
+                reason = {"image/label": "bad_label", "image/index": "bad_index"}.get(e.where, "bad_example")
+                _bad(_record_error(fid[k], rec[k], reason, e.detail))
+                continue
+            if i >= n_index:
+                _bad(_record_error(fid[k], rec[k], "bad_index",
+                                   f"image/index {i} outside [0, {n_index}) (num_samples)", i), key=i)
+                continue
+            uid = int(base[int(fid[k])] + rec[k])
+            with lock:
+                held = int(owner[i])
+                if held < 0:
+                    owner[i] = held = uid
+            if held != uid:
+                hf = int(np.searchsorted(base, held, side="right") - 1)
+                _bad(_record_error(fid[k], rec[k], "duplicate_index",
+                                   f"image/index {i} is already used by the record at byte offset "
+                                   f"{int(offsets[hf][held - base[hf]])} of {files[hf]}", i), key=i)
+                continue
+            idx[k], lab[k], data[k], ok[k] = i, y, enc, True
+        return idx, lab, data, ok
+
+    file_ds = tf.data.Dataset.from_tensor_slices(([files[i] for i in file_ids],
+                                                  tf.constant(sel_counts, tf.int64),
+                                                  tf.constant(file_ids, tf.int32)))
     if shuffle:
-        file_ds = file_ds.shuffle(len(files), seed=int(seed), reshuffle_each_iteration=True)
+        file_ds = file_ds.shuffle(len(file_ids), seed=int(seed), reshuffle_each_iteration=True)
 
     @tf.autograph.experimental.do_not_convert
-    def _read(f, n, file_id):  # each record carries the position of its file in `files`
+    def _read(f, n, file_id):  # each record carries its file's position in `files` and its number
         return tf.data.Dataset.zip((tf.data.TFRecordDataset(f).take(n),
-                                    tf.data.Dataset.from_tensors(file_id).repeat()))
+                                    tf.data.Dataset.from_tensors(file_id).repeat(),
+                                    tf.data.Dataset.range(n)))
 
-    if len(files) > 1:
-        records = file_ds.interleave(_read, cycle_length=min(len(files), 8), block_length=1,
-                                     num_parallel_calls=min(len(files), 8), deterministic=True)
+    if len(file_ids) > 1:
+        records = file_ds.interleave(_read, cycle_length=min(len(file_ids), 8), block_length=1,
+                                     num_parallel_calls=min(len(file_ids), 8), deterministic=True)
     else:
         records = file_ds.flat_map(_read)
     if shard_spec is not None and not by_file:
         records = records.shard(*shard_spec)
 
     @tf.autograph.experimental.do_not_convert
-    def _parse(serialized, file_id):
-        ex = tf.io.parse_single_example(serialized, FEATURES)
-        lab = tf.cast(ex["image/label"], tf.int32)
-        return ex["image/index"], lab, ex["image/encoded"], ex["image/label"], file_id
+    def _parse(serialized, file_id, rec):
+        idx, lab, data, ok = tf.numpy_function(parse_chunk, [serialized, file_id, rec],
+                                               [tf.int64, tf.int32, tf.string, tf.bool], stateful=False)
+        for t in (idx, lab, data, ok):
+            t.set_shape([None])
+        return idx, lab, data, file_id, rec, ok
 
-    source = records.map(_parse, num_parallel_calls=num_parallel_calls, deterministic=True)
-    label_limit = None if num_classes is None else int(num_classes)
+    @tf.autograph.experimental.do_not_convert
+    def _ok(idx, lab, data, file_id, rec, ok):
+        return ok
 
-    def load_chunk(idx, data, label, file_id):
+    @tf.autograph.experimental.do_not_convert
+    def _drop_ok(idx, lab, data, file_id, rec, ok):
+        return idx, lab, data, file_id, rec
+
+    source = records.batch(int(chunk_size)).map(_parse, num_parallel_calls=num_parallel_calls,
+                                                 deterministic=True)
+    source = source.unbatch().filter(_ok).map(_drop_ok)
+
+    def load_chunk(idx, data, file_id, rec):
         out = np.empty((idx.size, hw[0], hw[1], 3), np.uint8)
         ok = np.ones(idx.size, bool)
         for k in range(idx.size):
-            why = None
-            if label[k] < 0 or (label_limit is not None and label[k] >= label_limit):
-                why, reason = f"label {label[k]} outside [0, {label_limit})", "bad_label"
-            else:
-                why, reason = decode_image_into(data[k], out[k], resize), "bad_image"
+            why = decode_image_into(data[k], out[k], resize, cap)
             if why is not None:
-                err = BadRecordError(f"{files[int(file_id[k])]} (image/index {int(idx[k])})", None,
-                                     reason, why)
-                if on_error == "raise":
-                    raise err
-                report.add_error(err, key=int(idx[k]))
+                _bad(_record_error(file_id[k], rec[k], "bad_image", why, idx[k]), key=int(idx[k]))
                 ok[k] = False
         return out, ok
 
@@ -327,3 +442,21 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     ds.bad_records = report
     ds.files = files
     return ds
+
+
+def _probe_size(path, max_pixels, tries=16):
+    """``(height, width)`` of the first decodable image among the first records of ``path``."""
+    why = "no record"
+    try:
+        for k, rec in enumerate(tf.data.TFRecordDataset(path).take(tries)):
+            try:
+                _, _, enc = decode_example(rec.numpy())
+            except TFRecordError as e:
+                why = f"record {k}: {e.detail}"
+                continue
+            img, why = decode_image(enc, max_pixels)
+            if img is not None:
+                return img.shape[:2]
+    except tf.errors.OpError as e:
+        why = f"{type(e).__name__}: {e.message}"
+    raise TFRecordError(path, f"cannot infer `image_size` from the first records ({why}); pass image_size=")
