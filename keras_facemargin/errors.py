@@ -53,20 +53,29 @@ __all__ = [
 class UntrustedFileError(ValueError):
     """A file read from outside is malformed, inconsistent or over a resource limit.
 
+    The message is ``"<file>: <where>: <detail>"``, or ``"<file>:<line>: <detail>"`` for text
+    files.
+
     Args:
         file: path of the offending file.
         detail: what was found and what was expected.
-        where: field, byte offset or line (``"line 3"``, ``"byte offset 120"``), or ``None``.
+        where: field or byte offset (``"issame_list"``, ``"byte offset 120"``), or ``None``.
+        line: 1-based line number of a text file (sets ``where`` to ``"line N"``).
 
     Attributes:
-        file, detail, where: as given (``file`` as a string).
+        file, detail, where, line: as given (``file`` as a string).
     """
 
-    def __init__(self, file, detail, where=None):
+    def __init__(self, file, detail, where=None, line=None):
         self.file = str(file)
         self.detail = str(detail)
-        self.where = None if where is None else str(where)
-        loc = self.file if self.where is None else f"{self.file}: {self.where}"
+        self.line = None if line is None else int(line)
+        if self.line is not None:
+            self.where = f"line {self.line}"
+            loc = f"{self.file}:{self.line}"
+        else:
+            self.where = None if where is None else str(where)
+            loc = self.file if self.where is None else f"{self.file}: {self.where}"
         super().__init__(f"{loc}: {self.detail}")
 
     def __reduce__(self):  # picklable although __init__ takes several arguments

@@ -42,7 +42,9 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from keras_facemargin.data.align import MTCNNDetector, align_face, read_rgb, select_face
+from keras_facemargin.data.align import MTCNNDetector, align_face, select_face
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.errors import ImageFileError, PairsFileError
 
 __all__ = [
     "LFW_CENTER_CROP_BOX",
@@ -53,6 +55,7 @@ __all__ = [
     "load_lfw_images",
     "lfw_verification",
     "default_cache_dir",
+    "PairsFileError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,14 +114,25 @@ class LFWPairRecord(NamedTuple):
     line: int
 
 
+_MAX_IMAGE_NUMBER = 10**6
+
+
 def _image_number(num, src, lineno):
-    try:
-        k = int(num)
-    except ValueError:
-        raise ValueError(f"{src}:{lineno}: image number {num!r} is not an integer") from None
-    if k < 1:
-        raise ValueError(f"{src}:{lineno}: image number {k} must be >= 1 (1-based)")
+    if not (num.isascii() and num.isdigit()) or len(num) > 7:
+        raise PairsFileError(src, f"image number {num[:20]!r} is not an integer in [1, {_MAX_IMAGE_NUMBER}]",
+                             line=lineno)
+    k = int(num)
+    if not 1 <= k <= _MAX_IMAGE_NUMBER:
+        raise PairsFileError(src, f"image number {k} must be in [1, {_MAX_IMAGE_NUMBER}] (1-based)", line=lineno)
     return k
+
+
+def _person_name(name, src, lineno):
+    """A ``pairs.txt`` name must be one folder name inside ``images/``: no separators, ``..`` or NUL."""
+    if name in (".", "..") or any(c in name for c in "/\\\0:") or len(name) > 255 or not name.isprintable():
+        raise PairsFileError(src, f"name {name[:60]!r} is not a folder name inside the images folder "
+                             "(no '/', '\\', ':', '..' or control characters)", line=lineno)
+    return name
 
 
 def parse_pairs(path) -> list:
@@ -134,9 +148,12 @@ def parse_pairs(path) -> list:
         list of ``2 * F * P`` :class:`LFWPairRecord` (matched pairs have ``name1 == name2``).
 
     Raises:
-        FileNotFoundError: missing file.
-        ValueError: naming file and line, for a malformed header or line, a line of the
-            wrong kind for its position, or a wrong number of lines.
+        OSError: missing or unreadable file (``FileNotFoundError`` when missing).
+        PairsFileError: (a ValueError) naming file and line, for a file that is not UTF-8, a
+            malformed header or line, a line of the wrong kind for its position, a wrong
+            number of lines, a name that is not a single folder name (``..``, ``/``, absolute
+            paths are refused, so every path stays inside ``images/``) or an image number
+            outside ``[1, 10**6]``.
 
     Example::
 
@@ -146,36 +163,47 @@ def parse_pairs(path) -> list:
     src = Path(path)
     if not src.is_file():
         raise FileNotFoundError(f"LFW pairs file not found: {src}")
-    with open(src, encoding="utf-8") as fh:
-        lines = [(i, ln.split()) for i, ln in enumerate(fh, 1) if ln.strip()]
+    raw = src.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise PairsFileError(src, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                             line=line) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise PairsFileError(src, "NUL byte in a text file", line=line)
+    lines = [(i, ln.split()) for i, ln in enumerate(text.split("\n"), 1) if ln.strip()]
     if not lines:
-        raise ValueError(f"{src}: empty file")
+        raise PairsFileError(src, "empty file")
     hl, header = lines[0]
     try:
-        if len(header) != 2:
+        if len(header) != 2 or not all(h.isascii() and h.isdigit() and len(h) <= 9 for h in header):
             raise ValueError
         num_folds, per_fold = int(header[0]), int(header[1])
         if num_folds < 1 or per_fold < 1:
             raise ValueError
     except ValueError:
-        raise ValueError(f"{src}:{hl}: header must be '<folds> <pairs per fold>', got {' '.join(header)!r}") from None
+        raise PairsFileError(src, f"header must be '<folds> <pairs per fold>' (positive integers), got "
+                             f"{' '.join(header)[:80]!r}", line=hl) from None
     body = lines[1:]
     expected = 2 * num_folds * per_fold
     if len(body) != expected:
-        raise ValueError(f"{src}: header '{num_folds} {per_fold}' implies {expected} pair lines, "
-                         f"found {len(body)}")
+        raise PairsFileError(src, f"header '{num_folds} {per_fold}' implies {expected} pair lines, "
+                             f"found {len(body)}")
     out = []
     for k, (lineno, f) in enumerate(body):
         fold, pos = divmod(k, 2 * per_fold)
         matched = pos < per_fold
         if matched and len(f) != 3:
-            raise ValueError(f"{src}:{lineno}: expected a matched pair 'name i j' (fold {fold}, "
-                             f"line {pos + 1} of the fold), got {' '.join(f)!r}")
+            raise PairsFileError(src, f"expected a matched pair 'name i j' (fold {fold}, line {pos + 1} of "
+                                 f"the fold), got {' '.join(f)[:80]!r}", line=lineno)
         if not matched and len(f) != 4:
-            raise ValueError(f"{src}:{lineno}: expected a mismatched pair 'name1 i name2 j' "
-                             f"(fold {fold}, line {pos + 1} of the fold), got {' '.join(f)!r}")
+            raise PairsFileError(src, f"expected a mismatched pair 'name1 i name2 j' (fold {fold}, line "
+                                 f"{pos + 1} of the fold), got {' '.join(f)[:80]!r}", line=lineno)
         n1, i1, n2, i2 = (f[0], f[1], f[0], f[2]) if matched else f
-        out.append(LFWPairRecord(n1, _image_number(i1, src, lineno), n2, _image_number(i2, src, lineno),
+        out.append(LFWPairRecord(_person_name(n1, src, lineno), _image_number(i1, src, lineno),
+                                 _person_name(n2, src, lineno), _image_number(i2, src, lineno),
                                  matched, fold, lineno))
     return out
 
@@ -266,7 +294,7 @@ def _detector_settings(detector):
 
 def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
                     cache_dir=None, cache="auto", detector=None, progress: bool = True,
-                    return_info: bool = False):
+                    return_info: bool = False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Load LFW images as uint8 ``(N, image_size, image_size, 3)`` RGB face crops.
 
     Args:
@@ -287,12 +315,14 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
         progress: tqdm progress bar.
         return_info: also return ``{"no_face": [paths], "multiple_faces": int, "cache_file": str|None,
             "from_cache": bool}``.
+        max_image_pixels: largest ``height * width`` decoded (read from the header first).
 
     Returns:
         uint8 array, or ``(array, info)`` with ``return_info``.
 
     Raises:
-        FileNotFoundError / ValueError: a missing or undecodable image (named), bad arguments.
+        FileNotFoundError: a missing image. ImageFileError: (a ValueError naming the file) an
+        undecodable or over-cap image. ValueError: bad arguments.
 
     Example::
 
@@ -310,6 +340,7 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
         raise ValueError(f"`image_size` must be a positive integer, got {image_size!r}.")
     size = int(image_size)
     box = _check_box(crop)
+    cap = check_max_pixels(max_image_pixels)
     paths = [str(p) for p in np.asarray(paths).reshape(-1)]
     if not paths:
         raise ValueError("`paths` is empty.")
@@ -347,9 +378,9 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
             for p in paths[start:start + chunk]:
                 if not os.path.isfile(p):
                     raise FileNotFoundError(f"LFW image not found: {p}")
-                img = read_rgb(p)
+                img, why = read_image_file(p, cap)
                 if img is None:
-                    raise ValueError(f"Cannot decode LFW image: {p}")
+                    raise ImageFileError(p, None, "bad_image", f"cannot decode LFW image: {why}")
                 batch.append(img)
             dets = detector.detect_batch(batch) if align == "mtcnn" else [None] * len(batch)
             for k, (img, d) in enumerate(zip(batch, dets)):
