@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_facemargin.layers import _state
 from keras_facemargin.layers.kappaface import KappaMarginDense
 
 
@@ -81,7 +82,7 @@ class FaceRecognizer(keras.Model):
     def call(self, inputs, training=None):
         images, labels, index = split_face_inputs(inputs)
         kappa_training = bool(training) and labels is not None and isinstance(self.head, KappaMarginDense)
-        if kappa_training and self.momentum_encoder is not None:
+        if kappa_training and self.momentum_encoder is not None and _state.state_updates_enabled():
             # EMA from the weights as they were before this step touches them.
             self._update_momentum_encoder()
         embeddings = self.backbone(images, training=training)

@@ -3,11 +3,20 @@
 The margin formulas themselves are written in `keras.ops`. Row-wise scatter
 updates of large state tables (a memory buffer of |D| x d rows, a C x d
 accumulator) and cross-replica gathers are not expressible efficiently in
-`keras.ops`, so they live here, with a fast TensorFlow path (sparse scatter,
-`ReplicaContext.all_gather`) and a dense, backend-agnostic fallback.
+`keras.ops`, so they live here: a fast TensorFlow path (sparse scatter on the
+variable, `ReplicaContext.all_gather`), a JAX scatter-add, and a dense,
+backend-agnostic fallback.
+
+Every update goes through the variable's own `assign` (or a TF scatter outside
+a stateless scope), so inside Keras' `StatelessScope`, where the JAX trainer
+runs each train step, the new values are recorded in the scope and written
+back by the trainer, exactly as BatchNormalization's moving statistics are.
+Reads (`gather_rows`, `read`) see the values assigned earlier in the same scope.
 """
 
 from keras import backend, ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 
 def _tf():
@@ -36,25 +45,76 @@ def _local_tf_variable(variable):
 
 
 def state_updates_enabled():
-    """False while Keras traces a layer symbolically (build / output-spec).
+    """False only while Keras traces a layer symbolically (shape inference).
 
-    Keras runs `call` on symbolic tensors to infer shapes; the state updates
-    must be skipped there, as they are for BatchNormalization's statistics.
+    Keras runs `call` on symbolic tensors to infer shapes (inside a symbolic
+    scope); the state updates are skipped there. In a stateless scope (every
+    JAX train step, `Layer.stateless_call`) they run and are recorded.
     """
-    try:
-        from keras.src.backend.common.stateless_scope import in_stateless_scope
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    except ImportError:  # pragma: no cover - older/newer Keras layouts
-        return True
-    return not (in_stateless_scope() or in_symbolic_scope())
+    return not in_symbolic_scope()
+
+
+def _tf_direct(variable):
+    """The TF backend outside a stateless scope: scatter straight into the variable."""
+    return _tf() is not None and not in_stateless_scope()
+
+
+def _torch_direct(variable, updates):
+    """The torch backend outside a stateless scope: index in place into the variable.
+
+    (Not when an autocast scope hands out a cast copy of the value.)
+    """
+    return (
+        backend.backend() == "torch"
+        and not in_stateless_scope()
+        and variable.value.dtype == updates.dtype
+    )
+
+
+def _torch_world_size():
+    if backend.backend() != "torch":
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def check_replicated_state(owner):
+    """Raise where per-step state cannot be kept in sync across processes.
+
+    Under multi-process `torch.distributed` each process would update the
+    state with its own shard of the batch only, a silently different result.
+    """
+    world = _torch_world_size()
+    if world > 1:
+        raise NotImplementedError(
+            f"{owner} keeps state updated from the whole batch, which is not synchronised across the "
+            f"{world} processes of torch.distributed on the torch backend. Train this head on one process, "
+            "or use the TensorFlow backend (tf.distribute.MirroredStrategy) or the JAX backend "
+            "(keras.distribution.DataParallel), where the state follows the global batch."
+        )
+
+
+def read(variable):
+    """The variable's current value (the stateless scope's, when inside one)."""
+    return ops.convert_to_tensor(variable.value)
 
 
 def scatter_add_rows(variable, indices, updates):
     """`variable[indices] += updates` (duplicate indices accumulate)."""
     updates = ops.cast(updates, variable.dtype)
-    tf = _tf()
-    if tf is not None:
+    if _tf_direct(variable):
+        tf = _tf()
         _local_tf_variable(variable).scatter_add(tf.IndexedSlices(updates, indices))
+        return
+    if _torch_direct(variable, updates):
+        import torch
+
+        with torch.no_grad():
+            variable.value.index_add_(0, indices.long(), updates)
+        return
+    if backend.backend() == "jax":
+        variable.assign(variable.value.at[indices].add(updates))
         return
     shape = tuple(variable.shape)
     variable.assign_add(ops.segment_sum(updates, indices, num_segments=shape[0]))
@@ -63,23 +123,33 @@ def scatter_add_rows(variable, indices, updates):
 def scatter_update_rows(variable, indices, updates):
     """`variable[indices] = updates` (one of duplicate indices wins)."""
     updates = ops.cast(updates, variable.dtype)
-    tf = _tf()
-    if tf is not None:
+    if _tf_direct(variable):
+        tf = _tf()
         _local_tf_variable(variable).scatter_update(tf.IndexedSlices(updates, indices))
         return
-    variable.assign(ops.scatter_update(variable.value, ops.expand_dims(indices, -1), updates))
+    if _torch_direct(variable, updates):
+        import torch
+
+        with torch.no_grad():
+            variable.value.index_copy_(0, indices.long(), updates)
+        return
+    variable.assign(ops.scatter_update(read(variable), ops.expand_dims(indices, -1), updates))
 
 
 def gather_rows(variable, indices):
     """`variable[indices]` as a tensor."""
-    return ops.take(variable.value, indices, axis=0)
+    return ops.take(read(variable), indices, axis=0)
 
 
 def all_gather(x):
     """Concatenate `x` along axis 0 across all replicas in sync.
 
-    Outside a multi-replica `tf.distribute` step this is the identity.
+    Outside a multi-replica `tf.distribute` step this is the identity. Under
+    JAX's `keras.distribution` the step is traced on the global batch, so the
+    identity is the gather. Multi-process `torch.distributed` is refused
+    (`check_replicated_state`).
     """
+    check_replicated_state("This head")
     tf = _tf()
     if tf is None or not tf.distribute.has_strategy():
         return x

@@ -189,6 +189,7 @@ class KappaMarginDense(CosineDense):
                 f"KappaMarginDense(estimator={self.estimator!r}) needs [embeddings, labels, {needed}] "
                 "when training=True; the third input is missing."
             )
+        _state.check_replicated_state(type(self).__name__)
         if self.estimator == "memory_buffer":
             index = prepare_indices(extra, self.num_samples, "sample_index")
             f = ops.normalize(ops.stop_gradient(ops.cast(embeddings, "float32")), axis=-1, epsilon=1e-12)
