@@ -58,20 +58,24 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from keras_facemargin.data.align import align_face
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.errors import IJBFileError, ImageFileError
 from keras_facemargin.evaluation._far import floor_threshold
 from keras_facemargin.evaluation.verification import _embed_fn, _roc, _to_numpy, tar_at_far
 
 __all__ = [
     "IJB_FARS",
+    "IJBFileError",
     "IJBMeta",
     "read_template_media",
     "read_template_pairs",
@@ -94,6 +98,11 @@ IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 # ----------------------------------------------------------------- meta I/O
+_INT64 = (-(2**63), 2**63 - 1)
+_INT_BYTES = np.zeros(256, bool)
+_INT_BYTES[list(b"0123456789+- \t\r\n")] = True
+
+
 def _need(path):
     path = Path(path)
     if not path.is_file():
@@ -101,111 +110,182 @@ def _need(path):
     return path
 
 
+def _read_text(path):
+    """Strict UTF-8 text of a meta file (IJBFileError naming the line of a bad byte or a NUL)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IJBFileError(path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                           line=raw.count(b"\n", 0, e.start) + 1) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise IJBFileError(path, "NUL byte in a text file", line=text.count("\n", 0, nul) + 1)
+    return text
+
+
+def _int64(tok, path, lineno, what, line):
+    try:
+        v = int(tok)
+    except ValueError:
+        v = None
+    if v is None or not (_INT64[0] <= v <= _INT64[1]) or not tok.strip("+-").isdigit():
+        raise IJBFileError(path, f"{what} must be int64 integers, got {line.strip()[:120]!r}", line=lineno)
+    return v
+
+
+def _float(tok, path, lineno, what, line):
+    try:
+        v = float(tok)
+    except ValueError:
+        v = None
+    if v is None or not abs(v) <= 3.4e38:  # NaN fails the comparison
+        raise IJBFileError(path, f"{what} must be finite numbers (float32), got {line.strip()[:120]!r}",
+                           line=lineno)
+    return v
+
+
+def _image_name(name, path, lineno):
+    """An image name must stay inside ``loose_crop/``: relative, no ``..`` part, no backslash."""
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ":" in name or any(p in ("", ".", "..") for p in parts) \
+            or not name.isprintable() or len(name) > 1024:
+        raise IJBFileError(path, f"image name {name[:80]!r} must be a relative path inside loose_crop/ "
+                           "(no '..', absolute paths or backslashes)", line=lineno)
+    return name
+
+
 def read_template_media(path):
-    """``<image> <template id> <media id>`` lines -> ``(names, templates, medias)``."""
+    """``<image> <template id> <media id>`` lines -> ``(names, templates, medias)``.
+
+    Raises:
+        OSError: missing / unreadable file. IJBFileError: (a ValueError naming file and line) not
+        UTF-8, a line without exactly three fields, ids that are not int64, or an image name
+        outside ``loose_crop/``.
+    """
     path = _need(path)
     names, tids, mids = [], [], []
-    with open(path) as f:
-        for lineno, ln in enumerate(f, 1):
-            t = ln.split()
-            if not t:
-                continue
-            if len(t) != 3:
-                raise ValueError(f"{path}:{lineno}: expected '<image> <template> <media>', got {ln.strip()!r}.")
-            try:
-                tid, mid = int(t[1]), int(t[2])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: template and media ids must be integers, "
-                                 f"got {ln.strip()!r}.") from None
-            names.append(t[0])
-            tids.append(tid)
-            mids.append(mid)
+    for lineno, ln in enumerate(_read_text(path).split("\n"), 1):
+        t = ln.split()
+        if not t:
+            continue
+        if len(t) != 3:
+            raise IJBFileError(path, f"expected '<image> <template> <media>', got {ln.strip()[:120]!r}",
+                               line=lineno)
+        names.append(_image_name(t[0], path, lineno))
+        tids.append(_int64(t[1], path, lineno, "template and media ids", ln))
+        mids.append(_int64(t[2], path, lineno, "template and media ids", ln))
     return np.array(names), np.array(tids, np.int64), np.array(mids, np.int64)
 
 
-def _first_bad_int_line(path, what):
-    with open(path) as f:
-        for lineno, ln in enumerate(f, 1):
-            for tok in ln.split():
-                try:
-                    int(tok)
-                except ValueError:
-                    return f"{path}:{lineno}: expected {what}, got {ln.strip()!r}."
-    return f"{path}: expected {what} separated by whitespace."
+def _first_bad_int_line(path, what, fields):
+    """The IJBFileError for the first line that is not ``fields`` int64 integers (error path only)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            ln = raw.decode("latin-1")
+            toks = ln.split()
+            if not toks:
+                continue
+            ok = len(toks) == fields and all(
+                tok.strip("+-").isdigit() and tok.isascii() and _INT64[0] <= int(tok) <= _INT64[1] for tok in toks)
+            if not ok:
+                return IJBFileError(path, f"expected {what}, got {ln.strip()[:120]!r}", line=lineno)
+    return IJBFileError(path, f"expected {what} separated by whitespace")
 
 
 def read_template_pairs(path):
-    """``<t1> <t2> <label>`` lines -> ``(t1, t2, labels)`` (int64, int64, bool); fast for 15.6M lines."""
+    """``<t1> <t2> <label>`` lines -> ``(t1, t2, labels)`` (int64, int64, bool); fast for 15.6M lines.
+
+    Every non-blank line must hold exactly three int64 integers, the label 0 or 1.
+
+    Raises:
+        OSError: missing / unreadable file. IJBFileError: (a ValueError naming file and line) any
+        other line, an id beyond int64, a label other than 0/1, or no pairs.
+    """
     path = _need(path)
+    what = "'<t1> <t2> <label>' integers"
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 24)
+            if not block:
+                break
+            if not _INT_BYTES[np.frombuffer(block, np.uint8)].all():
+                raise _first_bad_int_line(path, what, 3)
     try:
-        flat = np.fromfile(path, dtype=np.int64, sep=" ")
-    except ValueError:  # NumPy names neither the file nor the line: find the line
-        raise ValueError(_first_bad_int_line(path, "'<t1> <t2> <label>' integers")) from None
-    if flat.size % 3:
-        raise ValueError(f"{path}: {flat.size} integers is not a multiple of 3 ('t1 t2 label' per line).")
-    arr = flat.reshape(-1, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data"
+            arr = np.loadtxt(path, dtype=np.int64, ndmin=2, comments=None, encoding="latin-1")
+    except (ValueError, OverflowError):  # NumPy names neither the file nor the line: find the line
+        raise _first_bad_int_line(path, what, 3) from None
     if arr.size == 0:
-        raise ValueError(f"{path}: no pairs.")
+        raise IJBFileError(path, "no pairs")
+    if arr.shape[1] != 3:
+        raise _first_bad_int_line(path, what, 3)
     lab = arr[:, 2]
-    if not np.all((lab == 0) | (lab == 1)):
-        raise ValueError(f"{path}: labels must be 0 or 1.")
+    bad = np.flatnonzero((lab != 0) & (lab != 1))
+    if bad.size:
+        raise IJBFileError(path, f"labels must be 0 or 1, got {int(lab[bad[0]])} in data row {int(bad[0]) + 1}")
     return arr[:, 0].copy(), arr[:, 1].copy(), lab.astype(bool)
 
 
 def read_landmarks_scores(path):
-    """``<image> x1 y1 ... x5 y5 <score>`` -> ``(names, landmarks (N,5,2) float32, scores (N,) float32)``."""
+    """``<image> x1 y1 ... x5 y5 <score>`` -> ``(names, landmarks (N,5,2) float32, scores (N,) float32)``.
+
+    Raises:
+        OSError: missing / unreadable file. IJBFileError: (a ValueError naming file and line) not
+        UTF-8, a line without 12 fields, a coordinate or score that is not a finite number, or an
+        image name outside ``loose_crop/``.
+    """
     path = _need(path)
     names, lms, scores = [], [], []
-    with open(path) as f:
-        for lineno, ln in enumerate(f, 1):
-            t = ln.split()
-            if not t:
-                continue
-            if len(t) != 12:
-                raise ValueError(f"{path}:{lineno}: expected '<image> 10 landmark coordinates <score>', "
-                                 f"got {len(t)} fields.")
-            try:
-                lm, score = [float(v) for v in t[1:11]], float(t[11])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: landmark coordinates and score must be numbers, "
-                                 f"got {ln.strip()!r}.") from None
-            names.append(t[0])
-            lms.append(lm)
-            scores.append(score)
+    for lineno, ln in enumerate(_read_text(path).split("\n"), 1):
+        t = ln.split()
+        if not t:
+            continue
+        if len(t) != 12:
+            raise IJBFileError(path, f"expected '<image> 10 landmark coordinates <score>', got {len(t)} fields",
+                               line=lineno)
+        names.append(_image_name(t[0], path, lineno))
+        lms.append([_float(v, path, lineno, "landmark coordinates and score", ln) for v in t[1:11]])
+        scores.append(_float(t[11], path, lineno, "landmark coordinates and score", ln))
     return (np.array(names), np.array(lms, np.float32).reshape(-1, 5, 2), np.array(scores, np.float32))
 
 
 def read_1n_csv(path):
     """1:N csv (header; ``TEMPLATE_ID,SUBJECT_ID,...`` per image) -> unique ``(template_ids, subject_ids)``.
 
-    Raises if a template is listed with two subjects.
+    Raises:
+        OSError: missing / unreadable file. IJBFileError: (a ValueError naming file and line) not
+        UTF-8 / not parseable as csv, a header without TEMPLATE_ID and SUBJECT_ID, ids that are not
+        int64, or a template listed with two subjects.
     """
     path = _need(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise ValueError(f"{path}: empty file.")
-    head = [h.strip().upper() for h in rows[0]]
-    if "TEMPLATE_ID" in head and "SUBJECT_ID" in head:
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        head_row = next(reader, None)
+        if not head_row:
+            raise IJBFileError(path, "empty file")
+        head = [h.strip().upper() for h in head_row]
+        if "TEMPLATE_ID" not in head or "SUBJECT_ID" not in head:
+            raise IJBFileError(path, f"header must contain TEMPLATE_ID and SUBJECT_ID, got {head_row[:4]}", line=1)
         it, is_ = head.index("TEMPLATE_ID"), head.index("SUBJECT_ID")
-        body = rows[1:]
-    else:
-        raise ValueError(f"{path}: header must contain TEMPLATE_ID and SUBJECT_ID, got {rows[0][:4]}.")
-    t, s = [], []
-    for lineno, r in enumerate(body, 2):
-        if not r:
-            continue
-        try:
-            t.append(int(r[it]))
-            s.append(int(r[is_]))
-        except (ValueError, IndexError):
-            raise ValueError(f"{path}:{lineno}: TEMPLATE_ID and SUBJECT_ID must be integers, "
-                             f"got {','.join(r)!r}.") from None
+        t, s = [], []
+        for r in reader:
+            if not r:
+                continue
+            if max(it, is_) >= len(r):
+                raise IJBFileError(path, f"TEMPLATE_ID and SUBJECT_ID must be integers, got "
+                                   f"{','.join(r)[:120]!r}", line=reader.line_num)
+            line = ",".join(r)
+            t.append(_int64(r[it].strip(), path, reader.line_num, "TEMPLATE_ID and SUBJECT_ID", line))
+            s.append(_int64(r[is_].strip(), path, reader.line_num, "TEMPLATE_ID and SUBJECT_ID", line))
+    except csv.Error as e:
+        raise IJBFileError(path, f"not a readable csv file ({e})", line=reader.line_num) from None
     t, s = np.array(t, np.int64), np.array(s, np.int64)
     ut, first = np.unique(t, return_index=True)
     subj = s[first]
     if np.any(subj[np.searchsorted(ut, t)] != s):
-        raise ValueError(f"{path}: a template is listed with more than one SUBJECT_ID.")
+        raise IJBFileError(path, "a template is listed with more than one SUBJECT_ID")
     return ut, subj
 
 
@@ -250,6 +330,11 @@ def load_ijb_meta(root, target="IJBC", with_1n=True) -> IJBMeta:
         target: ``"IJBC"`` or ``"IJBB"``.
         with_1n: also read the 1:N csv files when present.
 
+    Raises:
+        OSError: a missing / unreadable meta file. IJBFileError: (a ValueError naming the file and
+        line) a malformed meta file -- see :func:`read_landmarks_scores`, :func:`read_template_media`,
+        :func:`read_template_pairs`, :func:`read_1n_csv` -- or image lists that do not match.
+
     Example::
 
         meta = load_ijb_meta("IJB_release/IJBC", "IJBC")
@@ -264,8 +349,9 @@ def load_ijb_meta(root, target="IJBC", with_1n=True) -> IJBMeta:
         pos = {n: i for i, n in enumerate(n2)}
         missing = [n for n in names if n not in pos]
         if missing or len(pos) != len(n2):
-            raise ValueError(f"{meta}: {len(missing)} images of {low}_name_5pts_score.txt are not in "
-                             f"{low}_face_tid_mid.txt (or names repeat); first: {missing[:3]}.")
+            raise IJBFileError(meta / f"{low}_face_tid_mid.txt", f"{len(missing)} images of "
+                               f"{low}_name_5pts_score.txt are not in this file (or names repeat); first: "
+                               f"{missing[:3]}")
         idx = np.array([pos[n] for n in names])
         tids, mids = tids[idx], mids[idx]
     p1, p2, lab = read_template_pairs(meta / f"{low}_template_pair_label.txt")
@@ -287,16 +373,24 @@ def _align(image, landmarks, image_size):
     return align_face(image, landmarks, image_size=image_size)
 
 
-def align_ijb_images(root, names, landmarks, image_size=112, num_threads=4):
-    """Read ``<root>/loose_crop/<name>`` and align each with its 5 landmarks -> uint8 RGB ``(n, S, S, 3)``."""
+def align_ijb_images(root, names, landmarks, image_size=112, num_threads=4,
+                     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Read ``<root>/loose_crop/<name>`` and align each with its 5 landmarks -> uint8 RGB ``(n, S, S, 3)``.
+
+    Raises:
+        FileNotFoundError: a missing image. ImageFileError: an undecodable or over-cap image
+        (``max_image_pixels``, checked on the header before decoding).
+    """
     crop = Path(root) / "loose_crop"
 
     def one(i):
         p = crop / str(names[i])
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if not p.is_file():
+            raise FileNotFoundError(f"IJB image not found: {p}")
+        img, why = read_image_file(p, max_image_pixels)
         if img is None:
-            raise FileNotFoundError(f"IJB image not found or unreadable: {p}")
-        return _align(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), landmarks[i], int(image_size))
+            raise ImageFileError(p, None, "bad_image", f"IJB image cannot be decoded: {why}")
+        return _align(img, landmarks[i], int(image_size))
 
     with ThreadPoolExecutor(max(1, int(num_threads))) as ex:
         return np.stack(list(ex.map(one, range(len(names)))))
