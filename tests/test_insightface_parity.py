@@ -154,7 +154,7 @@ def randomise(model, side, seed):
         m.momentum = None
     model.train()
     with torch.no_grad():
-        model(torch.randn(16, 3, side, side, generator=g))
+        model(torch.randn(8, 3, side, side, generator=g))
         for m in bns:
             c = m.num_features
             m.weight.copy_(torch.rand(c, generator=g) + 0.5)

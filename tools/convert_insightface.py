@@ -94,9 +94,14 @@ def main(argv=None):
         # a graph that scales its input itself takes the pixels; otherwise the same normalised images
         x_ref = pixels if ref_norm is not None else x
         sess = ort.InferenceSession(reference, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        expected = np.concatenate([sess.run(None, {name: x_ref[i:i + 1].transpose(0, 3, 1, 2)})[0]
-                                   for i in range(len(x))])
+        name, batch = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
+        batch = batch if isinstance(batch, int) and batch > 0 else 8  # a static batch (dynamo) is honoured
+        chunks = []
+        for i in range(0, len(x), batch):
+            part = x_ref[i:i + batch]
+            padded = np.concatenate([part, np.repeat(part[-1:], batch - len(part), 0)])
+            chunks.append(sess.run(None, {name: np.ascontiguousarray(padded.transpose(0, 3, 1, 2))})[0][:len(part)])
+        expected = np.concatenate(chunks)
         got = np.asarray(backbone.predict(x, batch_size=16, verbose=0))
         cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
         print(f"parity vs onnxruntime ({reference}) on {source}: min cosine {cos.min():.6f}, "
