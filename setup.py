@@ -42,6 +42,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_facemargin", "keras_facemargin.*"]),
+    # The shipped model's weights (keras_facemargin.load works offline from a wheel or a checkout).
+    package_data={"keras_facemargin": ["pretrained/weights/*.weights.h5"]},
     install_requires=[
         # CPU wheel by default; GPU users install `tensorflow` (or `[gpu]`) instead.
         "tensorflow-cpu>=2.16; platform_machine == 'x86_64' or platform_machine == 'aarch64'",
