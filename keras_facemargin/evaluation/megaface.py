@@ -55,9 +55,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_facemargin.errors import MegaFaceFileError
 from keras_facemargin.evaluation._far import floor_far_rank, floor_threshold
 
 __all__ = [
+    "MegaFaceFileError",
     "read_feature_bin",
     "write_feature_bin",
     "load_feature_bins",
@@ -76,11 +78,28 @@ _CV_32F = 5
 
 
 # ---------------------------------------------------------------- file I/O
+def _check_finite(arr, path):
+    step = 1 << 22
+    flat = arr.reshape(-1)
+    for s in range(0, flat.size, step):
+        chunk = flat[s:s + step]
+        if not np.isfinite(chunk).all():
+            i = s + int(np.flatnonzero(~np.isfinite(chunk))[0])
+            raise MegaFaceFileError(path, f"value {flat[i]!r} at element {i} is not finite", f"element {i}")
+    return arr
+
+
 def read_feature_bin(path) -> np.ndarray:
     """Read one MegaFace ``.bin`` feature (4 x int32 header rows, cols, 4, CV_32F=5; float32 data).
 
+    The header is checked against the file size before the data is read.
+
     Returns:
         float32 ``(rows * cols,)``.
+
+    Raises:
+        OSError: missing / unreadable file. MegaFaceFileError: (a ValueError naming the file) a
+        wrong header, a size that does not match it, or a value that is not finite.
 
     Example::
 
@@ -88,17 +107,22 @@ def read_feature_bin(path) -> np.ndarray:
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 16:
-        raise ValueError(f"{path}: too short for a MegaFace feature header (16 bytes), got {len(data)} bytes.")
-    rows, cols, elem, typ = struct.unpack("<4i", data[:16])
-    if rows <= 0 or cols <= 0 or elem != 4 or typ != _CV_32F:
-        raise ValueError(f"{path}: unexpected MegaFace header rows={rows} cols={cols} elem_size={elem} "
-                         f"type={typ} (expected positive sizes, 4 and {_CV_32F} = CV_32F).")
-    need = 16 + 4 * rows * cols
-    if len(data) != need:
-        raise ValueError(f"{path}: {len(data)} bytes, expected {need} for {rows}x{cols} float32.")
-    return np.frombuffer(data, dtype="<f4", offset=16).astype(np.float32)
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        if len(head) < 16:
+            raise MegaFaceFileError(path, f"too short for a MegaFace feature header (16 bytes), got "
+                                    f"{len(head)} bytes")
+        rows, cols, elem, typ = struct.unpack("<4i", head)
+        if rows <= 0 or cols <= 0 or elem != 4 or typ != _CV_32F:
+            raise MegaFaceFileError(path, f"unexpected MegaFace header rows={rows} cols={cols} elem_size={elem} "
+                                    f"type={typ} (expected positive sizes, 4 and {_CV_32F} = CV_32F)")
+        need = 16 + 4 * rows * cols
+        if size != need:
+            raise MegaFaceFileError(path, f"{size} bytes, expected {need} for {rows}x{cols} float32")
+        data = f.read(need - 16)
+    if len(data) != need - 16:  # the file shrank while reading
+        raise MegaFaceFileError(path, f"{16 + len(data)} bytes, expected {need} for {rows}x{cols} float32")
+    return _check_finite(np.frombuffer(data, dtype="<f4").astype(np.float32), path)
 
 
 def write_feature_bin(path, feature) -> None:
@@ -110,7 +134,12 @@ def write_feature_bin(path, feature) -> None:
 
 
 def load_feature_bins(paths) -> np.ndarray:
-    """Stack many ``.bin`` features into float32 ``(N, d)`` (all must share ``d``)."""
+    """Stack many ``.bin`` features into float32 ``(N, d)`` (all must share ``d``).
+
+    Raises:
+        OSError / MegaFaceFileError: as :func:`read_feature_bin`; MegaFaceFileError for a length
+        that differs from the first file's.
+    """
     paths = list(paths)
     if not paths:
         raise ValueError("no feature files given.")
@@ -120,13 +149,53 @@ def load_feature_bins(paths) -> np.ndarray:
     for i, p in enumerate(paths[1:], 1):
         v = read_feature_bin(p)
         if v.size != first.size:
-            raise ValueError(f"{p}: feature length {v.size} differs from {paths[0]} ({first.size}).")
+            raise MegaFaceFileError(p, f"feature length {v.size} differs from {paths[0]} ({first.size})", "header")
         out[i] = v
     return out
 
 
+def _read_npy_matrix(path):
+    """A float ``(N, d)`` ``.npy`` read without pickle: header parsed and checked against the file size."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f, max_header_size=10000)
+            elif version == (2, 0):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f, max_header_size=10000)
+            else:  # 3.0 only differs for non-latin-1 field names, which a float matrix has none of
+                raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
+        except Exception as e:  # noqa: BLE001 - NumPy's header parser raises ValueError, SyntaxError, ...
+            raise MegaFaceFileError(path, f"not a readable .npy header ({type(e).__name__}: {e})", "header") from None
+        start = f.tell()
+        if not isinstance(dtype, np.dtype) or dtype.kind != "f" or dtype.fields is not None or dtype.subdtype \
+                or dtype.itemsize not in (2, 4, 8):
+            raise MegaFaceFileError(path, f"expected a float16/32/64 matrix, got dtype {dtype}", "header")
+        if not (isinstance(shape, tuple) and len(shape) == 2 and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise MegaFaceFileError(path, f"expected a float (N, d) matrix, got shape {shape!r}", "header")
+        if any(d > size for d in shape) and 0 not in shape:
+            need = None
+        else:
+            need = shape[0] * shape[1] * dtype.itemsize
+        if need != size - start:
+            raise MegaFaceFileError(path, f"{size - start} data bytes after the header, expected "
+                                    f"{need if need is not None else 'more than the file'} for {dtype} {shape}",
+                                    "data")
+        arr = np.fromfile(f, dtype=dtype, count=shape[0] * shape[1])
+    if arr.size != shape[0] * shape[1]:  # the file shrank while reading
+        raise MegaFaceFileError(path, f"short read: {arr.size} of {shape[0] * shape[1]} values", "data")
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return _check_finite(arr, path)
+
+
 def load_features(source, names=None, suffix="_insightface.bin") -> np.ndarray:
     """Features from a ``.npy`` matrix, or from per-image ``.bin`` files under a folder.
+
+    The ``.npy`` header is parsed without pickle and checked against the file size before the
+    data is read; every value must be finite.
 
     Args:
         source: ``.npy`` file (``(N, d)``), or a folder holding ``<name><suffix>`` for each name.
@@ -135,14 +204,17 @@ def load_features(source, names=None, suffix="_insightface.bin") -> np.ndarray:
 
     Returns:
         float32 ``(N, d)``.
+
+    Raises:
+        OSError: a missing / unreadable file. MegaFaceFileError: (a ValueError naming the file) a
+        malformed ``.npy`` / ``.bin`` (see :func:`read_feature_bin`), a non-float or non-2-D
+        matrix, a row count that differs from ``names``, or a non-finite value.
     """
     p = Path(source)
     if p.is_file() and p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"{p}: expected a float (N, d) matrix, got {arr.dtype} {arr.shape}.")
+        arr = _read_npy_matrix(p)
         if names is not None and len(names) != arr.shape[0]:
-            raise ValueError(f"{p}: {arr.shape[0]} rows for {len(names)} names.")
+            raise MegaFaceFileError(p, f"{arr.shape[0]} rows for {len(names)} names", "shape")
         return arr.astype(np.float32, copy=False)
     if p.is_dir():
         if names is None:
@@ -155,19 +227,30 @@ def read_noise_list(path, kind="facescrub") -> set:
     """Read ``facescrub_noises.txt`` (file names) or ``megaface_noises.txt`` (``a1/a2/file``).
 
     ``#`` lines and blank lines are ignored; for tab-separated megaface lines the second field is used.
+
+    Raises:
+        OSError: missing / unreadable file. MegaFaceFileError: (a ValueError naming file and line)
+        not UTF-8 text, or a NUL byte.
     """
     if kind not in ("facescrub", "megaface"):
         raise ValueError(f"`kind` must be 'facescrub' or 'megaface', got {kind!r}.")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MegaFaceFileError(path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                                line=raw.count(b"\n", 0, e.start) + 1) from None
+    if "\0" in text:
+        raise MegaFaceFileError(path, "NUL byte in a text file", line=text.count("\n", 0, text.index("\0")) + 1)
     out = set()
-    with open(path) as f:
-        for ln in f:
-            ln = ln.strip()
-            if not ln or ln.startswith("#"):
-                continue
-            if kind == "megaface":
-                parts = ln.split("\t")
-                ln = parts[1].strip() if len(parts) > 1 else ln
-            out.add(ln)
+    for ln in text.splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        if kind == "megaface":
+            parts = ln.split("\t")
+            ln = parts[1].strip() if len(parts) > 1 else ln
+        out.add(ln)
     return out
 
 
