@@ -662,8 +662,9 @@ class RecordIOReader:
         """int64 ``(C, 2)`` image-key ranges ``[a, b)`` from the identity records (``(0, 2)`` when absent).
 
         Raises:
-            RecordIOError / RecordIORecordError: an identity record that is corrupt or whose range
-            is not integers inside the image keys ``[1, first identity key]``.
+            RecordIOError / RecordIORecordError: an identity record that is corrupt, whose range
+            is not integers inside the image keys ``[1, first identity key]``, or that overlaps
+            another identity's range.
         """
         if not self.identity_keys.size:
             return np.zeros((0, 2), np.int64)
@@ -684,6 +685,14 @@ class RecordIOReader:
                                     f"integers 1 <= a <= b <= {end} (the image keys)",
                                     f"byte offset {int(offs[i])}")
             out[i] = a, b
+        order = np.argsort(out[:, 0], kind="stable")
+        r = out[order]
+        clash = np.flatnonzero(r[1:, 0] < r[:-1, 1])
+        if clash.size:
+            k1, k2 = self.identity_keys[order[clash[0]]], self.identity_keys[order[clash[0] + 1]]
+            raise RecordIOError(self.rec_path, f"identity records keys {int(k1)} and {int(k2)} have overlapping "
+                                f"image-key ranges {tuple(r[clash[0]])} and {tuple(r[clash[0] + 1])} (each "
+                                "image belongs to one identity)", f"byte offset {int(offs[order[clash[0] + 1]])}")
         return out
 
     def class_counts(self) -> np.ndarray:
