@@ -55,6 +55,7 @@ import collections
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +280,8 @@ def read_torch_checkpoint(path):
 
     Raises:
         FileNotFoundError: no such file.
-        WeightsFileError: not a torch zip file (e.g. the legacy pre-1.6 format), or no state dict.
+        WeightsFileError: not a torch zip file (e.g. the legacy pre-1.6 format), a corrupt archive,
+            or no state dict in it.
         pickle.UnpicklingError: the pickle references anything besides tensors and dicts (never
             executed), or a tensor's size/stride/offset reaches outside its storage (names the file).
 
@@ -294,6 +296,17 @@ def read_torch_checkpoint(path):
     if not zipfile.is_zipfile(path):
         raise WeightsFileError(f"{path} is not a torch zip archive (torch >= 1.6 `torch.save`); the legacy "
                                "format is not read without torch: re-save it with torch >= 1.6.", str(path))
+    try:
+        return _read_torch_checkpoint(path)
+    except (WeightsFileError, pickle.UnpicklingError):
+        raise
+    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, UnicodeDecodeError, zlib.error,
+            KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError, MemoryError) as err:
+        raise WeightsFileError(f"{path}: corrupt or unsupported torch archive ({type(err).__name__}: {err}).",
+                               str(path)) from None
+
+
+def _read_torch_checkpoint(path):
     info = {"key": None, "ignored": [], "notes": []}
     with zipfile.ZipFile(path) as archive:
         pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
@@ -925,7 +938,8 @@ class _Parser:
         blocks, stage, b = [], 0, -1
         while len(g.consumers(x)) > 1:
             users = g.consumers(x)
-            ds = [u for u in users if u.op_type == "Conv" and u.inputs[0] == x and u.inputs[1] in g.consts
+            ds = [u for u in users if u.op_type == "Conv" and u.inputs[0] == x and len(u.inputs) > 1
+                  and u.inputs[1] in g.consts
                   and np.asarray(g.consts[u.inputs[1]]).shape[2:] == (1, 1)]
             adds = [u for u in users if u.op_type == "Add"]
             if len(users) != 2 or len(ds) + len(adds) != 1:
@@ -1016,7 +1030,8 @@ class _Parser:
             blocks.append(n)
         x, c = self.mbf_conv_block(g.next_node(x, "the conv_sep Conv"), "conv_sep", 1, 1, 0)
         gdc = g.next_node(x, "the GDC depthwise Conv")
-        kernel = tuple(np.asarray(g.consts.get(gdc.inputs[1], np.zeros((1, 1, 0, 0)))).shape[2:]) or (7, 7)
+        weight = g.consts.get(gdc.inputs[1]) if len(gdc.inputs) > 1 else None
+        kernel = tuple(np.asarray(weight).shape[2:4]) if weight is not None and np.ndim(weight) == 4 else (7, 7)
         x, c = self.mbf_conv_block(gdc, "features.layers.0", kernel, 1, 0, depthwise=True, act=False)
         y, bias, d = self.flatten_fc(x, "features.layers.2", c)
         y = self.affine(y, "features.layers.3", d, 2, bias=bias)
@@ -1056,6 +1071,15 @@ def onnx_to_state_dict(model, allow_external_data=False):
         info["arch"], info["stage_blocks"]                  # ('iresnet', (3, 4, 14, 3))
     """
     model, source = _load_onnx(model, allow_external_data)
+    try:
+        return _parse_onnx(model, source)
+    except WeightsFileError:
+        raise
+    except (IndexError, KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as err:
+        raise WeightsFileError(f"{source}: malformed ONNX graph ({type(err).__name__}: {err}).", source) from None
+
+
+def _parse_onnx(model, source):
     g = _OnnxGraph(model, source)
     parser = _Parser(g)
     x, normalization = parser.input_scaling()
