@@ -2,8 +2,9 @@
 
 Where the weights of ``load(name)`` come from, in order:
 
-1. ``weights=PATH``: a backbone ``.weights.h5``, a ``.keras`` model, or an insightface IResNet
-   ``.onnx`` / ``.pth`` (converted on the fly with `keras_facemargin.pretrained.convert`);
+1. ``weights=PATH``: a backbone ``.weights.h5``, a ``.keras`` model, or an insightface IResNet /
+   MobileFaceNet ``.onnx`` / ``.pth`` / ``checkpoint_gpu_0.pt`` (converted on the fly with
+   `keras_facemargin.pretrained.convert`);
 2. ``$KERAS_FACEMARGIN_HOME/<weights_file>``;
 3. the Keras cache ``$KERAS_HOME/keras_facemargin/<weights_file>`` (default ``~/.keras``);
 4. a download of ``weights_url`` with ``keras.utils.get_file(..., file_hash=sha256,
