@@ -13,7 +13,6 @@ from keras_facemargin.data.errors import BadRecordError, BadRecordReport
 from keras_facemargin.data.folders import make_folder_dataset, scan_image_folder
 from keras_facemargin.data.recordio import RecordIOReader, make_dataset
 from keras_facemargin.data.tfrecord import make_tfrecord_dataset, write_tfrecords
-from keras_facemargin.errors import TFRecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -237,18 +236,22 @@ def test_tfrecord_bad_image_names_its_file_not_the_pattern(tmp_path):
         collect(make_tfrecord_dataset(pattern, 2, on_error="raise", **PLAIN))
 
 
-def test_tfrecord_crc_corrupt_record_raises_data_loss(tmp_path):
-    """Documented limit of on_error="skip": a CRC-corrupt complete record is TensorFlow's DataLossError."""
+def test_tfrecord_crc_corrupt_record_is_a_bad_record_naming_file_and_offset(tmp_path):
+    """A CRC-corrupt complete record is skipped and reported (it used to be TF's DataLossError)."""
     files, _, _ = _tf_set(tmp_path, n=6, shards=1)
     raw = bytearray(Path(files[0]).read_bytes())
     (length,) = struct.unpack_from("<Q", raw, 0)
     raw[12 + length // 2] ^= 0xFF  # a data byte of the first (complete) record
     Path(files[0]).write_bytes(bytes(raw))
-    with pytest.raises(tf.errors.DataLossError, match=r"corrupted record at \d+"):
-        collect(make_tfrecord_dataset(files, 2, on_error="skip", image_size=SIZE, **PLAIN))
-    # inferring the image size reads the first records: there the error is typed and names the file
-    with pytest.raises(TFRecordError, match=r"train-00000-of-00001\.tfrecord: .*corrupted record at \d+"):
-        make_tfrecord_dataset(files, 2, on_error="skip", **PLAIN)
+    report = BadRecordReport()
+    got = collect(make_tfrecord_dataset(files, 2, on_error="skip", image_size=SIZE, report=report, **PLAIN))
+    assert sorted(got) == [1, 2, 3, 4, 5]
+    assert report.by_reason == {"crc_mismatch": 1}
+    assert report.examples[0]["file"] == files[0] and report.examples[0]["offset"] == 0
+    with pytest.raises(tf.errors.OpError, match=r"train-00000-of-00001\.tfrecord at byte offset 0: crc_mismatch"):
+        collect(make_tfrecord_dataset(files, 2, on_error="raise", image_size=SIZE, **PLAIN))
+    # inferring the image size skips the corrupt record too
+    assert sorted(collect(make_tfrecord_dataset(files, 2, **PLAIN))) == [1, 2, 3, 4, 5]
 
 
 def test_folder2rec_refuses_mixed_sizes_undecodable_and_failed_encode(tmp_path, monkeypatch, capsys):

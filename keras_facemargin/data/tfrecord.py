@@ -11,30 +11,28 @@ Schema: one ``tf.train.Example`` per image with features
 Files are named ``<prefix>-00000-of-00008.tfrecord``; :func:`write_tfrecords`
 assigns images to shards round-robin so each shard mixes classes.
 
-Reading (:func:`make_tfrecord_dataset`): files are shuffled and interleaved,
-records parsed in Python a chunk at a time (:func:`decode_example`), shuffled in a
-buffer, then decoded with the shared OpenCV chunk decoder of
-:mod:`keras_facemargin.data.recordio` (same contract, same bad-record handling;
-image headers are checked against ``max_image_pixels`` first). Before building the
-pipeline a header-only pass over each file follows the record framing
-(``uint64 length, uint32 crc, data, uint32 crc``) without reading the data: a
-truncated file is reported (file and offset) and, with ``on_error="skip"``, only its
-complete records are read.
+Reading (:func:`make_tfrecord_dataset`): a header-only pass over each file follows the
+record framing (``uint64 length, uint32 crc, data, uint32 crc``) without reading the data
+and keeps every record's byte offset; a truncated file is reported (file and offset) and,
+with ``on_error="skip"``, only its complete records are read. The pipeline then
+interleaves ``(file, record number)`` pairs of the (shuffled) files; each chunk of them is
+read by offset with TensorFlow's CRC-checked random-access record reader and parsed in
+Python (:func:`decode_example`), shuffled in a buffer, then decoded with the shared OpenCV
+chunk decoder of :mod:`keras_facemargin.data.recordio` (same contract, same bad-record
+handling; image headers are checked against ``max_image_pixels`` first).
 
-What ``on_error="skip"`` covers, each reported as a :class:`TFRecordRecordError`
-(a :class:`BadRecordError`) naming the file and the record's byte offset:
-truncated files (their complete records are read); records that are not a
-``tf.train.Example`` or lack ``image/encoded``, ``image/label`` or ``image/index``
-(or hold them with another type or count) (``"bad_example"``); labels outside
+What ``on_error="skip"`` covers -- every problem a file's bytes can have -- each reported
+as a :class:`TFRecordRecordError` (a :class:`BadRecordError`) naming the file and the
+record's byte offset: truncated files (their complete records are read); records whose
+header or data CRC does not match (``"crc_mismatch"``); records that are not a
+``tf.train.Example`` or lack ``image/encoded``, ``image/label`` or ``image/index`` (or
+hold them with another type or count) (``"bad_example"``); labels outside
 ``[0, num_classes)`` or beyond int32 (``"bad_label"``); indices outside
 ``[0, num_samples)`` (``"bad_index"``) or already used by another record
 (``"duplicate_index"``: the first record met keeps the index); undecodable, empty or
-over-cap images (``"bad_image"``). What it does *not* cover: record CRCs are not
-checked up front, so a CRC-corrupt record in the middle of a file (bit rot in a
-complete record) makes TensorFlow's reader raise ``tf.errors.DataLossError`` while
-iterating, whatever ``on_error`` is. Its message gives the byte offset
-(``corrupted record at 12``) but *not* the file; to find it, read each file alone
-(``for f in ds.files: list(tf.data.TFRecordDataset(f))``).
+over-cap images (``"bad_image"``). With ``on_error="raise"`` the first of them raises
+(while iterating: wrapped in a ``tf.errors`` exception carrying its message). Records are
+read one by one by offset, which on remote filesystems costs one request per record.
 
 Example::
 
@@ -50,6 +48,7 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.lib.io import tf_record
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error  # noqa: F401
 from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
@@ -259,9 +258,10 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
                           max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> tf.data.Dataset:
     """Training ``tf.data`` pipeline over TFRecord files of the schema above.
 
-    Records are parsed in Python (:func:`decode_example`), a chunk per call, so a record that
-    is not an Example, lacks a feature or holds a wrong type is a bad record naming its file
-    and byte offset, never a TensorFlow parse error. ``image/label`` must fit int32 (and lie in
+    Records are read by offset (CRC-checked) and parsed in Python (:func:`decode_example`), a
+    chunk per call, so a record with a bad CRC, that is not an Example, lacks a feature or
+    holds a wrong type is a bad record naming its file and byte offset, never a TensorFlow
+    ``DataLossError`` or parse error. ``image/label`` must fit int32 (and lie in
     ``[0, num_classes)`` when given); ``image/index`` must lie in ``[0, num_samples)`` and be
     unique: the first record met with an index keeps it, a later one with the same index is a
     bad record (``"duplicate_index"``).
@@ -277,13 +277,11 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             all files; pass the original count when a file is truncated).
         max_image_pixels: largest ``height * width`` decoded (read from the header first).
         shuffle_buffer: record shuffle buffer (files are shuffled too).
-        on_error: ``"skip"`` drops and reports truncated file tails, records that do not
-            parse, bad labels / indices and undecodable or over-cap images (each naming its
-            file and offset); ``"raise"`` raises :class:`TFRecordRecordError` (a
-            :class:`BadRecordError`; while iterating, wrapped in a ``tf.errors`` exception
-            carrying its message). Either way a CRC-corrupt record inside a file raises
-            TensorFlow's ``tf.errors.DataLossError`` while iterating (CRCs are not checked up
-            front; its message has the offset but not the file, see the module docstring).
+        on_error: ``"skip"`` drops and reports truncated file tails, CRC mismatches, records
+            that do not parse, bad labels / indices and undecodable or over-cap images (each
+            naming its file and offset; see the module docstring); ``"raise"`` raises
+            :class:`TFRecordRecordError` (a :class:`BadRecordError`; while iterating, wrapped
+            in a ``tf.errors`` exception carrying its message).
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
             shard, report, chunk_size: as in
             :func:`keras_facemargin.data.recordio.make_dataset`. Shards are whole
@@ -338,7 +336,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     if total is not None:
         _check_common(total, batch_size, drop_remainder, seed)
     if hw is None:
-        hw = _probe_size(files[file_ids[int(np.argmax(sel_counts))]], cap)
+        best = file_ids[int(np.argmax(sel_counts))]
+        hw = _probe_size(files[best], offsets[best], cap)
 
     owner = np.full(n_index, -1, np.int64)  # record uid holding each image/index
     base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -354,48 +353,64 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             raise err
         report.add_error(err, key=key)
 
-    def parse_chunk(serialized, fid, rec):
-        n = serialized.size
+    readers = {}
+
+    def _read_record(fid, rec):
+        """Record bytes by offset with TensorFlow's CRC-checked random-access reader."""
+        with lock:
+            entry = readers.get(fid)
+            if entry is None:
+                entry = readers[fid] = (tf_record.tf_record_random_reader(files[fid]), threading.Lock())
+        with entry[1]:
+            return entry[0].read(int(offsets[fid][rec]))[0]
+
+    def parse_chunk(fid, rec):
+        n = fid.size
         idx = np.zeros(n, np.int64)
         lab = np.zeros(n, np.int32)
         data = np.empty(n, object)
         ok = np.zeros(n, bool)
         for k in range(n):
             data[k] = b""
+            f, r = int(fid[k]), int(rec[k])
             try:
-                i, y, enc = decode_example(serialized[k], num_classes=label_limit)
+                serialized = _read_record(f, r)
+            except (tf.errors.OpError, IndexError) as e:  # DataLossError: a CRC mismatch
+                msg = getattr(e, "message", str(e))
+                _bad(_record_error(f, r, "crc_mismatch", f"{type(e).__name__}: {msg}"))
+                continue
+            try:
+                i, y, enc = decode_example(serialized, num_classes=label_limit)
             except TFRecordError as e:
                 reason = {"image/label": "bad_label", "image/index": "bad_index"}.get(e.where, "bad_example")
-                _bad(_record_error(fid[k], rec[k], reason, e.detail))
+                _bad(_record_error(f, r, reason, e.detail))
                 continue
             if i >= n_index:
-                _bad(_record_error(fid[k], rec[k], "bad_index",
+                _bad(_record_error(f, r, "bad_index",
                                    f"image/index {i} outside [0, {n_index}) (num_samples)", i), key=i)
                 continue
-            uid = int(base[int(fid[k])] + rec[k])
+            uid = int(base[f] + r)
             with lock:
                 held = int(owner[i])
                 if held < 0:
                     owner[i] = held = uid
             if held != uid:
                 hf = int(np.searchsorted(base, held, side="right") - 1)
-                _bad(_record_error(fid[k], rec[k], "duplicate_index",
+                _bad(_record_error(f, r, "duplicate_index",
                                    f"image/index {i} is already used by the record at byte offset "
                                    f"{int(offsets[hf][held - base[hf]])} of {files[hf]}", i), key=i)
                 continue
             idx[k], lab[k], data[k], ok[k] = i, y, enc, True
         return idx, lab, data, ok
 
-    file_ds = tf.data.Dataset.from_tensor_slices(([files[i] for i in file_ids],
-                                                  tf.constant(sel_counts, tf.int64),
+    file_ds = tf.data.Dataset.from_tensor_slices((tf.constant(sel_counts, tf.int64),
                                                   tf.constant(file_ids, tf.int32)))
     if shuffle:
         file_ds = file_ds.shuffle(len(file_ids), seed=int(seed), reshuffle_each_iteration=True)
 
     @tf.autograph.experimental.do_not_convert
-    def _read(f, n, file_id):  # each record carries its file's position in `files` and its number
-        return tf.data.Dataset.zip((tf.data.TFRecordDataset(f).take(n),
-                                    tf.data.Dataset.from_tensors(file_id).repeat(),
+    def _read(n, file_id):  # each record is its file's position in `files` and its number there
+        return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(file_id).repeat(),
                                     tf.data.Dataset.range(n)))
 
     if len(file_ids) > 1:
@@ -407,8 +422,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
         records = records.shard(*shard_spec)
 
     @tf.autograph.experimental.do_not_convert
-    def _parse(serialized, file_id, rec):
-        idx, lab, data, ok = tf.numpy_function(parse_chunk, [serialized, file_id, rec],
+    def _parse(file_id, rec):
+        idx, lab, data, ok = tf.numpy_function(parse_chunk, [file_id, rec],
                                                [tf.int64, tf.int32, tf.string, tf.bool], stateful=False)
         for t in (idx, lab, data, ok):
             t.set_shape([None])
@@ -444,19 +459,23 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
     return ds
 
 
-def _probe_size(path, max_pixels, tries=16):
+def _probe_size(path, offsets, max_pixels, tries=16):
     """``(height, width)`` of the first decodable image among the first records of ``path``."""
     why = "no record"
+    reader = tf_record.tf_record_random_reader(path)
     try:
-        for k, rec in enumerate(tf.data.TFRecordDataset(path).take(tries)):
+        for k, off in enumerate(offsets[:tries]):
             try:
-                _, _, enc = decode_example(rec.numpy())
+                _, _, enc = decode_example(reader.read(int(off))[0])
             except TFRecordError as e:
-                why = f"record {k}: {e.detail}"
+                why = f"record at byte offset {int(off)}: {e.detail}"
+                continue
+            except (tf.errors.OpError, IndexError) as e:
+                why = f"record at byte offset {int(off)}: {type(e).__name__}: {getattr(e, 'message', e)}"
                 continue
             img, why = decode_image(enc, max_pixels)
             if img is not None:
                 return img.shape[:2]
-    except tf.errors.OpError as e:
-        why = f"{type(e).__name__}: {e.message}"
+    finally:
+        reader.close()
     raise TFRecordError(path, f"cannot infer `image_size` from the first records ({why}); pass image_size=")
