@@ -37,17 +37,22 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
 
-__all__ = ["load", "list_models", "expected_weights_path", "sha256_of", "PretrainedWeightsError",
+__all__ = ["load", "list_models", "expected_weights_path", "packaged_weights_path", "sha256_of",
+           "PretrainedWeightsError",
            "PACKAGE_NORMALIZATION", "parse_normalization", "read_normalization", "write_normalization",
            "with_package_normalization"]
 
 #: ``keras_facemargin.data.normalize_images``: ``(x - 127.5) / 128`` (what evaluation and export feed).
 PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
+#: Weights shipped inside the package (package data, see setup.py).
+PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _METADATA_MEMBER = "keras_facemargin.json"  # in a .keras zip
 _METADATA_ATTR = "keras_facemargin"  # root attribute of a .weights.h5
 
@@ -224,14 +229,34 @@ def _how_to(name, info):
 
 
 def _check_hash(path, name, info):
+    """`path` itself without a registry sha256; else a private copy of the bytes that were hashed.
+
+    The file is read once: those bytes are hashed and, when they match, written to a temporary
+    file that is what gets loaded, so a file swapped after the check is never loaded.
+    """
     expected = info["sha256"]
     if expected is None:
-        return
-    actual = sha256_of(path)
+        return path
+    with open(path, "rb") as f:
+        data = f.read()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected.lower():
         raise PretrainedWeightsError(
             f"Weights for {name!r} at {path} fail the hash check: sha256 {actual}, expected {expected} "
             "(corrupt or wrong file; not loaded). Delete it and retry, or pass the right file with weights=PATH.")
+    tmp = Path(tempfile.mkdtemp(prefix="kfm_verified_")) / Path(path).name
+    tmp.write_bytes(data)
+    return tmp
+
+
+def packaged_weights_path(name):
+    """Where the weights shipped inside the package would be (``keras_facemargin/pretrained/weights/``).
+
+    Example::
+
+        packaged_weights_path("arcface_celeba_mbf").is_file()   # True for the shipped model
+    """
+    return PACKAGED_WEIGHTS_DIR / get_model_info(name)["weights_file"]
 
 
 def _file_type(filename):
@@ -245,13 +270,14 @@ def _resolve(name, info, weights):
         if not path.is_file():
             raise FileNotFoundError(f"weights={str(weights)!r} for {name!r}: file not found.")
         if path.name == info["weights_file"] or _file_type(path.name) == _file_type(info["weights_file"]):
-            _check_hash(path, name, info)  # the registry's file (or one of its type): verified
+            return _check_hash(path, name, info)  # the registry's file (or one of its type): verified
         return path
     home = os.environ.get("KERAS_FACEMARGIN_HOME")
-    for candidate in ([Path(home).expanduser() / info["weights_file"]] if home else []) + [expected_weights_path(name)]:
+    candidates = [Path(home).expanduser() / info["weights_file"]] if home else []
+    candidates += [expected_weights_path(name), PACKAGED_WEIGHTS_DIR / info["weights_file"]]
+    for candidate in candidates:
         if candidate.is_file():
-            _check_hash(candidate, name, info)
-            return candidate
+            return _check_hash(candidate, name, info)
     if info["weights_url"] is None:
         raise PretrainedWeightsError(f"No weights for {name!r}: {info['status']} {_how_to(name, info)}")
     import keras
@@ -267,9 +293,7 @@ def _resolve(name, info, weights):
         raise PretrainedWeightsError(
             f"Could not download the weights of {name!r} from {info['weights_url']} "
             f"({type(err).__name__}: {err}). {_how_to(name, info)}") from err
-    path = Path(path)
-    _check_hash(path, name, info)
-    return path
+    return _check_hash(Path(path), name, info)
 
 
 def load(name, include_head=False, weights=None, normalization=None, allow_external_data=False):
@@ -307,15 +331,23 @@ def load(name, include_head=False, weights=None, normalization=None, allow_exter
         norm = embedder.normalization                  # {'mean': 127.5, 'std': 127.5}
         emb = embedder.predict((images - norm["mean"]) / norm["std"])
     """
+    info = get_model_info(name)
+    name = name.lower()
+    override = parse_normalization(normalization)
+    path = _resolve(name, info, weights)
+    try:
+        return _build_and_load(name, info, path, override, include_head, allow_external_data)
+    finally:
+        if path.parent.name.startswith("kfm_verified_") and path.parent.parent == Path(tempfile.gettempdir()):
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _build_and_load(name, info, path, override, include_head, allow_external_data):
     import keras
 
     from keras_facemargin.backbones.presets import get_backbone
     from keras_facemargin.export.savedmodel import as_embedder
 
-    info = get_model_info(name)
-    name = name.lower()
-    override = parse_normalization(normalization)
-    path = _resolve(name, info, weights)
     suffix = path.suffix.lower()
     norm = override or read_normalization(path) or parse_normalization(info.get("normalization")) \
         or dict(PACKAGE_NORMALIZATION)
