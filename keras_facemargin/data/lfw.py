@@ -226,7 +226,8 @@ def load_lfw_pairs(root, pairs_file: str = "pairs.txt", images_dir: str = "image
     Raises:
         FileNotFoundError: missing ``pairs_file`` / ``images_dir`` / images (names the
             first missing files and the lines referencing them).
-        ValueError: malformed file (see :func:`parse_pairs`).
+        PairsFileError: (a ValueError) malformed file (see :func:`parse_pairs`); every path
+            it yields lies inside ``images_dir``.
 
     Example::
 

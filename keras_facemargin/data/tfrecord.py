@@ -353,18 +353,22 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             raise err
         report.add_error(err, key=key)
 
-    readers = {}
-
-    def _read_record(fid, rec):
+    def _read_record(readers, fid, rec):
         """Record bytes by offset with TensorFlow's CRC-checked random-access reader."""
-        with lock:
-            entry = readers.get(fid)
-            if entry is None:
-                entry = readers[fid] = (tf_record.tf_record_random_reader(files[fid]), threading.Lock())
-        with entry[1]:
-            return entry[0].read(int(offsets[fid][rec]))[0]
+        reader = readers.get(fid)
+        if reader is None:
+            reader = readers[fid] = tf_record.tf_record_random_reader(files[fid])
+        return reader.read(int(offsets[fid][rec]))[0]
 
     def parse_chunk(fid, rec):
+        readers = {}  # opened per chunk: nothing stays open (or mapped) once the pipeline is gone
+        try:
+            return _parse_chunk(readers, fid, rec)
+        finally:
+            for r in readers.values():
+                r.close()
+
+    def _parse_chunk(readers, fid, rec):
         n = fid.size
         idx = np.zeros(n, np.int64)
         lab = np.zeros(n, np.int32)
@@ -374,7 +378,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             data[k] = b""
             f, r = int(fid[k]), int(rec[k])
             try:
-                serialized = _read_record(f, r)
+                serialized = _read_record(readers, f, r)
             except (tf.errors.OpError, IndexError) as e:  # DataLossError: a CRC mismatch
                 msg = getattr(e, "message", str(e))
                 _bad(_record_error(f, r, "crc_mismatch", f"{type(e).__name__}: {msg}"))

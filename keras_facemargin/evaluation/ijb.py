@@ -125,13 +125,9 @@ def _read_text(path):
 
 
 def _int64(tok, path, lineno, what, line):
-    try:
-        v = int(tok)
-    except ValueError:
-        v = None
-    if v is None or not (_INT64[0] <= v <= _INT64[1]) or not tok.strip("+-").isdigit():
+    if not _is_int64(tok):
         raise IJBFileError(path, f"{what} must be int64 integers, got {line.strip()[:120]!r}", line=lineno)
-    return v
+    return int(tok)
 
 
 def _float(tok, path, lineno, what, line):
@@ -178,6 +174,12 @@ def read_template_media(path):
     return np.array(names), np.array(tids, np.int64), np.array(mids, np.int64)
 
 
+def _is_int64(tok):
+    if not (tok.isascii() and tok.lstrip("+-").isdigit() and len(tok) - len(tok.lstrip("+-")) <= 1):
+        return False
+    return _INT64[0] <= int(tok) <= _INT64[1]
+
+
 def _first_bad_int_line(path, what, fields):
     """The IJBFileError for the first line that is not ``fields`` int64 integers (error path only)."""
     with open(path, "rb") as f:
@@ -186,8 +188,7 @@ def _first_bad_int_line(path, what, fields):
             toks = ln.split()
             if not toks:
                 continue
-            ok = len(toks) == fields and all(
-                tok.strip("+-").isdigit() and tok.isascii() and _INT64[0] <= int(tok) <= _INT64[1] for tok in toks)
+            ok = len(toks) == fields and all(_is_int64(tok) for tok in toks)
             if not ok:
                 return IJBFileError(path, f"expected {what}, got {ln.strip()[:120]!r}", line=lineno)
     return IJBFileError(path, f"expected {what} separated by whitespace")
@@ -344,6 +345,8 @@ def load_ijb_meta(root, target="IJBC", with_1n=True) -> IJBMeta:
     low = t.lower()
     meta = Path(root) / "meta"
     names, lms, det = read_landmarks_scores(meta / f"{low}_name_5pts_score.txt")
+    if names.size == 0:
+        raise IJBFileError(meta / f"{low}_name_5pts_score.txt", "no image lines")
     n2, tids, mids = read_template_media(meta / f"{low}_face_tid_mid.txt")
     if n2.shape != names.shape or not np.array_equal(n2, names):
         pos = {n: i for i, n in enumerate(n2)}
@@ -352,7 +355,7 @@ def load_ijb_meta(root, target="IJBC", with_1n=True) -> IJBMeta:
             raise IJBFileError(meta / f"{low}_face_tid_mid.txt", f"{len(missing)} images of "
                                f"{low}_name_5pts_score.txt are not in this file (or names repeat); first: "
                                f"{missing[:3]}")
-        idx = np.array([pos[n] for n in names])
+        idx = np.array([pos[n] for n in names], np.int64)
         tids, mids = tids[idx], mids[idx]
     p1, p2, lab = read_template_pairs(meta / f"{low}_template_pair_label.txt")
     probe, galleries = None, {}

@@ -38,9 +38,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.errors import ImageFileError
 from keras_facemargin.evaluation.bin_sets import PairSet, _check_image_size, _resize
 
 __all__ = ["load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
@@ -57,6 +58,11 @@ def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
 
     Returns:
         uint8 ``(len(paths), H, W, 3)``.
+
+    Raises:
+        FileNotFoundError: a missing image. ImageFileError: an undecodable image, a format other
+        than JPEG/PNG/BMP/WebP or more than ``DEFAULT_MAX_IMAGE_PIXELS`` pixels (refused on the
+        header). ValueError: bad arguments, a crop outside an image, or differing sizes.
     """
     size = _check_image_size(image_size)
     box = None
@@ -68,9 +74,11 @@ def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
         raise ValueError(f"`crop` must be a positive number of pixels, a box or None, got {crop!r}.")
 
     def one(path):
-        img = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+        img, why = read_image_file(path, DEFAULT_MAX_IMAGE_PIXELS)  # header checked before decoding
         if img is None:
-            raise ValueError(f"could not read image {path}.")
+            raise ImageFileError(path, None, "bad_image", f"could not read image ({why})")
         if box is not None:
             h, w = img.shape[:2]
             if box[2] > w or box[3] > h:
@@ -83,7 +91,7 @@ def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
                 raise ValueError(f"{path}: crop {c} exceeds the image size {w}x{h}.")
             top, left = (h - c) // 2, (w - c) // 2
             img = img[top:top + c, left:left + c]
-        return _resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+        return _resize(img, size)
 
     paths = list(paths)
     if not paths:
