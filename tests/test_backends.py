@@ -228,3 +228,16 @@ def test_keras_file_trained_on_backend_loads_here(backend_runs, backend):
     state = r["after_fit_with_updater"]
     np.testing.assert_allclose(model.head.psi.numpy(), state["psi"], rtol=1e-6)
     np.testing.assert_allclose(model.head.memory.numpy(), state["memory"], atol=1e-6)
+
+
+@pytest.mark.parametrize("patch", ["_torch_world_size", "_foreign_tf_replicas"])
+def test_unsynchronised_replicas_raise_naming_the_alternative(monkeypatch, patch):
+    import keras_facemargin as kfm
+    from keras_facemargin.layers import _state
+
+    monkeypatch.setattr(_state, patch, lambda: 2)
+    f, y = np.ones((2, 4), "float32"), np.array([0, 1])
+    kappa = kfm.layers.KappaMarginDense(2, class_counts=[1, 1], estimator="momentum_encoder")
+    for head, inputs in [(kappa, [f, y, f]), (kfm.layers.CurricularMarginDense(2), [f, y])]:
+        with pytest.raises(NotImplementedError, match="keras.distribution"):
+            head(inputs, training=True)

@@ -14,6 +14,8 @@ back by the trainer, exactly as BatchNormalization's moving statistics are.
 Reads (`gather_rows`, `read`) see the values assigned earlier in the same scope.
 """
 
+import sys
+
 from keras import backend, ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
@@ -79,11 +81,21 @@ def _torch_world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _foreign_tf_replicas():
+    """Replicas of a `tf.distribute` strategy in scope while the backend is not TensorFlow."""
+    if backend.backend() == "tensorflow" or "tensorflow" not in sys.modules:
+        return 1
+    tf = sys.modules["tensorflow"]
+    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+
+
 def check_replicated_state(owner):
-    """Raise where per-step state cannot be kept in sync across processes.
+    """Raise where per-step state cannot be kept in sync across replicas.
 
     Under multi-process `torch.distributed` each process would update the
-    state with its own shard of the batch only, a silently different result.
+    state with its own shard of the batch only, and a `tf.distribute` strategy
+    does nothing for the variables of another backend: both would give a
+    silently different result.
     """
     world = _torch_world_size()
     if world > 1:
@@ -92,6 +104,13 @@ def check_replicated_state(owner):
             f"{world} processes of torch.distributed on the torch backend. Train this head on one process, "
             "or use the TensorFlow backend (tf.distribute.MirroredStrategy) or the JAX backend "
             "(keras.distribution.DataParallel), where the state follows the global batch."
+        )
+    replicas = _foreign_tf_replicas()
+    if replicas > 1:
+        raise NotImplementedError(
+            f"{owner} is running under a tf.distribute strategy ({replicas} replicas) on the "
+            f"{backend.backend()} backend; tf.distribute strategies work only with KERAS_BACKEND=tensorflow. "
+            "On JAX use keras.distribution (e.g. keras.distribution.DataParallel)."
         )
 
 
