@@ -357,7 +357,8 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
                 st = os.stat(p)
             except OSError:
                 raise FileNotFoundError(f"LFW image not found: {p}") from None
-            h.update(f"\n{p}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+            # the resolved path: the same images named relatively or absolutely share one cache
+            h.update(f"\n{os.path.realpath(p)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
         cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         cache_file = cdir / f"lfw_{align}_{size}_{h.hexdigest()[:16]}.npz"
         if cache_file.is_file():
