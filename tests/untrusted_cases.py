@@ -19,11 +19,9 @@ Per reader:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import random
 import shutil
 import struct
 import sys
