@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, clipped_cos_sin
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, class_centres, clipped_cos_sin
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -65,14 +65,21 @@ class InterLossDense(CosineDense):
         self.weight = _check_nonnegative("weight", weight)
 
     def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
-        w = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0, epsilon=1e-12)
-        w_y = ops.take(w, labels, axis=1)  # (d, B)
-        centre_cos, _ = clipped_cos_sin(ops.matmul(ops.transpose(w_y), w))  # (B, C)
-        others = 1.0 - ops.one_hot(labels, self.num_classes, dtype=centre_cos.dtype)
-        angles = ops.sum(ops.arccos(centre_cos) * others, axis=-1)
-        term = -self.weight * ops.mean(angles) / (math.pi * (self.num_classes - 1))
-        zc.add_loss_if_concrete(self, term)
+        w = ops.normalize(ops.cast(class_centres(self), self.compute_dtype), axis=0, epsilon=1e-12)
+        zc.add_loss_if_concrete(self, self.inter_term(w, labels))
         return self.scale * cos
+
+    def inter_term(self, w, labels):
+        """The eq. 6 term over the N columns of the normalised centres `w` (d, N); `labels` index them.
+
+        N = C, or the sampled classes under `PartialFC` (the mean then runs over the sample).
+        """
+        n = w.shape[1]
+        w_y = ops.take(w, labels, axis=1)  # (d, B)
+        centre_cos, _ = clipped_cos_sin(ops.matmul(ops.transpose(w_y), w))  # (B, N)
+        others = 1.0 - ops.one_hot(labels, n, dtype=centre_cos.dtype)
+        angles = ops.sum(ops.arccos(centre_cos) * others, axis=-1)
+        return -self.weight * ops.mean(angles) / (math.pi * (n - 1))
 
     def get_config(self):
         config = super().get_config()

@@ -59,7 +59,11 @@ class CenterLossDense(SoftmaxDense):
         logits = self.logits(embeddings)
         if labels is None:
             return logits
-        labels = prepare_indices(labels, self.num_classes, "labels")
+        self.center_term(embeddings, prepare_indices(labels, self.num_classes, "labels"), training)
+        return logits
+
+    def center_term(self, embeddings, labels, training=None):
+        """Add the center loss of `labels` (class ids) and, in training, update their centres."""
         x = ops.cast(embeddings, self.compute_dtype)
         centers = ops.stop_gradient(_state.gather_rows(self.centers, labels))
         zc.add_loss_if_concrete(
@@ -67,7 +71,6 @@ class CenterLossDense(SoftmaxDense):
         )
         if training and _state.state_updates_enabled():
             self._update_centers(ops.stop_gradient(x), labels)
-        return logits
 
     def _update_centers(self, x, labels):
         x, labels = _state.all_gather(x), _state.all_gather(labels)

@@ -58,6 +58,9 @@ def build_class_kernel(layer, input_shape):
 
     Shared by every head: sets `layer.embedding_dim` and `layer.kernel` from
     `layer.num_classes`, `layer.kernel_initializer`, `layer.kernel_regularizer`.
+    With `layer.class_major_kernel` set (by `PartialFC`) the kernel is stored
+    transposed, (C, d), initialised as the transpose of the (d, C) draw;
+    `class_centres(layer)` gives the (d, C) view either way.
     """
     shape = CosineDense._embedding_shape(input_shape)
     if len(shape) != 2 or shape[-1] is None:
@@ -66,13 +69,30 @@ def build_class_kernel(layer, input_shape):
             f"dimension. Received shape: {shape}"
         )
     layer.embedding_dim = int(shape[-1])
+    kernel_shape, initializer = (layer.embedding_dim, layer.num_classes), layer.kernel_initializer
+    if getattr(layer, "class_major_kernel", False):
+        kernel_shape, initializer = kernel_shape[::-1], _transposed_initializer(initializer)
     layer.kernel = layer.add_weight(
         name="kernel",
-        shape=(layer.embedding_dim, layer.num_classes),
-        initializer=layer.kernel_initializer,
+        shape=kernel_shape,
+        initializer=initializer,
         regularizer=layer.kernel_regularizer,
         trainable=True,
     )
+
+
+def _transposed_initializer(initializer):
+    def init(shape, dtype=None):
+        return ops.transpose(initializer(tuple(shape)[::-1], dtype=dtype))
+
+    return init
+
+
+def class_centres(layer):
+    """The (d, C) class-centre matrix of `layer`: its kernel, transposed if stored class-major."""
+    if getattr(layer, "class_major_kernel", False):
+        return ops.transpose(layer.kernel)
+    return layer.kernel
 
 
 def prepare_indices(values, upper, name):
@@ -150,7 +170,7 @@ class CosineDense(keras.layers.Layer):
     def cosine(self, embeddings):
         """cos(theta_j) between L2-normalised embeddings and class centres, (B, C)."""
         x = ops.normalize(ops.cast(embeddings, self.compute_dtype), axis=-1, epsilon=1e-12)
-        w = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0, epsilon=1e-12)
+        w = ops.normalize(ops.cast(class_centres(self), self.compute_dtype), axis=0, epsilon=1e-12)
         return ops.clip(ops.matmul(x, w), -1.0, 1.0)
 
     def target_logit(self, cos_y, labels):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_num_classes, build_class_kernel
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_num_classes, build_class_kernel, class_centres
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -50,7 +50,7 @@ class SoftmaxDense(keras.layers.Layer):
         )
 
     def logits(self, embeddings):
-        logits = ops.matmul(ops.cast(embeddings, self.compute_dtype), self.kernel)
+        logits = ops.matmul(ops.cast(embeddings, self.compute_dtype), class_centres(self))
         return logits + self.bias if self.use_bias else logits
 
     def call(self, inputs, training=None):

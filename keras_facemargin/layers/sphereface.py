@@ -93,7 +93,7 @@ class SphereMarginDense(CosineDense):
         cos_y = zc.target_cosine(cos, labels)
         lam = ops.convert_to_tensor(self.annealing_lambda)
         target = (lam * cos_y + sphere_psi(cos_y, self.margin)) / (1.0 + lam)
-        one_hot = ops.one_hot(labels, self.num_classes, dtype=cos.dtype)
+        one_hot = ops.one_hot(labels, cos.shape[-1], dtype=cos.dtype)  # C, or the Partial FC sample
         return self._radius(embeddings) * (cos + one_hot * ops.expand_dims(target - cos_y, -1))
 
     def get_config(self):

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.cosine_dense import CosineDense
+from keras_facemargin.layers.cosine_dense import CosineDense, class_centres
 from keras_facemargin.layers.kappaface import KappaMarginDense
 
 
@@ -93,7 +93,7 @@ class SubFaceDense(keras.layers.Layer):
         head = self.head
         labels = head._prepare_labels(labels, None)
         x = ops.take(ops.cast(embeddings, head.compute_dtype), indices, axis=1)
-        w = ops.take(ops.cast(head.kernel, head.compute_dtype), indices, axis=0)
+        w = ops.take(ops.cast(class_centres(head), head.compute_dtype), indices, axis=0)
         x = ops.normalize(x, axis=-1, epsilon=1e-12)
         w = ops.normalize(w, axis=0, epsilon=1e-12)
         cos = ops.clip(ops.matmul(x, w), -1.0, 1.0)
