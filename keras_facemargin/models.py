@@ -31,6 +31,15 @@ def split_face_inputs(inputs):
     return inputs, None, None
 
 
+def kappa_head(head):
+    """The `KappaMarginDense` that `head` is or wraps (e.g. in `PartialFC`), else None."""
+    while not isinstance(head, KappaMarginDense):
+        head = getattr(head, "head", None)
+        if not isinstance(head, keras.layers.Layer):
+            return None
+    return head
+
+
 @keras.saving.register_keras_serializable(package="keras_facemargin")
 class FaceRecognizer(keras.Model):
     """A face-recognition training model: `(images, labels) -> margin logits`.
@@ -68,20 +77,21 @@ class FaceRecognizer(keras.Model):
         self.backbone = backbone
         self.head = head
         self.momentum_encoder = None
-        if isinstance(head, KappaMarginDense) and head.estimator == "momentum_encoder":
+        kappa = kappa_head(head)  # also inside PartialFC
+        if kappa is not None and kappa.estimator == "momentum_encoder":
             encoder = keras.models.clone_model(backbone)
             encoder.set_weights(backbone.get_weights())
             encoder.trainable = False
             self.momentum_encoder = encoder
 
     def _update_momentum_encoder(self):
-        m = self.head.encoder_momentum
+        m = kappa_head(self.head).encoder_momentum
         for target, source in zip(self.momentum_encoder.weights, self.backbone.weights):
             target.assign(m * target + (1.0 - m) * ops.cast(source, target.dtype))
 
     def call(self, inputs, training=None):
         images, labels, index = split_face_inputs(inputs)
-        kappa_training = bool(training) and labels is not None and isinstance(self.head, KappaMarginDense)
+        kappa_training = bool(training) and labels is not None and kappa_head(self.head) is not None
         if kappa_training and self.momentum_encoder is not None and _state.state_updates_enabled():
             # EMA from the weights as they were before this step touches them.
             self._update_momentum_encoder()

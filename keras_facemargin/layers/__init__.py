@@ -15,6 +15,7 @@ from keras_facemargin.layers.curricularface import CurricularMarginDense
 from keras_facemargin.layers.expface import ExpMarginDense
 from keras_facemargin.layers.ldam import LDAMDense
 from keras_facemargin.layers.magface import MagMarginDense
+from keras_facemargin.layers.partial_fc import PartialFC, PartialFCLoss, SampleBudgetError
 from keras_facemargin.layers.softmax import SoftmaxDense
 from keras_facemargin.layers.sphereface import SphereMarginDense
 from keras_facemargin.layers.subface import SubFaceDense
@@ -40,6 +41,9 @@ __all__ = [
     "IntraLossDense",
     "LDAMDense",
     "MagMarginDense",
+    "PartialFC",
+    "PartialFCLoss",
+    "SampleBudgetError",
     "SoftmaxDense",
     "SphereMarginDense",
     "SubFaceDense",

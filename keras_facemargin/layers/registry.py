@@ -37,8 +37,9 @@ def head_names():
     return sorted(HEADS)
 
 
-def build_head(name, num_classes, class_counts=None, num_samples=None, run_options=None, **overrides):
-    """Build the head registered as `name`.
+def build_head(name, num_classes, class_counts=None, num_samples=None, run_options=None, sample_rate=None,
+               sample_seed=0, **overrides):
+    """Build the head registered as `name` (wrapped in `PartialFC` when `sample_rate` < 1).
 
     Args:
         name: a name from `head_names()`.
@@ -47,6 +48,9 @@ def build_head(name, num_classes, class_counts=None, num_samples=None, run_optio
         num_samples: training-set size (passed to heads that take it).
         run_options: run-wide settings (e.g. `{"scale": 32}`) passed only to heads
             whose constructor takes them; `None` values are ignored.
+        sample_rate: Partial FC sampling rate in (0, 1]; below 1 the head is returned
+            wrapped in `PartialFC(head, sample_rate, seed=sample_seed)`. `None` = no wrapper.
+        sample_seed: seed of the Partial FC sampling.
         **overrides: layer arguments for this head; `None` values are ignored and an
             argument the head does not take is a `ValueError` naming it.
     """
@@ -70,7 +74,13 @@ def build_head(name, num_classes, class_counts=None, num_samples=None, run_optio
         kwargs["class_counts"] = class_counts
     if "num_samples" in params and num_samples is not None:
         kwargs.setdefault("num_samples", num_samples)
-    return layer_class(num_classes, **kwargs)
+    head = layer_class(num_classes, **kwargs)
+    if sample_rate is None:
+        return head
+    from keras_facemargin.layers.partial_fc import PartialFC
+
+    pfc = PartialFC(head, sample_rate=sample_rate, seed=sample_seed)
+    return pfc if pfc.sampled else head
 
 
 # -- the loss zoo (ArcFace/KappaFace papers' baselines and successors) ----------

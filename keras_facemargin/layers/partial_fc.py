@@ -1,0 +1,384 @@
+"""Partial FC: margin softmax on sampled class centres (An et al., "Partial FC: Training 10 Million
+Identities on a Single Machine", ICCVW 2021; insightface `PartialFC_V2` semantics)."""
+
+import math
+from fractions import Fraction
+
+import keras
+from keras import ops
+
+from keras_facemargin.layers import _state
+from keras_facemargin.layers import _zoo_common as zc
+from keras_facemargin.layers.ablation_losses import InterLossDense, IntraLossDense
+from keras_facemargin.layers.adaface import AdaMarginDense
+from keras_facemargin.layers.center_loss import CenterLossDense
+from keras_facemargin.layers.cosine_dense import CosineDense, _is_real, arc_target, prepare_indices
+from keras_facemargin.layers.curricularface import CurricularMarginDense
+from keras_facemargin.layers.expface import exp_target
+from keras_facemargin.layers.kappaface import KappaMarginDense
+from keras_facemargin.layers.magface import MagMarginDense
+from keras_facemargin.layers.softmax import SoftmaxDense
+from keras_facemargin.layers.sphereface import SphereMarginDense
+from keras_facemargin.layers.subface import SubFaceDense
+
+# Heads whose `logits_from_cosine` uses `labels` only as column indices of `cos`
+# (no class-indexed state, no C-wide tensors): run unchanged on the sampled columns.
+_COLUMN_ONLY = (
+    CurricularMarginDense.logits_from_cosine,
+    MagMarginDense.logits_from_cosine,
+    AdaMarginDense.logits_from_cosine,
+    IntraLossDense.logits_from_cosine,
+    SphereMarginDense.logits_from_cosine,
+)
+_POSITIVE_KEY = float(2**24)  # above every random key (24-bit integers, exact in float32)
+
+
+class SampleBudgetError(ValueError):
+    """The global batch holds more distinct classes than `PartialFC` samples (`num_sample`)."""
+
+
+def sample_budget(sample_rate, num_classes):
+    """`ceil(sample_rate * num_classes)`, computed exactly on the decimal value of `sample_rate`."""
+    return min(num_classes, math.ceil(Fraction(repr(float(sample_rate))) * num_classes))
+
+
+def _i32(value):
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _lsr(x, bits):
+    """Logical right shift of int32 bit patterns."""
+    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
+
+
+def _fmix32(x):
+    """MurmurHash3's 32-bit finaliser on int32 bit patterns (wrap-around multiplies), a bijection."""
+    x = ops.bitwise_xor(x, _lsr(x, 16))
+    x = ops.multiply(x, ops.convert_to_tensor(_i32(0x85EBCA6B), "int32"))
+    x = ops.bitwise_xor(x, _lsr(x, 13))
+    x = ops.multiply(x, ops.convert_to_tensor(_i32(0xC2B2AE35), "int32"))
+    return ops.bitwise_xor(x, _lsr(x, 16))
+
+
+def _fmix32_int(x):
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def sample_classes(labels, step, num_classes, num_sample, seed=0):
+    """The sampled class set of one step: every class in `labels`, then random others.
+
+    Each class gets a pseudo-random key, a hash of (class, `step`, `seed`) in
+    `keras.ops` integer arithmetic, so the set depends only on the labels, the
+    step counter and the seed (no RNG state: identical on every replica and
+    worker, after a resume and on every backend). The classes of `labels` get
+    the largest key; the `num_sample` largest keys are kept (insightface's
+    `topk` over `rand` with the positives set to 2).
+
+    Args:
+        labels: int class ids of the whole global batch, (N,).
+        step: int32 scalar step counter.
+        num_classes: C.
+        num_sample: K, the size of the set.
+        seed: Python int.
+
+    Returns:
+        (classes, num_positive): the sorted int32 class ids (K,) and the number
+        of distinct classes in `labels` (more than K means some were dropped).
+    """
+    step = ops.cast(step, "int32")
+    h1 = _fmix32(ops.bitwise_xor(ops.multiply(step, _i32(0x9E3779B1)), _i32(_fmix32_int(seed))))
+    h2 = _fmix32(ops.bitwise_xor(h1, _i32(0x5BD1E995)))
+    keys = _fmix32(ops.bitwise_xor(_fmix32(ops.arange(num_classes, dtype="int32") + h1), h2))
+    keys = ops.cast(_lsr(keys, 8), "float32")
+    labels = ops.cast(ops.reshape(labels, (-1, 1)), "int32")
+    keys = ops.scatter_update(keys, labels, ops.full((ops.shape(labels)[0],), _POSITIVE_KEY, "float32"))
+    num_positive = ops.sum(ops.cast(keys >= _POSITIVE_KEY, "int32"))
+    _, top = ops.top_k(keys, num_sample, sorted=False)
+    return ops.sort(ops.cast(top, "int32")), num_positive
+
+
+def _num_replicas():
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class PartialFC(keras.layers.Layer):
+    """Partial FC wrapper: train any margin head on a sample of the class centres.
+
+    An et al., ICCVW 2021 (insightface `PartialFC_V2`). At each training step
+    the set S holds every class of the global batch (all replicas and workers,
+    all-gathered) plus uniformly random other classes, `K = ceil(sample_rate *
+    C)` in all; every replica computes the same S. Logits are computed only on
+    S (B x K), the labels are remapped into S, and the head's margin is applied
+    to the target column. Class-indexed state is read and written with the TRUE
+    class id (KappaFace psi and accumulators, LDAM margins, Center-loss
+    centres; the official KappaFace code indexes psi with the remapped id);
+    KappaFace's memory buffer and accumulators, CurricularFace's t and
+    AdaFace's norm statistics see the whole batch, as without sampling.
+
+    Sampling is a hash of (class id, step counter, seed), not stateful RNG:
+    the counter `sample_step` is a layer variable, checkpointed with the model
+    and incremented by every training call, so a resumed run draws the same
+    sets. Without labels, with `training=False`, or with `sample_rate=1` the
+    wrapped head runs unchanged on all C classes (inference, export and
+    validation are those of the head; `sample_rate=1` is the full head
+    exactly, kernel layout included).
+
+    Gradients: with `sample_rate < 1` the wrapped head's kernel is stored
+    class-major, (C, d), and the sampled rows are read with a gather, so on
+    TensorFlow its gradient is an `IndexedSlices` of K rows: `MirroredStrategy`
+    and `MultiWorkerMirroredStrategy` exchange K x d values per replica instead
+    of a dense C x d all-reduce, and rows outside S get exactly zero gradient.
+    What Keras' SGD does with it: without momentum it applies the update with
+    `scatter_sub` (only the K rows change); with momentum the slot update
+    `m = momentum * m - lr * g` is dense, so every row keeps moving with its
+    decaying momentum (the semantics of torch SGD in insightface v2, which
+    also holds a dense momentum); decoupled `weight_decay` shrinks every row at
+    every step. A `kernel_regularizer` on the head adds a dense gradient.
+
+    Budget: a global batch with more distinct classes than K is refused, not
+    grown as in insightface: eagerly a `SampleBudgetError`, in a TF graph an
+    `InvalidArgumentError` with the same message; where neither can be raised
+    (XLA, jitted JAX) the step's logits are NaN. (A fixed K keeps the shapes
+    static.) It can only happen when the global batch exceeds K.
+
+    Loss: the training logits are over S in sorted class order; train with
+    `PartialFCLoss(layer)`, which remaps `y_true` into S (and leaves labels
+    unchanged for full-width logits).
+
+    Every registry head composes: the `CosineDense` heads, `SoftmaxDense` and
+    `CenterLossDense` (sampled W and bias), `SubFaceDense` (subspace of the
+    sampled rows) and `KappaMarginDense`. A custom head that overrides `call`
+    or `logits_from_cosine` needs a `partial_fc_logits(cos, columns,
+    class_ids, embeddings, training)` method.
+
+    Args:
+        head: an unbuilt head layer (or its serialised config).
+        sample_rate: fraction of the classes in S, in (0, 1] (Partial FC: 0.1).
+        seed: integer seed of the sampling.
+        **kwargs: layer arguments.
+
+    Example:
+        >>> head = PartialFC(ArcMarginDense(360232), sample_rate=0.1)
+        >>> model = FaceRecognizer(backbone, head)
+        >>> model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=PartialFCLoss(head))
+    """
+
+    def __init__(self, head, sample_rate=0.1, seed=0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if isinstance(head, dict):
+            head = keras.saving.deserialize_keras_object(head)
+        if not _is_real(sample_rate) or not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"`sample_rate` must be a number in (0, 1]. Received: sample_rate={sample_rate!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
+        core = head.head if isinstance(head, SubFaceDense) else head
+        if not isinstance(core, (CosineDense, SoftmaxDense)):
+            raise ValueError(
+                "`head` must be a keras_facemargin head (a CosineDense subclass, SoftmaxDense, "
+                f"CenterLossDense or SubFaceDense). Received: {type(head).__name__}"
+            )
+        self.head = head
+        self.core = core
+        self.kind = _head_kind(core)
+        self.sample_rate = float(sample_rate)
+        self.seed = seed
+        self.num_classes = core.num_classes
+        self.num_sample = sample_budget(self.sample_rate, self.num_classes)
+        self.sampled = self.sample_rate < 1.0
+        if self.sampled:
+            if core.built:
+                raise ValueError(
+                    "PartialFC needs an unbuilt head: with sample_rate < 1 it stores the class centres "
+                    "class-major, (C, d). Wrap the head before its first call (to reuse trained (d, C) "
+                    "centres, assign their transpose to `partial_fc.core.kernel` after building)."
+                )
+            core.class_major_kernel = True
+
+    def build(self, input_shape):
+        if not self.head.built:
+            self.head.build(input_shape)
+        if self.sampled:
+            # on_read: every replica writes its own copy (they compute the same values), no sync.
+            kw = dict(trainable=False, synchronization="on_read", aggregation="only_first_replica")
+            self.sample_step = keras.Variable(initializer="zeros", shape=(), dtype="int32", name="sample_step", **kw)
+            self.sampled_classes = keras.Variable(
+                initializer="zeros", shape=(self.num_sample,), dtype="int32", name="sampled_classes", **kw
+            )
+
+    def call(self, inputs, training=None):
+        embeddings, labels, extra = CosineDense._split_inputs(inputs)
+        if labels is None or not training or not self.sampled:
+            return self.head(inputs, training=training)
+        return self._sampled_logits(embeddings, labels, extra, training)
+
+    # -- the sampled step -----------------------------------------------------------
+    def _sampled_logits(self, embeddings, labels, extra, training):
+        core, k = self.core, self.num_sample
+        labels = prepare_indices(labels, self.num_classes, "labels")
+        everything = _state.all_gather(labels)
+        step = _state.read(self.sample_step)
+        classes, num_positive = sample_classes(everything, step, self.num_classes, k, self.seed)
+        overflow = self._check_budget(num_positive, labels)
+        columns = ops.cast(ops.searchsorted(classes, labels), labels.dtype)
+        if _state.state_updates_enabled():
+            self.sample_step.assign(step + 1)
+            self.sampled_classes.assign(classes)
+        # A gather of rows: on TF its gradient is IndexedSlices of the K sampled rows.
+        w = ops.cast(_state.gather_rows(core.kernel, classes), core.compute_dtype)
+        logits = self._head_logits(embeddings, w, classes, columns, labels, extra, training)
+        if overflow is not None:
+            logits = logits + ops.where(overflow, float("nan"), 0.0)
+        return logits
+
+    def _check_budget(self, num_positive, labels):
+        """None if the batch can never exceed K; else raise / assert / return the overflow flag."""
+        batch = labels.shape[0]
+        if batch is not None and batch * _num_replicas() <= self.num_sample:
+            return None
+        message = (
+            f"The global batch holds more distinct classes than PartialFC samples (num_sample="
+            f"ceil(sample_rate * C)={self.num_sample}); raise `sample_rate` or lower the batch size."
+        )
+        if _state._is_concrete(num_positive):
+            count = int(ops.convert_to_numpy(num_positive))
+            if count > self.num_sample:
+                raise SampleBudgetError(message[:-1] + f": {count} distinct classes.")
+            return None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.debugging.assert_less_equal(num_positive, self.num_sample, message=message)
+        return num_positive > self.num_sample
+
+    def _head_logits(self, embeddings, w, classes, columns, class_ids, extra, training):
+        head, core, kind = self.head, self.core, self.kind
+        x = ops.cast(embeddings, core.compute_dtype)
+        if kind == "softmax":
+            logits = ops.matmul(x, ops.transpose(w))
+            if core.use_bias:
+                logits = logits + _state.gather_rows(core.bias, classes)
+            if isinstance(core, CenterLossDense):
+                core.center_term(embeddings, class_ids, training)
+            return logits
+        xs, ws = x, w
+        if isinstance(head, SubFaceDense) and head.num_subspaces > 1:
+            dims = head.sample_subspace()
+            xs, ws = ops.take(x, dims, axis=1), ops.take(w, dims, axis=1)
+        xs = ops.normalize(xs, axis=-1, epsilon=1e-12)
+        ws = ops.normalize(ws, axis=-1, epsilon=1e-12)
+        cos = ops.clip(ops.matmul(xs, ops.transpose(ws)), -1.0, 1.0)
+        if kind == "custom":
+            return core.partial_fc_logits(cos, columns, class_ids, embeddings, training)
+        if kind == "columns":
+            return core.logits_from_cosine(cos, columns, embeddings, training)
+        if kind == "inter":
+            w_unit = ops.transpose(ops.normalize(w, axis=-1, epsilon=1e-12))
+            zc.add_loss_if_concrete(core, core.inter_term(w_unit, columns))
+            return core.scale * cos
+        cos_y = zc.target_cosine(cos, columns)
+        if kind == "target":
+            return core.apply_margin(cos, columns, core.target_logit(cos_y, class_ids))
+        # KappaFace: psi of the TRUE class (the official partial-FC code uses the remapped index).
+        margin = core.margins(class_ids)
+        if core.target == "arc":
+            target = arc_target(cos_y, margin)
+        elif core.target == "exp":
+            target = exp_target(cos_y, 1.0 - margin)
+        else:
+            target = cos_y - margin
+        if training and _state.state_updates_enabled():
+            core._update_state(embeddings, class_ids, extra)
+        return core.apply_margin(cos, columns, target)
+
+    # -- the loss's view ------------------------------------------------------------
+    def loss_labels(self, y_true, y_pred):
+        """`y_true` as column indices of `y_pred`: remapped into S for sampled (K-wide) logits."""
+        labels = ops.reshape(y_true, (-1,))
+        if not keras.backend.standardize_dtype(labels.dtype).startswith("int"):
+            labels = ops.cast(labels, "int32")
+        if not self.sampled or y_pred.shape[-1] == self.num_classes:
+            return labels
+        classes = _state.read(self.sampled_classes)
+        return ops.cast(ops.searchsorted(classes, ops.cast(labels, classes.dtype)), labels.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (CosineDense._embedding_shape(input_shape)[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "head": keras.saving.serialize_keras_object(self.head),
+                "sample_rate": self.sample_rate,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+def _head_kind(core):
+    """How `PartialFC` runs `core` on the sampled columns (or NotImplementedError)."""
+    cls = type(core)
+    if hasattr(core, "partial_fc_logits"):
+        return "custom"
+    if isinstance(core, SoftmaxDense):
+        if cls.call in (SoftmaxDense.call, CenterLossDense.call) and cls.logits is SoftmaxDense.logits:
+            return "softmax"
+    elif isinstance(core, KappaMarginDense):
+        if cls.call is KappaMarginDense.call:
+            return "kappa"
+    elif cls.call is CosineDense.call:
+        if cls.logits_from_cosine is CosineDense.logits_from_cosine:
+            return "target"
+        if cls.logits_from_cosine is InterLossDense.logits_from_cosine:
+            return "inter"
+        if cls.logits_from_cosine in _COLUMN_ONLY:
+            return "columns"
+    raise NotImplementedError(
+        f"PartialFC does not know how {cls.__name__} uses its labels (it overrides `call` or "
+        "`logits_from_cosine`). Give it a `partial_fc_logits(cos, columns, class_ids, embeddings, training)` "
+        "method: `cos` is (B, K) over the sampled classes, `columns` the remapped labels, `class_ids` the true ones."
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_facemargin")
+class PartialFCLoss(keras.losses.Loss):
+    """Softmax cross-entropy on `PartialFC` logits, with `y_true` remapped into the sampled set.
+
+    Full-width logits (inference, validation, `sample_rate=1`) use `y_true`
+    as is, so this equals `SparseCategoricalCrossentropy(from_logits=True)`
+    there. The layer is not part of the config: a deserialised loss must be
+    given it again (`loss.partial_fc = layer`).
+
+    Args:
+        partial_fc: the `PartialFC` layer whose logits this loss receives.
+        name, reduction, dtype: as for `keras.losses.Loss`.
+
+    Example:
+        >>> model.compile(optimizer="sgd", loss=PartialFCLoss(model.head))
+    """
+
+    def __init__(self, partial_fc=None, name="partial_fc_crossentropy", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if partial_fc is not None and not isinstance(partial_fc, PartialFC):
+            raise ValueError(f"`partial_fc` must be a PartialFC layer. Received: {type(partial_fc).__name__}")
+        self.partial_fc = partial_fc
+
+    def call(self, y_true, y_pred):
+        if self.partial_fc is None:
+            raise ValueError("PartialFCLoss needs its PartialFC layer: PartialFCLoss(partial_fc=layer).")
+        labels = self.partial_fc.loss_labels(y_true, y_pred)
+        return ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
