@@ -20,7 +20,8 @@ Every entry of `MODELS` is a JSON-friendly dict::
         "conversion": "how to produce the weights file locally",
     }
 
-No weights are hosted by this project yet: every ``weights_url`` and ``sha256`` is ``None`` and
+One model ships inside the package (``DEFAULT_MODEL``, with its sha256 and LFW-calibrated
+``thresholds``); the others have no hosted weights (``weights_url`` and ``sha256`` are ``None``) and
 `keras_facemargin.load` explains how to supply a local file. The insightface numbers are
 those reported for *their* PyTorch checkpoints (the model zoo is for non-commercial research
 only); a converted checkpoint reproduces them only with its own normalisation and alignment.
@@ -71,7 +72,40 @@ def _entry(backbone, head, training_set, reported, source, license, weights_file
     }
 
 
+CELEBA_LICENSE = (
+    "trained on CelebA (Liu et al., ICCV 2015): non-commercial research use only, as the CelebA agreement "
+    "requires of works derived from it (code: Apache-2.0)"
+)
+
 MODELS = {
+    # Shipped inside the package: trained here with examples/celeba_lfw.py and packaged with
+    # tools/package_model.py (numbers: pretrained/arcface_celeba_mbf.json, docs/results.md).
+    "arcface_celeba_mbf": {
+        "backbone": "mobilefacenet",
+        "backbone_kwargs": {"width_multiplier": 0.5, "blocks": (1, 1, 1, 1), "dropout": 0.0},
+        "embedding_dim": 256,
+        "input_size": (48, 48),
+        "normalization": dict(_PACKAGE_NORM),
+        "head": "arcface (s=32, m=0.5)",
+        "training_set": (
+            "CelebA identities (celeba_identities color_arcface112 + gray_arcface112): 584 identities, "
+            "15,241 ArcFace-aligned images, the 156 LFW-overlap candidates and 50 selection identities removed"),
+        "reported": {"LFW (centre crop)": 81.87, "LFW (MTCNN-aligned)": 84.12,
+                     "LFW TAR@FAR=1e-3 (MTCNN-aligned)": 25.33},
+        "reported_source": (
+            "measured by this project: LFW View 2, 6,000 pairs, 10 folds, flip-sum "
+            "(python tools/package_model.py runs/real_faces/head_arcface_s0_d8d9db/model.keras "
+            "--name arcface_celeba_mbf)"),
+        "license": CELEBA_LICENSE,
+        "weights_url": None,
+        "weights_file": "arcface_celeba_mbf.weights.h5",
+        "sha256": "59fd3437a3b7e43cfe1e152c3b334e711ca85e7c16bee392ebe0c9fd788ffe89",
+        "status": "shipped inside the package (keras_facemargin/pretrained/weights/)",
+        "conversion": "python examples/celeba_lfw.py --loss arcface (then tools/package_model.py)",
+        # FaceVerifier thresholds: cosine at the stated FAR over the 3,000 LFW impostor pairs
+        # (MTCNN-aligned at 112, resized to 48, flip-sum; rule: same iff score > threshold).
+        "thresholds": {"0.01": 0.5944, "0.001": 0.6936},
+    },
     "arcface_r100": _entry(
         "iresnet100", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
         {"MFR-ALL": 81.97, "IJB-C TAR@FAR=1e-4": 96.85, "IJB-C TAR@FAR=1e-5": 95.02},
@@ -91,8 +125,8 @@ MODELS = {
         {"MFR-ALL": 63.78, "IJB-C TAR@FAR=1e-4": 94.23, "IJB-C TAR@FAR=1e-5": 91.33},
         INSIGHTFACE_ZOO_SOURCE + " (row 'mobilefacenet-0.45G')", INSIGHTFACE_ZOO_LICENSE,
         "arcface_mobilefacenet_ms1mv3.weights.h5",
-        "Not convertible yet: tools/convert_insightface.py handles IResNet only; train with "
-        "keras_facemargin (backbone 'mobilefacenet') and save the backbone's .weights.h5",
+        "python tools/convert_insightface.py ms1mv3_arcface_mbf/backbone.pth "
+        "--output arcface_mobilefacenet_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
         _ARCFACE_NORM),
     "kappaface_r100": _entry(
         "iresnet100", "kappaface (s=64, m0=0.8, T=0.4, gamma=0.7)", "MS1MV2 (ms1m-refine-v2, 85k identities, 5.8M images)",
@@ -124,5 +158,5 @@ def get_model_info(name):
 
 
 #: The model that `FaceVerifier` and the photo tools use when none is given: the one shipped inside
-#: the package (``keras_facemargin/pretrained/weights/``). ``None`` until that file lands.
-DEFAULT_MODEL = None
+#: the package (``keras_facemargin/pretrained/weights/``).
+DEFAULT_MODEL = "arcface_celeba_mbf"
