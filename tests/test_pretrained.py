@@ -10,7 +10,7 @@ from keras_facemargin.backbones import IResNet
 from keras_facemargin.pretrained import (MODELS, PretrainedWeightsError, expected_weights_path, list_models,
                                          load)
 
-NAMES = ["arcface_mobilefacenet", "arcface_r100", "arcface_r50", "kappaface_r100", "kappaface_r50"]
+NAMES = ["arcface_celeba_mbf", "arcface_mobilefacenet", "arcface_r100", "arcface_r50", "kappaface_r100", "kappaface_r50"]
 TINY = {"stage_blocks": (1, 1, 1, 1), "stage_filters": (8, 8, 16, 16)}
 
 
@@ -52,10 +52,14 @@ def test_registry_lists_the_named_models_with_provenance():
     for name in NAMES:
         info = MODELS[name]
         assert info["backbone"] in kfm.backbones.BACKBONE_PRESETS
-        assert info["input_size"] == (112, 112) and info["embedding_dim"] == 512
         assert info["reported_source"] and info["license"] and info["training_set"]
-        # Nothing is hosted yet: no URL, and no hash of a file that does not exist.
-        assert info["weights_url"] is None and info["sha256"] is None
+        assert info["weights_url"] is None  # nothing is downloaded
+        if name == "arcface_celeba_mbf":  # shipped: a hash of the packaged file (tests/test_shipped_model.py)
+            assert len(info["sha256"]) == 64
+            continue
+        assert info["input_size"] == (112, 112) and info["embedding_dim"] == 512
+        # Bring-your-own weights: no hash of a file that does not exist.
+        assert info["sha256"] is None
     assert MODELS["arcface_r100"]["reported"]["IJB-C TAR@FAR=1e-4"] == 96.85
 
 
