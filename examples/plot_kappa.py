@@ -41,10 +41,10 @@ def main(argv=None):
         ax[2].plot([int(r["epoch"]) + 1 for r in rows], [float(r["kappa_mean"]) for r in rows], marker="o",
                    label=label)
     ax[0].set(xlabel="kappa_c (vMF concentration, eq. 3)", ylabel="margin psi_c * m0",
-              title="margin against concentration")
+              title="margin against concentration", xscale="log")
     ax[1].set(xlabel="images of the class", ylabel="margin psi_c * m0", title="margin against class size",
               xscale="log")
-    ax[2].set(xlabel="epoch", ylabel="mean kappa", title="mean kappa per epoch (cf. Fig. 5)")
+    ax[2].set(xlabel="epoch", ylabel="mean kappa", title="mean kappa per epoch (cf. Fig. 5)", yscale="log")
     for a in ax:
         a.grid(alpha=0.3)
     ax[2].legend(fontsize=7)
