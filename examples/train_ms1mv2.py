@@ -19,6 +19,12 @@ held-out verification at the end): about 3 minutes on 2 CPU cores (measured: 189
 accuracy with the paper's m0=0.8; that margin converges poorly at this small scale, `--margin 0.5`
 does better, see docs/results.md).
 
+Millions of identities: `--sample-rate 0.1` trains with Partial FC (An et al., ICCVW 2021): each step
+computes the logits on the batch's classes plus random others, 10% of the classes in all, and only
+those rows of the class-centre matrix get a gradient (keras_facemargin.layers.PartialFC; every --loss
+composes). `--experiment glint360k` is insightface's Glint360K recipe (360,232 identities: CosFace
+m=0.4, batch 1024, 20 epochs, lr / 10 at 8, 12, 15, 18, fp16, sample rate 0.1).
+
 How long: MS1MV2 is 11,372 steps of 512 per epoch; IResNet-100 trains at roughly 1,000-1,500 images/s
 on 8 V100-class GPUs (insightface's reports), i.e. about 1.5 h per epoch, 1.5-2 days for 24 epochs.
 The KappaFace memory buffer needs 12 GB (float32) or 6 GB (`--buffer-dtype float16`) on the device.
@@ -35,6 +41,8 @@ Examples:
     python examples/train_ms1mv2.py                                   # synthetic default
     python examples/train_ms1mv2.py --data /data/faces_emore          # the paper recipe
     python examples/train_ms1mv2.py --data /data/faces_emore --loss arcface --batch-size 256 --mixed-precision
+    python examples/train_ms1mv2.py --data /data/faces_emore --sample-rate 0.1      # KappaFace + Partial FC
+    python examples/train_ms1mv2.py --experiment glint360k --data /data/glint360k
     python examples/train_ms1mv2.py --data celeba_identities/color_arcface112 --data celeba_align_10k/images \\
         --exclude-identities celeba_identities/lfw_overlap_candidates.tsv --image-size 112 \\
         --backbone iresnet18 --batch-size 64 --epochs 3 --lr-steps 2
@@ -86,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, help="KappaFace T")
     p.add_argument("--gamma", type=float, help="KappaFace gamma")
     p.add_argument("--buffer-dtype", choices=("float32", "float16"))
+    p.add_argument("--sample-rate", type=float,
+                   help="Partial FC: fraction of the classes in each step's logits, in (0, 1] (default 1: full FC)")
     p.add_argument("--batch-size", type=int, help="global batch size (all GPUs and workers)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="lr at batch 512 (scaled by batch/512)")

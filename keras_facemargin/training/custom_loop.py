@@ -42,9 +42,7 @@ class CustomLoop:
         self.strategy = strategy
         self.global_batch_size = int(global_batch_size)
         loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        config = loss.get_config()
-        config["reduction"] = None
-        self.loss = loss.__class__.from_config(config)
+        self.loss = _unreduced(loss)
         self._train_step = tf.function(self._distributed_step)
 
     def _replica_step(self, inputs):
@@ -125,6 +123,18 @@ class CustomLoop:
                 break
         callback_list.on_train_end(logs=epoch_logs if epochs > initial_epoch else {})
         return callback_list._history
+
+
+def _unreduced(loss):
+    """A shallow copy of `loss` returning per-example values.
+
+    Not a config round trip (nor `copy.copy`, which Keras routes through the
+    config): `PartialFCLoss` holds its layer outside its config.
+    """
+    clone = object.__new__(type(loss))
+    clone.__dict__.update(vars(loss))
+    clone.reduction = None
+    return clone
 
 
 def model_state(model):

@@ -9,7 +9,7 @@ import inspect
 
 
 def build_head(loss, num_classes, class_counts=None, num_samples=None, scale=64.0,
-               estimator="memory_buffer", margin=None, **kappa_options):
+               estimator="memory_buffer", margin=None, sample_rate=1.0, sample_seed=0, **kappa_options):
     """The head registered as `loss`, with the paper's margin unless `margin` is given.
 
     Args:
@@ -21,6 +21,9 @@ def build_head(loss, num_classes, class_counts=None, num_samples=None, scale=64.
         estimator: KappaFace estimator, "memory_buffer" or "momentum_encoder".
         margin: the head's `margin` (ArcFace m, KappaFace m0, ...); `None` = the paper's.
             A `ValueError` for heads without a `margin` argument.
+        sample_rate: Partial FC rate in (0, 1]; below 1 the head comes wrapped in
+            `keras_facemargin.layers.PartialFC` (train it with `PartialFCLoss`).
+        sample_seed: seed of the Partial FC sampling.
         **kappa_options: further `KappaMarginDense` arguments (temperature, gamma,
             buffer_alpha, buffer_dtype, encoder_momentum); ignored by other heads.
 
@@ -43,4 +46,4 @@ def build_head(loss, num_classes, class_counts=None, num_samples=None, scale=64.
         if estimator != "memory_buffer":
             num_samples = None
     return registry.build_head(loss, num_classes, class_counts=class_counts, num_samples=num_samples,
-                               run_options=options)
+                               run_options=options, sample_rate=sample_rate, sample_seed=sample_seed)

@@ -317,14 +317,19 @@ class Trainer:
             kappa = dict(temperature=cfg.temperature, gamma=cfg.gamma, buffer_alpha=cfg.buffer_alpha,
                          buffer_dtype=cfg.buffer_dtype, encoder_momentum=cfg.encoder_momentum)
             head = build_head(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
-                              cfg.estimator, cfg.margin, **kappa)
+                              cfg.estimator, cfg.margin, sample_rate=cfg.sample_rate, sample_seed=cfg.seed, **kappa)
             model = FaceRecognizer(backbone, head)
+            if cfg.sample_rate < 1:
+                from keras_facemargin.layers.partial_fc import PartialFCLoss
+
+                loss = PartialFCLoss(head)
+            else:
+                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             schedule = EpochStepDecay(cfg.effective_lr, spec.steps_per_epoch, cfg.lr_steps, cfg.lr_factor)
             optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             if cfg.mixed_precision:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          jit_compile=False)
+            model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
             h, w, _ = spec.image_shape
             model({"images": np.zeros((1, h, w, 3), "float32"), "labels": np.zeros((1,), "int32"),
                    "index": np.zeros((1,), "int32")}, training=False)
@@ -391,7 +396,9 @@ class Trainer:
             if spec.training_set is not None:
                 spec.training_set.write_report(run_dir)
         self._log(
-            f"{spec.description}.\nRun {cfg.run_name}: {cfg.loss} head, {cfg.backbone} backbone, "
+            f"{spec.description}.\nRun {cfg.run_name}: {cfg.loss} head"
+            + (f" (Partial FC, sample rate {cfg.sample_rate:g})" if cfg.sample_rate < 1 else "")
+            + f", {cfg.backbone} backbone, "
             f"{self.strategy.num_replicas_in_sync} replica(s) "
             f"({'MultiWorkerMirroredStrategy, custom loop' if cfg.multi_worker else type(self.strategy).__name__}), "
             f"global batch {cfg.batch_size}, {spec.steps_per_epoch} steps/epoch, lr {cfg.effective_lr:g} "
@@ -435,7 +442,7 @@ class Trainer:
         from keras_facemargin.training.custom_loop import CustomLoop
 
         cfg = self.config
-        loop = CustomLoop(self.model, self.model.optimizer, self.strategy, cfg.batch_size)
+        loop = CustomLoop(self.model, self.model.optimizer, self.strategy, cfg.batch_size, loss=self.model.loss)
         verbose = cfg.verbose if self.is_chief else 0
         callbacks = [cb for cb in callbacks if verbose or cb.__class__.__name__ != "EpochProgbar"]
         loop.fit(self.dataset_fn, cfg.epochs, self.data.steps_per_epoch, initial_epoch, skip,
