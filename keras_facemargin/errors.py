@@ -17,6 +17,9 @@ names the file, the field / offset / line, and what was expected. One class per 
 :class:`IJBFileError`       IJB-B/C meta files
 :class:`MegaFaceFileError`  MegaFace feature files (``.bin``, ``.npy``) and noise lists
 :class:`WeightsFileError`   converted ``.pth`` / ``.onnx`` weights
+                            (:mod:`keras_facemargin.pretrained.convert` raises its subclass
+                            of the same name, with ``.node``; ``UnsafeWeightsError``, a
+                            refused pickle, and ``ExternalDataError`` derive from it)
 ==========================  ==============================================================
 
 :class:`BadRecordError` (re-exported by :mod:`keras_facemargin.data.errors`) keeps its

@@ -80,6 +80,8 @@ def test_crafted_inputs_are_typed_bounded_and_name_the_file(results, reader):
                             f"{r.get('message', '')[:400]}")
         elif not r.get("names_file"):
             problems.append(f"{r['case']}: message does not name {r['file']}: {r.get('message', '')[:300]}")
+        elif r.get("names_node") is False:
+            problems.append(f"{r['case']}: message does not name {r['node']}: {r.get('message', '')[:300]}")
         if r.get("seconds", 0) > r["max_seconds"]:
             problems.append(f"{r['case']}: took {r['seconds']} s (bound {r['max_seconds']} s)")
         if r.get("peak_mb", 0) > MAX_PEAK_MB:
@@ -139,3 +141,82 @@ def test_bin_pickle_allowlist_is_documented():
     for name in bin_sets.BIN_PICKLE_ALLOWLIST:  # every entry resolves to a stand-in, not numpy / _codecs
         obj = bin_sets._ALLOWED_GLOBALS[tuple(name.rsplit(".", 1))]
         assert getattr(obj, "__module__", bin_sets.__name__) == bin_sets.__name__ or obj is bin_sets._NDARRAY
+
+
+def test_pth_pickle_allowlist_is_documented():
+    from keras_facemargin.pretrained import convert
+
+    storages = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+    assert set(convert.PTH_PICKLE_ALLOWLIST) == {
+        "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+        *(f"torch.{s}Storage" for s in storages)}
+    doc = " ".join(convert.read_torch_checkpoint.__doc__.split())
+    for name in ("collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                 *(f"{s}Storage" for s in storages)):
+        assert name in doc, name
+    for target in convert._PTH_GLOBALS.values():  # stand-ins of this module, never torch / collections
+        assert getattr(target, "__module__", convert.__name__) == convert.__name__
+
+
+def test_pth_zip_caps_are_keywords(tmp_path):
+    import pickle
+    import zipfile
+
+    from keras_facemargin.errors import UntrustedFileError
+    from keras_facemargin.pretrained import convert
+
+    path = tmp_path / "zeros.pth"
+    n = 1 << 19  # 2 MiB of float32 zeros, deflated to a few KiB
+    pkl = untrusted_cases._pickle({"w": untrusted_cases._tensor("0", n, 0, (n,), (1,))})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", bytes(4 * n))
+    with pytest.raises(convert.WeightsFileError, match="zeros.pth: .*archive/data/0.*max_entry_bytes") as err:
+        convert.read_torch_state_dict(path)
+    assert isinstance(err.value, UntrustedFileError) and err.value.where == "archive/data/0"
+    with pytest.raises(convert.WeightsFileError, match="max_ratio=16"):
+        convert.read_torch_state_dict(path, max_entry_bytes=8 << 20)
+    with pytest.raises(convert.WeightsFileError, match="max_total_bytes"):
+        convert.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4, max_total_bytes=1 << 20)
+    sd = convert.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4)
+    assert sd["w"].shape == (n,) and not sd["w"].any()
+    assert issubclass(convert.UnsafeWeightsError, pickle.UnpicklingError)
+    assert issubclass(convert.ExternalDataError, convert.WeightsFileError)
+
+
+def test_onnx_external_data_is_never_read_from_the_current_directory(tmp_path, monkeypatch):
+    """onnx.numpy_helper.to_array reads an external tensor relative to the current directory:
+    no tensor anywhere in the model (initializer, Constant, local function) may get there."""
+    import builtins
+
+    import onnx
+    import onnx.external_data_helper
+
+    from keras_facemargin.pretrained import convert
+
+    cwd, models = tmp_path / "cwd", tmp_path / "models"
+    cwd.mkdir()
+    models.mkdir()
+    (cwd / "w.bin").write_bytes(bytes(1 << 16))
+    monkeypatch.chdir(cwd)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_tensor",
+                        lambda *a, **k: pytest.fail("onnx loaded external data"))
+
+    cases = {c.name: c for c in untrusted_cases.crafted_cases("onnx")}
+    for i, name in enumerate(("external initializer, relative", "external Constant in a local function (relative)",
+                              "external Constant in an If branch")):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        (d / "r.onnx").write_bytes(untrusted_cases.tiny_iresnet_onnx().SerializeToString())
+        cases[name].build(d)
+        (d / "w.bin").unlink(missing_ok=True)  # only ./w.bin (the current directory's) exists
+        path = d / "r.onnx"
+        for allow in (False, True):
+            with pytest.raises(convert.ExternalDataError, match="r.onnx"):
+                convert.onnx_to_state_dict(path, allow_external_data=allow)
+            with pytest.raises(convert.ExternalDataError):
+                convert.onnx_to_state_dict(onnx.load(str(path), load_external_data=False), allow_external_data=allow)
+    assert not [f for f in opened if f.endswith("w.bin")], opened

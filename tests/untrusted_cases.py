@@ -28,13 +28,14 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-READERS = ("bin", "recordio", "tfrecord", "folder", "lfw", "ijb", "megaface")
+READERS = ("bin", "recordio", "tfrecord", "folder", "lfw", "ijb", "megaface", "pth", "onnx")
 SIZE = 16  # image side of the seeds
 
 
@@ -155,6 +156,8 @@ def seed_files(reader, d):
             write_feature_bin(d / "bins" / f"{i}.png_insightface.bin", rng.standard_normal(8))
         (d / "noises.txt").write_text("# comment\n1.png\n")
         return [d / "f.npy", *sorted((d / "bins").iterdir()), d / "noises.txt"]
+    if reader in ("pth", "onnx"):
+        return _weights_seed(reader, d)
     raise ValueError(reader)
 
 
@@ -246,6 +249,8 @@ def call_reader(reader, d):
         noise = read_noise_list(d / "noises.txt")
         return {"npy": a.shape, "bins": b.shape, "finite": bool(np.isfinite(a).all() and np.isfinite(b).all()),
                 "noise": len(noise)}
+    if reader in ("pth", "onnx"):
+        return _weights_reader(reader, d)
     raise ValueError(reader)
 
 
@@ -273,13 +278,16 @@ def check_accepted(reader, s):
         assert all(not n.startswith("/") and ".." not in n.split("/") for n in s["names"]), s
     elif reader == "megaface":
         assert s["finite"], s
+    elif reader in ("pth", "onnx"):
+        _weights_check(s)
 
 
 # ----------------------------------------------------------------------------- crafted inputs
 @dataclass
 class Case:
     """A crafted input: ``build(d)`` writes it over a seed; ``error`` is the class name expected
-    (raised, or ``"bad"``: collected as bad records), ``file`` the name the message must contain."""
+    (raised, or ``"bad"``: collected as bad records), ``file`` the name the message must contain
+    (and ``node``, when set, another text it must contain)."""
 
     reader: str
     name: str
@@ -287,6 +295,7 @@ class Case:
     error: str
     file: str
     max_seconds: float = 20.0
+    node: str = None  # a text the message must also contain (the ONNX node, input or tensor)
 
 
 def _bin(obj, protocol=4):
@@ -605,10 +614,656 @@ def _megaface_cases():
     return [Case("megaface", n, b, "MegaFaceFileError", f) for n, b, f in cases]
 
 
+# ----------------------------------------------------------------------------- weights (.pth / .onnx)
+WEIGHT_FILTERS, WEIGHT_EMB = (4, 4, 8, 8), 8
+
+
+def tiny_iresnet_state_dict(seed=0, filters=WEIGHT_FILTERS, emb=WEIGHT_EMB):
+    """An insightface IResNet state dict (PyTorch names / layouts), one block per stage, for
+    ``SIZE x SIZE`` images (a 1x1 final map)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def conv(name, o, i, k):
+        sd[f"{name}.weight"] = rng.normal(0, 0.3, (o, i, k, k)).astype("float32")
+
+    def bn(name, c, affine=True):
+        if affine:
+            sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
+        sd[f"{name}.bias"] = rng.normal(0, 0.2, c).astype("float32")
+        sd[f"{name}.running_mean"] = rng.normal(0, 0.2, c).astype("float32")
+        sd[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype("float32")
+
+    conv("conv1", filters[0], 3, 3)
+    bn("bn1", filters[0])
+    sd["prelu.weight"] = rng.uniform(0.1, 0.4, filters[0]).astype("float32")
+    cin = filters[0]
+    for s, c in enumerate(filters, start=1):
+        p = f"layer{s}.0"
+        bn(f"{p}.bn1", cin)
+        conv(f"{p}.conv1", c, cin, 3)
+        bn(f"{p}.bn2", c)
+        sd[f"{p}.prelu.weight"] = rng.uniform(0.1, 0.4, c).astype("float32")
+        conv(f"{p}.conv2", c, c, 3)
+        bn(f"{p}.bn3", c)
+        conv(f"{p}.downsample.0", c, cin, 1)
+        bn(f"{p}.downsample.1", c)
+        cin = c
+    bn("bn2", cin)
+    sd["fc.weight"] = rng.normal(0, 0.3, (emb, cin)).astype("float32")
+    sd["fc.bias"] = rng.normal(0, 0.1, emb).astype("float32")
+    bn("features", emb, affine=False)
+    sd["features.weight"] = np.ones(emb, "float32")
+    return sd
+
+
+def tiny_iresnet_onnx(sd=None):
+    """The ONNX graph of :func:`tiny_iresnet_state_dict` (``tests/test_convert.py``'s exporter)."""
+    from test_convert import iresnet_onnx
+
+    return iresnet_onnx(sd or tiny_iresnet_state_dict(), blocks=(1, 1, 1, 1), size=SIZE)
+
+
+def _torch_checkpoint(path):
+    """arcface_torch's resume checkpoint layout written by torch.save (OrderedDict with _metadata,
+    a float16 and a strided tensor, PartialFC centres, optimizer state); False without torch."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    sd = {k: torch.from_numpy(v.copy()) for k, v in tiny_iresnet_state_dict(seed=1).items()}
+    sd["conv1.weight"] = sd["conv1.weight"].half()
+    sd["layer1.0.conv1.weight"] = sd["layer1.0.conv1.weight"].transpose(0, 1).contiguous().transpose(0, 1)
+    sd["layer1.0.bn1.num_batches_tracked"] = torch.tensor(3)
+    backbone = torch.nn.Module()
+    state = backbone.state_dict()  # an OrderedDict with its _metadata attribute
+    state.update(sd)
+    torch.save({"epoch": 2, "global_step": 10, "state_dict_backbone": state,
+                "state_dict_softmax_fc": {"weight": torch.zeros(12, WEIGHT_EMB)},
+                "state_optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}},
+                                    "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "nesterov": False}]}},
+               path)
+    return True
+
+
+def _weights_seed(reader, d):
+    from keras_facemargin.pretrained.convert import write_torch_state_dict
+
+    if reader == "pth":
+        write_torch_state_dict(tiny_iresnet_state_dict(), d / "backbone.pth")
+        files = [d / "backbone.pth"]
+        if _torch_checkpoint(d / "checkpoint.pt"):
+            files.append(d / "checkpoint.pt")
+        for zp in list(files):  # the pickles alone: mutated, they are re-zipped (valid CRCs) by the reader
+            with zipfile.ZipFile(zp) as z:
+                (d / f"{zp.stem}.pkl").write_bytes(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+            files.append(d / f"{zp.stem}.pkl")
+        return files
+    import onnx
+
+    onnx.save(tiny_iresnet_onnx(), str(d / "r.onnx"))
+    return [d / "r.onnx"]
+
+
+def _repack(d):
+    """``<stem>.repacked.pth``: ``<stem>.pth`` / ``.pt`` with its data.pkl replaced by ``<stem>.pkl``
+    (so a mutated pickle reaches the unpickler instead of failing the zip's CRC)."""
+    for pkl in sorted(d.glob("*.pkl")):
+        src = next((p for p in (d / f"{pkl.stem}.pth", d / f"{pkl.stem}.pt") if p.exists()), None)
+        if src is None:
+            continue
+        try:
+            with zipfile.ZipFile(src) as z, zipfile.ZipFile(d / f"{pkl.stem}.repacked.pth", "w") as out:
+                for info in z.infolist():
+                    out.writestr(info.filename, pkl.read_bytes() if info.filename.endswith("data.pkl")
+                                 else z.read(info))
+        except Exception:  # noqa: BLE001 - a mutated zip: it is read (and refused) as it is
+            (d / f"{pkl.stem}.repacked.pth").unlink(missing_ok=True)
+
+
+def _weights_reader(reader, d):
+    from keras_facemargin.pretrained.convert import read_insightface
+
+    if reader == "pth":
+        _repack(d)
+    files = sorted(p for p in d.iterdir() if p.suffix in (".pth", ".pt", ".onnx"))
+    out = {"files": 0, "tensors": 0, "bytes": 0, "file_bytes": 0, "finite": True, "configs": [], "dtypes": set()}
+    for p in files:
+        sd, info = read_insightface(p)
+        out["files"] += 1
+        out["tensors"] += len(sd)
+        out["bytes"] += sum(int(np.asarray(v).nbytes) for v in sd.values())
+        out["file_bytes"] += p.stat().st_size
+        out["finite"] &= all(np.isfinite(v).all() for v in sd.values() if np.asarray(v).dtype.kind == "f")
+        out["dtypes"] |= {str(np.asarray(v).dtype) for v in sd.values()}
+        out["configs"].append({"arch": info["arch"], **info["config"]})
+    out["dtypes"] = sorted(out["dtypes"])
+    return out
+
+
+def _weights_check(s):
+    assert s["finite"], s
+    assert set(s["dtypes"]) <= {"float32", "int64", "int32", "int16", "int8", "uint8", "bool"}, s
+    assert s["bytes"] <= 4 * s["file_bytes"] + (4 << 20), f"arrays of {s['bytes']} bytes from {s['file_bytes']}: {s}"
+    for c in s["configs"]:
+        h, w, ch = c["image_shape"]
+        assert 0 < h <= 4096 and 0 < w <= 4096 and ch == 3, s
+        assert c["embedding_dim"] > 0, s
+        if c["arch"] == "iresnet":
+            assert all(f > 0 for f in c["stage_filters"]), s
+            assert c["stage_blocks"] is None or all(0 < b <= 1000 for b in c["stage_blocks"]), s
+
+
+# --- crafted .pth inputs
+class _Pid:
+    """Pickles as a persistent id (``BINPERSID``)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+
+class _CraftPickler(pickle._Pickler):
+    """A pure-Python pickler writing the given global names for stand-in classes (no torch)."""
+
+    def __init__(self, f, names, protocol=2):
+        super().__init__(f, protocol)
+        self._names = names
+
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, _Pid) else None
+
+    def save_global(self, obj, name=None):
+        if isinstance(obj, type) and obj in self._names:
+            module, qual = self._names[obj]
+            self.write(pickle.GLOBAL + f"{module}\n{qual}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+
+def _glob(module, name):
+    return type(name, (), {"__module__": module})
+
+
+_REBUILD = _glob("torch._utils", "_rebuild_tensor_v2")
+_PARAM = _glob("torch._utils", "_rebuild_parameter")
+_FLOAT, _BOOL = _glob("torch", "FloatStorage"), _glob("torch", "BoolStorage")
+_GLOBAL_NAMES = {g: (g.__module__, g.__name__) for g in (_REBUILD, _PARAM, _FLOAT, _BOOL)}
+_OS_SYSTEM = _glob("os", "system")
+_GLOBAL_NAMES[_OS_SYSTEM] = ("os", "system")
+
+
+def _tensor(key, numel, offset, size, stride, storage=_FLOAT):
+    import collections
+
+    return _Reduce(_REBUILD, (_Pid(("storage", storage, key, "cpu", numel)), offset, tuple(size), tuple(stride),
+                              False, collections.OrderedDict()))
+
+
+def _pickle(obj, protocol=2):
+    import io
+
+    buf = io.BytesIO()
+    _CraftPickler(buf, _GLOBAL_NAMES, protocol).dump(obj)
+    return buf.getvalue()
+
+
+def _pth(pkl, storages=None, name="backbone.pth", method=zipfile.ZIP_STORED, byteorder=b"little", extra=()):
+    def build(d):
+        p = d / name
+        with zipfile.ZipFile(p, "w", method) as z:
+            z.writestr("archive/data.pkl", pkl() if callable(pkl) else pkl)
+            if byteorder is not None:
+                z.writestr("archive/byteorder", byteorder)
+            for key, raw in (storages or {}).items():
+                z.writestr(f"archive/data/{key}", raw)
+            for n, raw in extra:
+                z.writestr(n, raw)
+            z.writestr("archive/version", "3\n")
+    return build
+
+
+def _zip_records(data):
+    """``(start of the central directory, [(offset, name) of each central record], EOCD offset)``."""
+    eocd = data.rindex(b"PK\x05\x06")
+    start = struct.unpack_from("<I", data, eocd + 16)[0]
+    out, i = [], start
+    while data[i:i + 4] == b"PK\x01\x02":
+        nlen, xlen, clen = struct.unpack_from("<HHH", data, i + 28)
+        out.append((i, bytes(data[i + 46:i + 46 + nlen]).decode()))
+        i += 46 + nlen + xlen + clen
+    return start, out, eocd
+
+
+def _patch_zip(name, entry, flag=None, method=None, size=None):
+    """Rewrite fields of one entry's central record and local header."""
+    def build(d):
+        p = d / name
+        data = bytearray(p.read_bytes())
+        _, recs, _ = _zip_records(data)
+        cen = next(off for off, n in recs if n == entry)
+        loc = struct.unpack_from("<I", data, cen + 42)[0]
+        for value, c_at, l_at, fmt in ((flag, 8, 6, "<H"), (method, 10, 8, "<H"), (size, 24, 22, "<I")):
+            if value is not None:
+                struct.pack_into(fmt, data, cen + c_at, value)
+                struct.pack_into(fmt, data, loc + l_at, value)
+        p.write_bytes(bytes(data))
+    return build
+
+
+def _dup_central(name, entry, new_name):
+    """Add a second central record for ``entry``'s data under ``new_name`` (same length): two
+    entries sharing one local header, as in overlapping-entry zip bombs."""
+    def build(d):
+        p = d / name
+        data = p.read_bytes()
+        start, recs, eocd = _zip_records(data)
+        off = next(o for o, n in recs if n == entry)
+        nlen, xlen, clen = struct.unpack_from("<HHH", data, off + 28)
+        rec = bytearray(data[off:off + 46 + nlen + xlen + clen])
+        rec[46:46 + nlen] = new_name.encode()
+        cdir = data[start:eocd] + bytes(rec)
+        end = bytearray(data[eocd:eocd + 22])
+        n = struct.unpack_from("<H", end, 8)[0] + 1
+        struct.pack_into("<HHII", end, 8, n, n, len(cdir), start)
+        p.write_bytes(data[:start] + cdir + bytes(end))
+    return build
+
+
+def _then(*builds):
+    def build(d):
+        for b in builds:
+            b(d)
+    return build
+
+
+def _deflate_bomb_entry(n_bytes):
+    def build(d):
+        p = d / "backbone.pth"
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            z.writestr("archive/data.pkl", _pickle({"w": _tensor("0", 4, 0, (4,), (1,))}))
+            z.writestr("archive/byteorder", "little")
+            with z.open("archive/data/0", "w") as f:
+                chunk = b"\0" * (1 << 20)
+                for _ in range(n_bytes >> 20):
+                    f.write(chunk)
+    return build
+
+
+def _pth_cases():
+    import collections
+
+    from keras_facemargin.pretrained.convert import write_torch_state_dict
+
+    f4 = np.arange(4, dtype="<f4").tobytes()
+    mib = np.zeros(1 << 18, "<f4").tobytes()  # 1 MiB storage
+    tied = lambda: _pickle({f"w{i}": _tensor("0", 1 << 18, 0, (1 << 18,), (1,)) for i in range(5000)})  # noqa: E731
+
+    def sd_file(mutate):
+        def build(d):
+            sd = tiny_iresnet_state_dict()
+            mutate(sd)
+            write_torch_state_dict(sd, d / "backbone.pth")
+        return build
+
+    def nan(sd):
+        sd["layer2.0.conv1.weight"][0, 0, 0, 0] = np.nan
+
+    def far_block(sd):
+        sd.update({k.replace("layer1.0.", "layer1.99999999."): v for k, v in sd.items() if k.startswith("layer1.0.")})
+
+    def colliding_tuples():  # written opcode by opcode: building the dict here would be quadratic too
+        one, two = b"J" + struct.pack("<i", -1), b"J" + struct.pack("<i", -2)  # hash(-1) == hash(-2)
+        items = b"".join(b"(" + b"".join(two if (i >> b) & 1 else one for b in range(15)) + b"tK\x00"
+                         for i in range(1 << 15))
+        return b"\x80\x02}(" + items + b"u."
+
+    def ordered_dict_arg():
+        return _pickle(_Reduce(collections.OrderedDict, ([((-1, -2), 0), ((-2, -1), 1)],)))
+
+    cases = [
+        ("stride-0 view 1e5 x 1e5 over 1 element", _pth(lambda: _pickle({"w": _tensor("0", 1, 0, (10**5, 10**5), (0, 0))}),
+                                                         {"0": f4[:4]}), "UnsafeWeightsError"),
+        ("overlapping view 5e4 x 5e4 over 1e5 elements",
+         _pth(lambda: _pickle({"w": _tensor("0", 10**5, 0, (50_000, 50_000), (1, 1))}),
+              {"0": np.zeros(10**5, "<f4").tobytes()}), "UnsafeWeightsError"),
+        ("view outside its storage", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (64,), (1,))}), {"0": f4}),
+         "UnsafeWeightsError"),
+        ("5000 names viewing one 1 MiB storage", _pth(tied, {"0": mib}), "WeightsFileError"),
+        ("storage declaring 2**40 elements in 16 bytes",
+         _pth(lambda: _pickle({"w": _tensor("0", 1 << 40, 0, (1 << 20,), (1,))}), {"0": f4}), "WeightsFileError"),
+        ("storage numel above 2**62", _pth(lambda: _pickle({"w": _tensor("0", 1 << 63, 0, (4,), (1,))}), {"0": f4}),
+         "UnsafeWeightsError"),
+        ("tensor of 10000 dimensions", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (1,) * 10000, (1,) * 10000)}),
+                                            {"0": f4}), "UnsafeWeightsError"),
+        ("missing storage entry", _pth(lambda: _pickle({"w": _tensor("7", 4, 0, (4,), (1,))}), {"0": f4}),
+         "WeightsFileError"),
+        ("bool storage holding 2", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (4,), (1,), _BOOL)}),
+                                        {"0": b"\x00\x01\x02\x01"}), "WeightsFileError"),
+        ("deflate bomb, declared size 64 MiB", _deflate_bomb_entry(64 << 20), "WeightsFileError"),
+        ("deflate bomb, declared 16 bytes", _then(_deflate_bomb_entry(64 << 20),
+                                                  _patch_zip("backbone.pth", "archive/data/0", size=16)),
+         "WeightsFileError"),
+        ("pickle entry declaring 3 GB", _patch_zip("backbone.pth", "archive/data.pkl", size=3 << 30),
+         "WeightsFileError"),
+        ("encrypted pickle entry", _patch_zip("backbone.pth", "archive/data.pkl", flag=0x1), "WeightsFileError"),
+        ("compression method 99", _patch_zip("backbone.pth", "archive/data/0", method=99), "WeightsFileError"),
+        ("bzip2 entry", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (4,), (1,))}), {"0": f4},
+                             method=zipfile.ZIP_BZIP2), "WeightsFileError"),
+        ("two central records for one storage", _dup_central("backbone.pth", "archive/data/0", "archive/dxta/0"),
+         "WeightsFileError"),
+        ("CRC mismatch in a storage", lambda d: _flip_last_stored(d / "backbone.pth"), "WeightsFileError"),
+        ("zip truncated in its central directory",
+         lambda d: (d / "backbone.pth").write_bytes((d / "backbone.pth").read_bytes()[:-40]), "WeightsFileError"),
+        ("legacy (not zip) pickle", _raw("backbone.pth", pickle.dumps({"a": 1})), "WeightsFileError"),
+        ("empty file", _raw("backbone.pth", b""), "WeightsFileError"),
+        ("huge memo index (LONG_BINPUT 2**31-1)", _pth(b"\x80\x02]r\xff\xff\xff\x7f0N."), "WeightsFileError"),
+        ("memo get of an unset slot", _pth(b"\x80\x02j\xff\xff\xff\x00."), "WeightsFileError"),
+        ("dict of 2**15 colliding tuple keys", _pth(colliding_tuples), "UnsafeWeightsError"),
+        ("dict of ints colliding mod 2**61-1", _pth(lambda: _pickle({k * (2**61 - 1): 0 for k in range(2000)})),
+         "WeightsFileError"),
+        ("OrderedDict built from an argument", _pth(ordered_dict_arg), "UnsafeWeightsError"),
+        ("os.system global", _pth(lambda: _pickle(_Reduce(_OS_SYSTEM, ("echo PWNED",)))),
+         "UnsafeWeightsError"),
+        ("builtins.eval by STACK_GLOBAL", _pth(lambda: pickle.dumps(_Reduce(eval, ("1+1",)), 4)), "UnsafeWeightsError"),
+        ("NEWOBJ of OrderedDict", _pth(b"\x80\x02ccollections\nOrderedDict\n)\x81."), "UnsafeWeightsError"),
+        ("BUILD on a tensor", _pth(lambda: _pickle(_Reduce(_PARAM, (_tensor("0", 4, 0, (4,), (1,)),), {"x": 1})),
+                                   {"0": f4}), "UnsafeWeightsError"),
+        ("huge LONG4 int", _pth(b"\x80\x02\x8b\x00\x00\x10\x00" + b"\xff" * (1 << 20) + b"."), "WeightsFileError"),
+        ("deep list nesting", _pth(b"\x80\x02" + b"]" * 200_000 + b"."), "WeightsFileError"),
+        ("truncated pickle", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (4,), (1,))})[:-5], {"0": f4}),
+         "WeightsFileError"),
+        ("not a pickle", _pth(b"\x00\x01garbage"), "WeightsFileError"),
+        ("big-endian byteorder", _pth(lambda: _pickle({"w": _tensor("0", 4, 0, (4,), (1,))}), {"0": f4},
+                                      byteorder=b"big"), "WeightsFileError"),
+        ("two data.pkl", _pth(b"\x80\x02}.", extra=[("other/data.pkl", b"\x80\x02}.")]), "WeightsFileError"),
+        ("module.w and w", _pth(lambda: _pickle({"module.w": _tensor("0", 4, 0, (4,), (1,)),
+                                                 "w": _tensor("0", 4, 0, (4,), (1,))}), {"0": f4}),
+         "WeightsFileError"),
+        ("NaN weight", sd_file(nan), "WeightsFileError"),
+        ("block numbered 99999999", sd_file(far_block), "WeightsFileError"),
+    ]
+    return [Case("pth", n, _then(_drop_pickles, b), e, "backbone.pth") for n, b, e in cases]
+
+
+def _drop_pickles(d):
+    for p in d.glob("*.pkl"):
+        p.unlink()
+
+
+def _flip_last_stored(p):
+    """Flip one byte inside the data of the last storage entry (a CRC mismatch)."""
+    with zipfile.ZipFile(p) as z:
+        info = [i for i in z.infolist() if "/data/" in i.filename][-1]
+    data = bytearray(p.read_bytes())
+    nlen, xlen = struct.unpack_from("<HH", data, info.header_offset + 26)
+    data[info.header_offset + 30 + nlen + xlen] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+# --- crafted .onnx inputs
+def _onnx_edit(edit):
+    def build(d):
+        import onnx
+
+        model = onnx.load(str(d / "r.onnx"))
+        out = edit(model, d)
+        if isinstance(out, (bytes, bytearray)):
+            (d / "r.onnx").write_bytes(out)
+        else:
+            onnx.save(out if out is not None else model, str(d / "r.onnx"))
+    return build
+
+
+def _node(model, op, k=0):
+    return [n for n in model.graph.node if n.op_type == op][k]
+
+
+def _init(model, name):
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def _set_init(model, name, value):
+    from onnx import numpy_helper
+
+    t = _init(model, name)
+    t.CopyFrom(numpy_helper.from_array(np.asarray(value), name))
+
+
+def _external(t, location):
+    from onnx import TensorProto
+
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    del t.external_data[:]
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(4 * int(np.prod(t.dims))))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+
+
+def _onnx_cases():
+    from onnx import TensorProto, helper
+
+    def drop_weight(m, d):
+        conv = _node(m, "Conv", 2)
+        del conv.input[1:]
+
+    def constant_without_output(m, d):
+        m.graph.node.insert(0, helper.make_node("Constant", [], [], name="lonely_constant",
+                                                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])))
+
+    def scalar_conv_weight(m, d):
+        _set_init(m, _node(m, "Conv", 1).input[1], np.float32(0.5))
+
+    def bn_rank(m, d):
+        bn = _node(m, "BatchNormalization", 3)
+        c = int(np.prod(_init(m, bn.input[1]).dims))
+        _set_init(m, bn.input[1], np.ones((c, 1), np.float32))
+
+    def nan_weight(m, d):
+        name = _node(m, "Conv", 3).input[1]
+        from onnx import numpy_helper
+
+        w = numpy_helper.to_array(_init(m, name)).copy()
+        w.reshape(-1)[5] = np.nan
+        _set_init(m, name, w)
+
+    def inf_fc(m, d):
+        from onnx import numpy_helper
+
+        name = _node(m, "Gemm").input[1]
+        w = numpy_helper.to_array(_init(m, name)).copy()
+        w[0, 0] = np.inf
+        _set_init(m, name, w)
+
+    def bn_eps(value):
+        def edit(m, d):
+            bn = _node(m, "BatchNormalization", 2)
+            for a in bn.attribute:
+                if a.name == "epsilon":
+                    a.f = value
+        return edit
+
+    def negative_var(m, d):
+        from onnx import numpy_helper
+
+        bn = _node(m, "BatchNormalization", 1)
+        v = numpy_helper.to_array(_init(m, bn.input[4])).copy()
+        v[0] = -1.0
+        _set_init(m, bn.input[4], v)
+
+    def image_size(h, w):
+        def edit(m, d):
+            dims = m.graph.input[0].type.tensor_type.shape.dim
+            dims[2].dim_value, dims[3].dim_value = h, w
+        return edit
+
+    def external_init(location):
+        def edit(m, d):
+            (d / "w.bin").write_bytes(b"\0" * 4096)
+            _external(_init(m, _node(m, "Conv", 0).input[1]), location(d))
+        return edit
+
+    def external_constant_in_function(m, d):
+        (d / "w.bin").write_bytes(b"\0" * 64)
+        value = helper.make_tensor("v", TensorProto.FLOAT, [4], [0.0] * 4)
+        _external(value, str(d / "w.bin"))
+        body = [helper.make_node("Constant", [], ["k"], value=value), helper.make_node("Add", ["x", "k"], ["y"])]
+        m.functions.append(helper.make_function("loc", "AddK", ["x"], ["y"], body, [helper.make_opsetid("", 17)]))
+        m.opset_import.append(helper.make_opsetid("loc", 1))
+        out = m.graph.output[0].name
+        m.graph.node[-1].output[0] = out + "_pre"
+        m.graph.node.append(helper.make_node("AddK", [out + "_pre"], [out], domain="loc", name="addk"))
+
+    def external_constant_in_function_relative(m, d):
+        external_constant_in_function(m, d)
+        _external(m.functions[-1].node[0].attribute[0].t, "w.bin")  # the old reader read ./w.bin
+
+    def external_in_subgraph(m, d):
+        value = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])
+        _external(value, "w.bin")
+        (d / "w.bin").write_bytes(b"\0" * 16)
+        branch = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value)], "b", [],
+                                   [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+        m.graph.node.append(helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch))
+
+    def not_in_order_chain(n):
+        def edit(m, d):
+            out = m.graph.output[0].name
+            m.graph.node[-1].output[0] = "chain_0"
+            chain = [helper.make_node("Relu", [f"chain_{i}"], [f"chain_{i + 1}" if i + 1 < n else out])
+                     for i in range(n)]
+            m.graph.node.extend(chain[::-1])  # reverse order: quadratic for a pass-based sort
+        return edit
+
+    def fold_bomb(m, d):
+        m.graph.initializer.append(helper.make_tensor("big", TensorProto.FLOAT, [1 << 18], np.zeros(1 << 18, "<f4")
+                                                      .tobytes(), raw=True))
+        prev = "big"
+        for i in range(40):
+            m.graph.node.append(helper.make_node("Concat", [prev, prev], [f"dbl{i}"], axis=0, name=f"concat{i}"))
+            prev = f"dbl{i}"
+
+    def broadcast_bomb(m, d):
+        m.graph.initializer.extend([
+            helper.make_tensor("col", TensorProto.FLOAT, [100_000, 1], np.zeros(100_000, "<f4").tobytes(), raw=True),
+            helper.make_tensor("row", TensorProto.FLOAT, [1, 100_000], np.zeros(100_000, "<f4").tobytes(), raw=True)])
+        m.graph.node.append(helper.make_node("Mul", ["col", "row"], ["outer"], name="outer_product"))
+
+    def expand_bomb(m, d):
+        m.graph.initializer.extend([helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+                                    helper.make_tensor("shape", TensorProto.INT64, [2], [10**6, 10**6])])
+        m.graph.node.append(helper.make_node("Expand", ["one", "shape"], ["huge"], name="expand_huge"))
+
+    def recursive_function(m, d):
+        f = helper.make_function("loc", "F", ["x"], ["y"], [helper.make_node("F", ["x"], ["y"], domain="loc")],
+                                 [helper.make_opsetid("", 17)])
+        m.functions.append(f)
+        m.opset_import.append(helper.make_opsetid("loc", 1))
+        m.graph.node.append(helper.make_node("F", ["input.1"], ["fy"], domain="loc", name="call_f"))
+
+    def exponential_function(m, d):
+        m.opset_import.append(helper.make_opsetid("loc", 1))
+        m.functions.append(helper.make_function("loc", "F0", ["x"], ["y"], [helper.make_node("Identity", ["x"], ["y"])],
+                                                [helper.make_opsetid("", 17)]))
+        for k in range(1, 31):
+            body = [helper.make_node(f"F{k - 1}", ["x"], ["t"], domain="loc"),
+                    helper.make_node(f"F{k - 1}", ["t"], ["y"], domain="loc")]
+            m.functions.append(helper.make_function("loc", f"F{k}", ["x"], ["y"], body, [helper.make_opsetid("", 17)]))
+        m.graph.node.append(helper.make_node("F30", ["input.1"], ["fy"], domain="loc", name="call_f30"))
+
+    def huge_dims(m, d):
+        t = _init(m, _node(m, "Conv", 0).input[1])
+        t.ClearField("dims")
+        t.dims.extend([1 << 31, 1 << 31, 3, 3])
+
+    def negative_dims(m, d):
+        t = _init(m, _node(m, "Conv", 0).input[1])
+        t.dims[0] = -4
+
+    def string_weight(m, d):
+        t = _init(m, _node(m, "Conv", 0).input[1])
+        t.CopyFrom(helper.make_tensor(t.name, TensorProto.STRING, [1], [b"x"]))
+
+    def gather_oob(m, d):
+        m.graph.initializer.extend([helper.make_tensor("gx", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0]),
+                                    helper.make_tensor("gi", TensorProto.INT64, [1], [99])])
+        m.graph.node.append(helper.make_node("Gather", ["gx", "gi"], ["gy"], name="gather_oob"))
+
+    def float_strides(m, d):
+        from onnx import AttributeProto
+
+        conv = _node(m, "Conv", 1)
+        a = next(a for a in conv.attribute if a.name == "strides")
+        a.ClearField("ints")
+        a.type, a.f = AttributeProto.FLOAT, 2.0
+
+    def divide_by_zero(m, d):
+        m.graph.initializer.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+        first = _node(m, "Conv", 0)
+        m.graph.node.insert(0, helper.make_node("Div", ["input.1", "zero"], ["scaled0"], name="input_div0"))
+        first.input[0] = "scaled0"
+
+    def two_inputs(m, d):
+        m.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+
+    def cycle(m, d):
+        m.graph.node.extend([helper.make_node("Relu", ["cy_b"], ["cy_a"], name="cycle_a"),
+                             helper.make_node("Relu", ["cy_a"], ["cy_b"], name="cycle_b")])
+
+    def too_many_nodes(m, d):
+        m.graph.node.extend(helper.make_node("Identity", ["input.1"], [f"n{i}"]) for i in range(100_001))
+
+    cases = [
+        ("not a protobuf", _raw("r.onnx", b"not a protobuf at all \xff\xfe"), "WeightsFileError", 0),
+        ("truncated protobuf", _onnx_edit(lambda m, d: m.SerializeToString()[:-7]), "WeightsFileError", 0),
+        ("Conv node missing its weight input", _onnx_edit(drop_weight), "WeightsFileError", "Conv"),
+        ("Constant without output", _onnx_edit(constant_without_output), "WeightsFileError", "lonely_constant"),
+        ("scalar conv weight", _onnx_edit(scalar_conv_weight), "WeightsFileError", "Conv"),
+        ("BatchNormalization scale of rank 2", _onnx_edit(bn_rank), "WeightsFileError", "BatchNormalization"),
+        ("NaN conv weight", _onnx_edit(nan_weight), "WeightsFileError", "Conv"),
+        ("inf fc weight", _onnx_edit(inf_fc), "WeightsFileError", "fc"),
+        ("negative BN epsilon", _onnx_edit(bn_eps(-1e-3)), "WeightsFileError", "BatchNormalization"),
+        ("NaN BN epsilon", _onnx_edit(bn_eps(float("nan"))), "WeightsFileError", "BatchNormalization"),
+        ("negative BN variance", _onnx_edit(negative_var), "WeightsFileError", "BatchNormalization"),
+        ("image size 2**40", _onnx_edit(image_size(1 << 40, 1 << 40)), "WeightsFileError", "input.1"),
+        ("image size that does not fit fc", _onnx_edit(image_size(1024, 1024)), "WeightsFileError", "input.1"),
+        ("image size -16", _onnx_edit(image_size(-16, 16)), "WeightsFileError", "input.1"),
+        ("external initializer, relative", _onnx_edit(external_init(lambda d: "w.bin")), "ExternalDataError", 0),
+        ("external initializer, absolute", _onnx_edit(external_init(lambda d: str(d / "w.bin"))),
+         "ExternalDataError", 0),
+        ("external Constant in a local function (absolute)", _onnx_edit(external_constant_in_function),
+         "ExternalDataError", 0),
+        ("external Constant in a local function (relative)", _onnx_edit(external_constant_in_function_relative),
+         "ExternalDataError", 0),
+        ("external Constant in an If branch", _onnx_edit(external_in_subgraph), "ExternalDataError", 0),
+        ("20,000 Relu nodes in reverse order", _onnx_edit(not_in_order_chain(20_000)), "WeightsFileError", 0),
+        ("100,001 extra nodes", _onnx_edit(too_many_nodes), "WeightsFileError", 0),
+        ("Concat doubling 40 times", _onnx_edit(fold_bomb), "WeightsFileError", 0),
+        ("Mul outer product 1e5 x 1e5", _onnx_edit(broadcast_bomb), "WeightsFileError", "outer_product"),
+        ("Expand to 1e12 elements", _onnx_edit(expand_bomb), "WeightsFileError", "expand_huge"),
+        ("recursive local function", _onnx_edit(recursive_function), "WeightsFileError", 0),
+        ("local function expanding to 2**30 nodes", _onnx_edit(exponential_function), "WeightsFileError", 0),
+        ("initializer dims 2**31 x 2**31", _onnx_edit(huge_dims), "WeightsFileError", 0),
+        ("initializer negative dims", _onnx_edit(negative_dims), "WeightsFileError", 0),
+        ("string initializer", _onnx_edit(string_weight), "WeightsFileError", 0),
+        ("Gather index out of range", _onnx_edit(gather_oob), "WeightsFileError", "gather_oob"),
+        ("strides attribute of type float", _onnx_edit(float_strides), "WeightsFileError", "Conv"),
+        ("input divided by 0", _onnx_edit(divide_by_zero), "WeightsFileError", "input_div0"),
+        ("two image inputs", _onnx_edit(two_inputs), "WeightsFileError", 0),
+        ("graph cycle", _onnx_edit(cycle), "WeightsFileError", "cycle_"),
+    ]
+    return [Case("onnx", n, b, e, "r.onnx", 30.0, node or None) for n, b, e, node in cases]
+
+
 def crafted_cases(reader=None):
     """The crafted inputs (all readers, or one)."""
     makers = {"bin": _bin_cases, "recordio": _recordio_cases, "tfrecord": _tfrecord_cases,
-              "folder": _folder_cases, "lfw": _lfw_cases, "ijb": _ijb_cases, "megaface": _megaface_cases}
+              "folder": _folder_cases, "lfw": _lfw_cases, "ijb": _ijb_cases, "megaface": _megaface_cases,
+              "pth": _pth_cases, "onnx": _onnx_cases}
     out = []
     for r in ([reader] if reader else READERS):
         out += makers[r]()
@@ -735,10 +1390,12 @@ def run_crafted(out, tmp, readers):
                 res = {"outcome": "build_error", "message": f"{type(e).__name__}: {e}"}
             else:
                 res = run_one(case.reader, d, case.error, case.file)
+                if case.node:
+                    res["names_node"] = case.node in res.get("message", "")
         finally:
             shutil.rmtree(d, ignore_errors=True)
         res.update(kind="crafted", reader=case.reader, case=case.name, expect=case.error, file=case.file,
-                   max_seconds=case.max_seconds)
+                   max_seconds=case.max_seconds, node=case.node)
         _emit(out, res)
 
 

@@ -20,9 +20,11 @@ dict, a DistributedDataParallel (``module.``) one, or arcface_torch's resume che
 ``checkpoint_gpu_<rank>.pt`` (its ``state_dict_backbone``; the PartialFC class centres, optimizer
 and scheduler states are ignored, with a note). A restricted unpickler admits only
 ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` and the
-``torch.*Storage`` type markers; nothing else in the pickle can run, a tensor whose
-size/stride/offset would reach outside its storage is refused, and only the tensors of the state
-dict that is used are read from the archive.
+``torch.*Storage`` type markers, each resolved to a validating stand-in (`PTH_PICKLE_ALLOWLIST`,
+documented in `read_torch_checkpoint`); nothing else in the pickle can run, a tensor whose
+size/stride/offset would reach outside its storage or that is stride-0 / overlapping is refused,
+zip entries are size- and ratio-capped before they are inflated, and only the tensors of the
+state dict that is used are read from the archive.
 
 `onnx_to_state_dict` reads an ONNX graph exported from PyTorch by following its *data flow*: from
 the image input, each tensor's consumers decide what comes next (a block input feeding a BN and a
@@ -35,6 +37,14 @@ input scaling baked into the graph (``Sub``/``Mul``/``Div`` by scalars: it becom
 model's ``normalization``). Weights in an external ``.onnx.data`` file are read only with
 ``allow_external_data=True``, from the model file's own folder. Anything else raises
 `WeightsFileError` naming the file and the node that does not fit.
+
+Both readers treat their file as untrusted: whatever the bytes, they raise only ``OSError``
+(missing / unreadable file) or a `WeightsFileError` (a
+:class:`keras_facemargin.errors.WeightsFileError`, so an ``UntrustedFileError`` and a
+``ValueError``) naming the file, within caps that are keyword arguments (`read_torch_checkpoint`:
+``max_entry_bytes``, ``max_ratio``, ``max_total_bytes``; `onnx_to_state_dict`: ``max_nodes``,
+``max_folded_bytes``). `read_insightface` also validates the architecture the file describes
+before `convert_insightface` builds it.
 
 Inputs of converted insightface models: arcface_torch trains with ``(x - 127.5) / 127.5``
 (``Normalize(0.5, 0.5)``), not this package's ``/ 128``: ``info["normalization"]`` of
@@ -52,39 +62,69 @@ Example::
 from __future__ import annotations
 
 import collections
+import io
+import os
 import pickle
 import re
+import struct
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from keras_facemargin import errors as _errors
 from keras_facemargin.backbones.embedding_head import BN_EPSILON
 
-__all__ = ["WeightsFileError", "ExternalDataError", "INSIGHTFACE_NORMALIZATION",
-           "read_torch_state_dict", "read_torch_checkpoint", "write_torch_state_dict", "onnx_to_state_dict",
-           "state_dict_architecture", "iresnet_config_from_state_dict", "load_iresnet_state_dict",
-           "iresnet_from_state_dict", "mobilefacenet_config_from_state_dict", "load_mobilefacenet_state_dict",
-           "mobilefacenet_from_state_dict", "backbone_from_state_dict", "convert_insightface",
-           "keras_layer_name", "mobilefacenet_keras_layer_name"]
+__all__ = ["WeightsFileError", "ExternalDataError", "UnsafeWeightsError", "PTH_PICKLE_ALLOWLIST",
+           "INSIGHTFACE_NORMALIZATION", "ONNX_MAX_NODES", "PTH_MAX_RATIO", "read_torch_state_dict",
+           "read_torch_checkpoint", "write_torch_state_dict", "onnx_to_state_dict", "state_dict_architecture",
+           "iresnet_config_from_state_dict", "load_iresnet_state_dict", "iresnet_from_state_dict",
+           "mobilefacenet_config_from_state_dict", "load_mobilefacenet_state_dict", "mobilefacenet_from_state_dict",
+           "backbone_from_state_dict", "read_insightface", "convert_insightface", "keras_layer_name",
+           "mobilefacenet_keras_layer_name"]
 
 #: arcface_torch's input normalisation, ``(x - 127.5) / 127.5`` (``Normalize(mean=0.5, std=0.5)``).
 INSIGHTFACE_NORMALIZATION = {"mean": 127.5, "std": 127.5}
 
 
-class WeightsFileError(ValueError):
-    """A weights file (``.pth``/``.onnx``) that cannot be converted; the message names the file and,
-    for ONNX graphs, the node that does not fit (``.source`` and ``.node`` hold them)."""
+class WeightsFileError(_errors.WeightsFileError):
+    """A weights file (``.pth``/``.onnx``) that cannot be converted, or is malformed or over a limit.
 
-    def __init__(self, message, source=None, node=None):
-        super().__init__(message)
-        self.source, self.node = source, node
+    A :class:`keras_facemargin.errors.WeightsFileError` (so an
+    :class:`~keras_facemargin.errors.UntrustedFileError` and a ``ValueError``). The message names
+    the file and, for ONNX graphs, the node that does not fit; ``.source`` / ``.file`` hold the
+    file (``"<state dict>"`` for an in-memory state dict), ``.node`` the ONNX node name (or None)
+    and ``.where`` the node, archive entry or tensor.
+
+    Args:
+        message: the full message (starting with the file name when there is one).
+        source: the file (or ``"<onnx.ModelProto>"``).
+        node: the ONNX node's name.
+        where: archive entry / tensor name (defaults to ``node 'name'``).
+    """
+
+    def __init__(self, message, source=None, node=None, where=None):
+        message = str(message)
+        self.source = None if source is None else str(source)
+        self.node = node
+        file = self.source if self.source is not None else "<state dict>"
+        detail = message[len(file) + 2:] if message.startswith(file + ": ") else message
+        if where is None and node is not None:
+            where = f"node {node!r}"
+        _errors.WeightsFileError.__init__(self, file, detail, where)
+        self.args = (message,)
 
 
 class ExternalDataError(WeightsFileError):
     """An ONNX model keeps weights in external files and the caller did not allow reading them, or
     an external location is unsafe (outside the model's folder, missing, or too short)."""
+
+
+class UnsafeWeightsError(WeightsFileError, pickle.UnpicklingError):
+    """The pickle of a ``.pth`` names a global or opcode the restricted reader does not admit, or a
+    tensor view that is out of its storage's bounds, stride-0 or overlapping (never executed or
+    allocated). A :class:`WeightsFileError` and a ``pickle.UnpicklingError``."""
 
 
 # ----------------------------------------------------------------------------- torch-free .pth
@@ -100,39 +140,111 @@ _STORAGE_ITEMSIZE = {name: 2 if dtype == "bfloat16" else np.dtype(dtype).itemsiz
 _STATE_DICT_KEYS = ("state_dict_backbone", "state_dict", "model_state_dict", "model", "backbone")
 _PARTIAL_FC_KEYS = ("state_dict_softmax_fc", "state_dict_partial_fc", "partial_fc", "head")
 
+#: Default caps of `read_torch_checkpoint` (see there): compression ratio of a deflated entry, and
+#: the multiples of the file size allowed for one entry and for all bytes read / returned.
+PTH_MAX_RATIO = 16.0
+_ENTRY_FILE_MULTIPLE, _TOTAL_FILE_MULTIPLE = 2, 4
+_MIN_ENTRY_BYTES, _MIN_TOTAL_BYTES = 1 << 20, 4 << 20
+_RATIO_FREE_BYTES = 1 << 20  # entries up to this size are not ratio-checked (they cannot bomb)
+_MAX_TENSOR_NDIM = 16
+_MAX_INDEX = 1 << 62  # sizes, strides, offsets and element counts must be below this
+_MAX_PICKLE_INT = 1 << 64
+_CHUNK = 1 << 20
+
+# Opcodes a torch.save pickle never needs: class instantiation, the extension registry,
+# out-of-band buffers, sets, and text persistent ids (torch writes BINPERSID).
+_PTH_REFUSED_OPCODES = frozenset(["INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER",
+                                  "READONLY_BUFFER", "EMPTY_SET", "ADDITEMS", "FROZENSET", "PERSID"])
+
+
+class _Refused(Exception):
+    """Raised inside the .pth reader; re-raised as UnsafeWeightsError / WeightsFileError naming the file."""
+
+    def __init__(self, message, unsafe=True, where=None):
+        super().__init__(message)
+        self.unsafe, self.where = unsafe, where
+
 
 class _StorageType:
+    """Marker for ``torch.<X>Storage`` in a persistent id (never called)."""
+
+    __slots__ = ("name",)
+
     def __init__(self, name):
         self.name = name
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+def _short(value, limit=120):
+    """A bounded, never-failing repr of a value from the file (huge ints, deep nesting, long strings)."""
+    import reprlib
+
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<int of {value.bit_length()} bits>"
+    try:
+        r = reprlib.Repr()
+        r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, limit, limit, 40
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a repr must not fail the error message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _plain(value, limit=80):
+    """A string from the file, unquoted, with control characters escaped and its length bounded."""
+    if not isinstance(value, str):
+        return _short(value, limit)
+    text = repr(value[:limit])[1:-1]
+    return text + ("..." if len(value) > limit else "")
 
 
 def _as_index_tuple(values, what):
     if not isinstance(values, (tuple, list)):
-        raise pickle.UnpicklingError(f"tensor {what} is a {type(values).__name__}, not a tuple.")
+        raise _Refused(f"tensor {what} is a {type(values).__name__}, not a tuple.")
+    if len(values) > _MAX_TENSOR_NDIM:
+        raise _Refused(f"tensor {what} has {len(values)} dimensions (at most {_MAX_TENSOR_NDIM} are read).")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise pickle.UnpicklingError(f"tensor {what} {tuple(values)!r} holds a non-integer {v!r}.")
+            raise _Refused(f"tensor {what} {_short(tuple(values))} holds a non-integer {_short(v)}.")
         if v < 0:
-            raise pickle.UnpicklingError(f"tensor {what} {tuple(values)!r} is negative.")
+            raise _Refused(f"tensor {what} {_short(tuple(values))} is negative.")
+        if v >= _MAX_INDEX:
+            raise _Refused(f"tensor {what} {_short(tuple(values))} holds {_short(v)}, above 2**62.")
         out.append(int(v))
     return tuple(out)
 
 
 def _check_view(numel, storage_offset, size, stride):
-    """Validated ``(offset, size, stride)`` of a tensor view on a storage of `numel` elements."""
-    if isinstance(storage_offset, bool) or not isinstance(storage_offset, (int, np.integer)) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"tensor storage offset {storage_offset!r} is not an integer >= 0.")
+    """Validated ``(offset, size, stride)`` of a tensor view on a storage of `numel` elements.
+
+    Refused: a view reaching outside the storage, and a view with more elements than the storage
+    span it covers (stride 0 or overlapping: a few storage bytes would expand to any size).
+    """
+    if isinstance(storage_offset, bool) or not isinstance(storage_offset, (int, np.integer)) or storage_offset < 0 \
+            or storage_offset >= _MAX_INDEX:
+        raise _Refused(f"tensor storage offset {_short(storage_offset)} is not an integer >= 0.")
     storage_offset = int(storage_offset)
     size, stride = _as_index_tuple(size, "size"), _as_index_tuple(stride, "stride")
     if len(size) != len(stride):
-        raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} differ in length.")
+        raise _Refused(f"tensor size {size} and stride {stride} differ in length.")
     if all(n > 0 for n in size):  # a non-empty view: its last element must lie in the storage
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= numel:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"tensor of size {size}, stride {stride}, offset {storage_offset} reaches element {last} "
                 f"of a storage of {numel} elements (corrupt or crafted file).")
+        count, span = 1, last - storage_offset + 1
+        for n in size:
+            count *= n
+        if count > span:
+            raise _Refused(
+                f"tensor of size {size}, stride {stride} has {count} elements over a span of {span} storage "
+                "elements: a stride-0 or overlapping view (expanded or crafted), refused before allocating.")
+    elif storage_offset > numel:
+        raise _Refused(f"empty tensor at offset {storage_offset} of a storage of {numel} elements.")
     return storage_offset, size, stride
 
 
@@ -149,41 +261,138 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     """Tensor view of a storage array, refusing any view that would reach outside the storage.
 
     ``size``/``stride``/``storage_offset`` come from the (untrusted) pickle and go to
-    ``as_strided``, which does no bounds checking: they are validated first.
+    ``as_strided``, which does no bounds checking: they are validated first. (Also the global
+    `write_torch_state_dict` pickles as ``torch._utils._rebuild_tensor_v2``.)
     """
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}, not a storage.")
-    storage_offset, size, stride = _check_view(storage.size, storage_offset, size, stride)
+    try:
+        storage_offset, size, stride = _check_view(storage.size, storage_offset, size, stride)
+    except _Refused as e:
+        raise pickle.UnpicklingError(str(e)) from None
     return _view(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
+    if not isinstance(data, (_LazyTensor, np.ndarray)):
+        raise _Refused(f"torch._utils._rebuild_parameter of a {type(data).__name__}, not a tensor.")
     return data
+
+
+def _ordered_dict(*args, **kwargs):
+    """Stand-in for ``collections.OrderedDict``: only ``OrderedDict()`` (items come by SETITEMS,
+    whose keys are checked; an OrderedDict built from an argument would hash arbitrary keys)."""
+    if args or kwargs:
+        raise _Refused("collections.OrderedDict called with arguments (torch.save pickles OrderedDict()).")
+    return collections.OrderedDict()
+
+
+class _PthArchive:
+    """The zip archive of a ``torch.save`` file, with every entry checked and every read capped."""
+
+    def __init__(self, fileobj, source, file_size, max_entry_bytes, max_ratio, max_total_bytes):
+        self.source, self.max_entry_bytes, self.max_ratio = source, max_entry_bytes, max_ratio
+        self.max_total_bytes, self.read_total = max_total_bytes, 0
+        try:
+            self.zip = zipfile.ZipFile(fileobj)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, OverflowError,
+                NotImplementedError, UnicodeDecodeError, struct.error) as err:
+            raise WeightsFileError(f"{source}: corrupt zip archive ({type(err).__name__}: {err}).", source) from None
+        infos = self.zip.infolist()
+        self.infos = {}
+        for info in infos:
+            name = info.filename
+            if name in self.infos:
+                raise WeightsFileError(f"{source}: archive entry {_short(name)} appears twice.", source, where=name)
+            self.infos[name] = info
+            if info.flag_bits & 0x1:
+                raise WeightsFileError(f"{source}: archive entry {_short(name)} is encrypted (torch.save never "
+                                       "encrypts).", source, where=name)
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise WeightsFileError(f"{source}: archive entry {_short(name)} uses compression method "
+                                       f"{info.compress_type}; only stored (0) and deflate (8) entries are read.",
+                                       source, where=name)
+        end = min(getattr(self.zip, "start_dir", file_size), file_size)
+        order = sorted(infos, key=lambda i: i.header_offset)
+        for a, b in zip(order, order[1:] + [None]):
+            stop = a.header_offset + 30 + a.compress_size  # local header (without its name) + data
+            limit = end if b is None else b.header_offset
+            if a.header_offset < 0 or stop > limit:
+                other = "the central directory" if b is None else f"entry {_short(b.filename)}"
+                raise WeightsFileError(f"{source}: archive entry {_short(a.filename)} (offset {a.header_offset}, "
+                                       f"{a.compress_size} bytes) overlaps {other} (overlapping entries: a zip "
+                                       "bomb or a corrupt archive).", source, where=a.filename)
+
+    def names(self):
+        return list(self.infos)
+
+    def read(self, name, what, limit=None):
+        """The bytes of entry `name` (a bytearray), within the caps (`limit`: a smaller one)."""
+        info = self.infos.get(name)
+        if info is None:
+            raise _Refused(f"{what} {_short(name)} is missing from the archive (truncated file?).", False, name)
+        if limit is not None and info.file_size > limit:
+            raise _Refused(f"{what} {_short(name)} holds {info.file_size:,} bytes, expected at most {limit}.", False,
+                           name)
+        if info.file_size > self.max_entry_bytes:
+            raise _Refused(f"{what} {_short(name)} holds {info.file_size:,} bytes, above "
+                           f"max_entry_bytes={self.max_entry_bytes:,} (pass a larger one to read it).", False, name)
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _RATIO_FREE_BYTES \
+                and info.file_size > self.max_ratio * max(info.compress_size, 1):
+            raise _Refused(f"{what} {_short(name)} inflates {info.compress_size:,} bytes to {info.file_size:,}, a "
+                           f"ratio above max_ratio={self.max_ratio:g} (a deflate bomb?).", False, name)
+        if self.read_total + info.file_size > self.max_total_bytes:
+            raise _Refused(f"reading {what} {_short(name)} ({info.file_size:,} bytes) would take the bytes read "
+                           f"from the archive above max_total_bytes={self.max_total_bytes:,}.", False, name)
+        buf = bytearray(info.file_size)
+        got = 0
+        try:
+            with self.zip.open(info) as f:
+                while got < info.file_size:
+                    chunk = f.read(min(_CHUNK, info.file_size - got))
+                    if not chunk:
+                        break
+                    buf[got:got + len(chunk)] = chunk
+                    got += len(chunk)
+                if got == info.file_size and f.read(1):  # reaches EOF (CRC check); never more than declared
+                    raise _Refused(f"{what} {_short(name)} holds more data than its declared size.", False, name)
+        except _Refused:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, RuntimeError, NotImplementedError, ValueError,
+                OverflowError, struct.error) as err:
+            raise _Refused(f"{what} {_short(name)} cannot be read ({type(err).__name__}: {err}).", False,
+                           name) from None
+        if got != info.file_size:
+            raise _Refused(f"{what} {_short(name)} is truncated ({got:,} of {info.file_size:,} bytes).", False, name)
+        self.read_total += got
+        return buf
 
 
 class _LazyStorage:
     """A storage of the archive, read only when a tensor of the used state dict needs it."""
 
-    def __init__(self, archive, member, dtype_name, numel, source):
-        self.archive, self.member, self.dtype_name, self.numel, self.source = archive, member, dtype_name, numel, source
+    __slots__ = ("archive", "member", "dtype_name", "numel", "_array")
+
+    def __init__(self, archive, member, dtype_name, numel):
+        self.archive, self.member, self.dtype_name, self.numel = archive, member, dtype_name, numel
         self._array = None
 
     def array(self):
         if self._array is None:
-            try:
-                info = self.archive.getinfo(self.member)
-            except KeyError:
-                raise pickle.UnpicklingError(f"{self.source}: storage {self.member} is missing from the archive.") from None
             need = self.numel * _STORAGE_ITEMSIZE[self.dtype_name]
-            if info.file_size < need:
-                raise pickle.UnpicklingError(f"{self.source}: storage {self.member} has {info.file_size} bytes, "
-                                             f"expected {need} (truncated file?).")
-            raw = self.archive.read(self.member)
+            info = self.archive.infos.get(self.member)
+            if info is not None and info.file_size < need:
+                raise _Refused(f"storage {_short(self.member)} has {info.file_size} bytes, expected {need} "
+                               "(truncated file?).", False, self.member)
+            raw = self.archive.read(self.member, "storage")
             dtype = _STORAGE_DTYPES[self.dtype_name]
             if dtype == "bfloat16":
-                arr = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+                arr = (np.frombuffer(raw, "<u2", count=self.numel).astype(np.uint32) << 16).view(np.float32)
             else:
-                arr = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<"))
+                arr = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<"), count=self.numel)
+                if dtype is np.bool_ and arr.size and arr.view(np.uint8).max() > 1:
+                    raise _Refused(f"bool storage {_short(self.member)} holds bytes other than 0 and 1.", False,
+                                   self.member)
             self._array = arr
         return self._array
 
@@ -195,58 +404,156 @@ class _LazyTensor:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     @property
+    def numel(self):
+        n = 1
+        for s in self.size:
+            n *= s
+        return n
+
+    @property
     def nbytes(self):
-        return int(np.prod(self.size, dtype=np.int64)) * _STORAGE_ITEMSIZE[self.storage.dtype_name]
+        """Bytes of the array returned for it (float16 / bfloat16 are widened to float32)."""
+        item = _STORAGE_ITEMSIZE[self.storage.dtype_name]
+        if self.storage.dtype_name in ("HalfStorage", "BFloat16Storage"):
+            item = 4
+        return self.numel * item
 
     def materialize(self):
         return _view(self.storage.array(), self.offset, self.size, self.stride)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive, prefix, source):
-        super().__init__(file)
+def _prescan_pth_pickle(data, source):
+    """Walk the opcodes before unpickling: refuse opcodes torch.save never writes, globals outside
+    the allowlist and ints above 2**64 (all bounded by the pickle's size)."""
+    import pickletools
+
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            name = op.name
+            if name in _PTH_REFUSED_OPCODES:
+                raise UnsafeWeightsError(f"{source}: pickle opcode {name} at byte {pos} is not admitted (a torch "
+                                         "state dict holds only dicts, lists, tuples, numbers, strings and "
+                                         "tensors).", source, where="data.pkl")
+            if name == "GLOBAL":
+                module, _, qualname = str(arg).partition(" ")
+                if (module, qualname) not in _PTH_GLOBALS:
+                    raise UnsafeWeightsError(
+                        f"{source}: refusing to load {_plain(module)}.{_plain(qualname)}; only plain tensor "
+                        "state dicts (OrderedDict of tensors) are read without torch.", source, where="data.pkl")
+            elif isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) >= _MAX_PICKLE_INT:
+                raise WeightsFileError(f"{source}: pickle integer {_short(arg)} at byte {pos} is above 2**64.",
+                                       source, where="data.pkl")
+            if name == "STOP":
+                break
+    except WeightsFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pickletools raises ValueError and friends on junk
+        raise WeightsFileError(f"{source}: data.pkl is not a readable pickle ({type(e).__name__}: {_short(str(e))}).",
+                               source, where="data.pkl") from None
+
+
+def _dict_key_ok(key):
+    # str keys hash with a per-process secret; ints below 2**64 collide at most a few at a time.
+    # Tuples, floats, frozensets... could be crafted to collide and make building the dict quadratic.
+    return type(key) is str or (type(key) in (int, bool) and -_MAX_PICKLE_INT < key < _MAX_PICKLE_INT)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Pure-Python unpickler (its memo is a dict: no memo-index bombs) over the pre-scanned bytes,
+    with the allowlisted globals resolved to stand-ins and dict keys, BUILD and REDUCE checked."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, data, archive, prefix, source):
+        super().__init__(io.BytesIO(data))
         self._archive, self._prefix, self._source = archive, prefix, source
         self._storages = {}
 
     def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return self._rebuild_tensor_v2
-        if (module, name) == ("torch._utils", "_rebuild_parameter"):
-            return _rebuild_parameter
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(
-            f"{self._source}: refusing to load {module}.{name}; only plain tensor state dicts "
-            "(OrderedDict of tensors) are read without torch.")
+        if not isinstance(module, str) or not isinstance(name, str) or (module, name) not in _PTH_GLOBALS:
+            raise _Refused(f"refusing to load {_plain(module)}.{_plain(name)}; only plain tensor state "
+                           "dicts (OrderedDict of tensors) are read without torch.")
+        target = _PTH_GLOBALS[(module, name)]
+        return self._rebuild_tensor if target is _rebuild_tensor_v2 else target
 
-    def _rebuild_tensor_v2(self, storage, storage_offset, size, stride, *args, **kwargs):
+    def _rebuild_tensor(self, storage, storage_offset, size, stride, *args, **kwargs):
         if not isinstance(storage, _LazyStorage):
-            raise pickle.UnpicklingError(f"{self._source}: tensor storage is a {type(storage).__name__}, "
-                                         "not a storage.")
-        try:
-            offset, size, stride = _check_view(storage.numel, storage_offset, size, stride)
-        except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{self._source}: {e}") from None
+            raise _Refused(f"tensor storage is a {type(storage).__name__}, not a storage.")
+        offset, size, stride = _check_view(storage.numel, storage_offset, size, stride)
         return _LazyTensor(storage, offset, size, stride)
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"{self._source}: unexpected persistent id {pid!r}.")
+            raise _Refused(f"unexpected persistent id {_short(pid)}.")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"{self._source}: unsupported storage type {storage_type!r}.")
-        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-            raise pickle.UnpicklingError(f"{self._source}: storage size {numel!r} is not an integer >= 0.")
-        key = str(key)
+            raise _Refused(f"unsupported storage type {_short(storage_type)}.")
+        if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel < _MAX_INDEX:
+            raise _Refused(f"storage size {_short(numel)} is not an integer in [0, 2**62).")
+        if not isinstance(key, str) or not key or len(key) > 256:
+            raise _Refused(f"storage key {_short(key)} is not a short string.")
         if key not in self._storages:
-            self._storages[key] = _LazyStorage(self._archive, f"{self._prefix}data/{key}", storage_type.name,
-                                               numel, self._source)
+            self._storages[key] = _LazyStorage(self._archive, f"{self._prefix}data/{key}", storage_type.name, numel)
         storage = self._storages[key]
         if storage.dtype_name != storage_type.name or storage.numel != numel:
-            raise pickle.UnpicklingError(f"{self._source}: storage {key} is declared twice, differently.")
+            raise _Refused(f"storage {_short(key)} is declared twice, differently.")
         return storage
+
+    def _set(self, target, key, value):
+        if not isinstance(target, dict):
+            raise _Refused(f"SETITEM on a {type(target).__name__}, not a dict.")
+        if not _dict_key_ok(key):
+            raise _Refused(f"dict key {_short(key)} of type {type(key).__name__}; a torch checkpoint's keys are "
+                           "strings or integers.")
+        target[key] = value
+
+    def load_setitem(self):
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._set(self.stack[-1], key, value)
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items) - 1, 2):
+            self._set(target, items[i], items[i + 1])
+        if len(items) % 2:
+            raise _Refused("SETITEMS with an odd number of items.")
+
+    def load_dict(self):
+        items = self.pop_mark()
+        out = {}
+        for i in range(0, len(items) - 1, 2):
+            self._set(out, items[i], items[i + 1])
+        self.append(out)
+
+    def load_build(self):
+        state = self.stack.pop()
+        if type(self.stack[-1]) is not collections.OrderedDict:  # its `_metadata` attribute: ignored
+            raise _Refused(f"BUILD (setting the state) of a {type(self.stack[-1]).__name__}; only a state dict's "
+                           f"OrderedDict carries a state, {_short(state)}.")
+
+    def load_reduce(self):
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if not (func in _PTH_CALLABLES or func == self._rebuild_tensor) or type(args) is not tuple:
+            raise _Refused(f"REDUCE of {_short(func)} with {type(args).__name__} arguments.")
+        self.stack[-1] = func(*args)
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+
+#: The pickle globals a ``.pth`` may name, each resolved to a stand-in (see `read_torch_checkpoint`).
+_PTH_GLOBALS = {("collections", "OrderedDict"): _ordered_dict,
+                ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+                **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES}}
+_PTH_CALLABLES = (_ordered_dict, _rebuild_parameter)
+PTH_PICKLE_ALLOWLIST = tuple(sorted(f"{m}.{n}" for m, n in _PTH_GLOBALS))
 
 
 def _tensor_dicts(obj):
@@ -257,12 +564,19 @@ def _tensor_dicts(obj):
 def _describe(value):
     if isinstance(value, dict):
         tensors = [v for v in value.values() if isinstance(v, _LazyTensor)]
-        shapes = ", ".join(f"{k} {tuple(v.size)}" for k, v in list(value.items())[:2] if isinstance(v, _LazyTensor))
+        shapes = ", ".join(f"{_plain(k, 60)} {tuple(v.size)}" for k, v in list(value.items())[:2]
+                           if isinstance(v, _LazyTensor))
         return f"{len(tensors)} tensors ({shapes}{', ...' if len(tensors) > 2 else ''})" if tensors else "no tensors"
     return type(value).__name__
 
 
-def read_torch_checkpoint(path):
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return value
+
+
+def read_torch_checkpoint(path, *, max_entry_bytes=None, max_ratio=PTH_MAX_RATIO, max_total_bytes=None):
     """Read the backbone state dict of a ``torch.save`` zip file into NumPy, without torch.
 
     Args:
@@ -271,6 +585,14 @@ def read_torch_checkpoint(path):
             ``"state_dict_backbone"`` (arcface_torch's ``checkpoint_gpu_<rank>.pt``),
             ``"state_dict"``, ``"model_state_dict"``, ``"model"`` or ``"backbone"`` entry. A
             ``"module."`` (DistributedDataParallel) prefix is removed.
+        max_entry_bytes: largest uncompressed size of one archive entry (the pickle, one
+            storage). Default: twice the file's size, at least 1 MiB (``torch.save`` stores its
+            entries uncompressed, so none is larger than the file).
+        max_ratio: largest uncompressed / compressed size of a deflated entry above 1 MiB
+            (default 16; float weights deflate by about 1.1).
+        max_total_bytes: cap on the bytes read from the archive, and separately on the bytes of
+            the returned arrays. Default: 4x the file's size, at least 4 MiB (float16 / bfloat16
+            tensors are returned as float32, twice their size).
 
     Returns:
         ``(state_dict, info)``: ``dict`` name -> NumPy array (float32 for float16/bfloat16
@@ -279,11 +601,41 @@ def read_torch_checkpoint(path):
         momentum) are never read from the archive.
 
     Raises:
-        FileNotFoundError: no such file.
-        WeightsFileError: not a torch zip file (e.g. the legacy pre-1.6 format), a corrupt archive,
-            or no state dict in it.
-        pickle.UnpicklingError: the pickle references anything besides tensors and dicts (never
-            executed), or a tensor's size/stride/offset reaches outside its storage (names the file).
+        FileNotFoundError: no such file (``OSError``: unreadable).
+        WeightsFileError: for any other problem, whatever the bytes (a
+            :class:`keras_facemargin.errors.UntrustedFileError`, a ``ValueError``), naming the
+            file and the entry / tensor: not a torch zip file (e.g. the legacy pre-1.6 format), a
+            corrupt, encrypted or overlapping archive, a compression method other than stored /
+            deflate, an entry over ``max_entry_bytes`` / ``max_ratio`` / ``max_total_bytes``, a
+            truncated storage, a malformed pickle, duplicate tensor names, NaN / inf values, no
+            state dict. `UnsafeWeightsError` (also a ``pickle.UnpicklingError``): the pickle
+            names a global outside the allowlist or an opcode torch.save never writes (nothing is
+            executed), or a tensor view reaching outside its storage, stride-0 or overlapping
+            (refused before anything is allocated).
+
+    **Pickle allowlist** (`PTH_PICKLE_ALLOWLIST`). ``data.pkl`` is first walked opcode by opcode
+    (``pickletools``: refused are INST / OBJ / NEWOBJ / NEWOBJ_EX class instantiation, the EXT1-4
+    extension registry, out-of-band buffers, sets and text persistent ids, and integers above
+    2**64), then unpickled by the pure-Python unpickler (its memo is a dict, so a huge memo index
+    allocates nothing). Every global resolves to a stand-in of this module, never to torch:
+
+    * ``collections.OrderedDict``: ``Module.state_dict()`` is an OrderedDict, pickled as
+      ``OrderedDict()`` plus SETITEMS (and a BUILD of its ``_metadata`` attribute, which is
+      ignored; BUILD of anything else is refused). The stand-in takes no arguments: items come
+      only by SETITEMS, whose keys must be strings or integers (crafted colliding keys, e.g.
+      tuples of -1 / -2, would make building the dict quadratic).
+    * ``torch._utils._rebuild_tensor_v2``: every tensor, ``(storage, offset, size, stride,
+      requires_grad, backward_hooks[, metadata])``: a lazy view whose offset / size / stride are
+      checked against the storage's declared element count (in bounds; no more elements than the
+      storage span it covers) before anything is read.
+    * ``torch._utils._rebuild_parameter``: an ``nn.Parameter`` (``state_dict(keep_vars=True)`` or
+      parameters saved directly): returns its tensor.
+    * ``torch.FloatStorage``, ``DoubleStorage``, ``HalfStorage``, ``BFloat16Storage``,
+      ``LongStorage``, ``IntStorage``, ``ShortStorage``, ``CharStorage``, ``ByteStorage``,
+      ``BoolStorage``: markers inside the persistent id ``("storage", type, key, location,
+      numel)`` that give the dtype of the little-endian bytes in ``data/<key>``; never called.
+
+    REDUCE may call only the stand-ins above; nothing else in the pickle can run.
 
     Example::
 
@@ -291,88 +643,125 @@ def read_torch_checkpoint(path):
         info["notes"]   # ["... 'state_dict_softmax_fc' (PartialFC class centres ...) ignored ..."]
     """
     path = Path(path)
+    source = str(path)
     if not path.is_file():
         raise FileNotFoundError(f"PyTorch weights not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise WeightsFileError(f"{path} is not a torch zip archive (torch >= 1.6 `torch.save`); the legacy "
-                               "format is not read without torch: re-save it with torch >= 1.6.", str(path))
-    try:
-        return _read_torch_checkpoint(path)
-    except (WeightsFileError, pickle.UnpicklingError):
-        raise
-    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, UnicodeDecodeError, zlib.error,
-            KeyError, TypeError, AttributeError, IndexError, ValueError, OverflowError, MemoryError) as err:
-        raise WeightsFileError(f"{path}: corrupt or unsupported torch archive ({type(err).__name__}: {err}).",
-                               str(path)) from None
+    max_ratio = _positive(max_ratio, "max_ratio")
+    with open(path, "rb") as f:  # OSError: unreadable
+        file_size = os.fstat(f.fileno()).st_size
+        entry_cap = _positive(max_entry_bytes, "max_entry_bytes") if max_entry_bytes is not None else \
+            max(_MIN_ENTRY_BYTES, _ENTRY_FILE_MULTIPLE * file_size)
+        total_cap = _positive(max_total_bytes, "max_total_bytes") if max_total_bytes is not None else \
+            max(_MIN_TOTAL_BYTES, _TOTAL_FILE_MULTIPLE * file_size)
+        try:
+            if not zipfile.is_zipfile(f):
+                raise WeightsFileError(f"{path} is not a torch zip archive (torch >= 1.6 `torch.save`); the legacy "
+                                       "format is not read without torch: re-save it with torch >= 1.6.", source)
+            f.seek(0)
+            archive = _PthArchive(f, source, file_size, entry_cap, max_ratio, total_cap)
+            return _read_torch_checkpoint(archive, path, total_cap)
+        except WeightsFileError:
+            raise
+        except _Refused as err:
+            cls = UnsafeWeightsError if err.unsafe else WeightsFileError
+            raise cls(f"{source}: {err}", source, where=err.where) from None
+        except (MemoryError, RecursionError) as err:
+            raise WeightsFileError(f"{source}: reading the archive ran out of {type(err).__name__[:-5].lower()} "
+                                   f"({_short(str(err))}).", source) from None
+        except Exception as err:  # noqa: BLE001 - whatever the bytes, the error is typed and names the file
+            raise WeightsFileError(f"{source}: corrupt or unsupported torch archive ({type(err).__name__}: "
+                                   f"{_short(str(err), 300)}).", source) from None
 
 
-def _read_torch_checkpoint(path):
+def _read_torch_checkpoint(archive, path, total_cap):
+    source = str(path)
     info = {"key": None, "ignored": [], "notes": []}
-    with zipfile.ZipFile(path) as archive:
-        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pkl) != 1:
-            raise WeightsFileError(f"{path}: expected one */data.pkl in the archive, found {pkl}.", str(path))
-        prefix = pkl[0][: -len("data.pkl")]
-        byteorder = f"{prefix}byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise WeightsFileError(f"{path}: big-endian archives are not supported.", str(path))
-        with archive.open(pkl[0]) as f:
-            obj = _RestrictedUnpickler(f, archive, prefix, str(path)).load()
-        if isinstance(obj, dict) and not any(isinstance(v, _LazyTensor) for v in obj.values()):
-            key = next((k for k in _STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
-            if key is None:
-                candidates = _tensor_dicts(obj)
-                raise WeightsFileError(
-                    f"{path}: a checkpoint dict without a backbone state dict (looked for {list(_STATE_DICT_KEYS)}); "
-                    f"entries holding tensors: {candidates or 'none'}; all entries: {sorted(map(str, obj))[:12]}.",
-                    str(path))
-            info["key"] = key
-            info["ignored"] = [str(k) for k in obj if k != key]
-            for k in obj:
-                if k in _PARTIAL_FC_KEYS:
-                    info["notes"].append(
-                        f"{path.name}: {k!r} ({_describe(obj[k])}: the PartialFC / margin-head class centres) "
-                        "ignored: only the backbone is converted.")
-            others = [str(k) for k in obj if k != key and k not in _PARTIAL_FC_KEYS]
-            if others:
-                info["notes"].append(f"{path.name}: backbone weights from {key!r}; also ignored: {others}.")
-            obj = obj[key]
-        if not isinstance(obj, dict):
-            raise WeightsFileError(f"{path} holds a {type(obj).__name__}, not a state dict.", str(path))
-        out = {}
-        for name, value in obj.items():
-            if not isinstance(value, _LazyTensor):
-                continue
-            name = str(name)
-            name = name[len("module."):] if name.startswith("module.") else name
+    pkl = [n for n in archive.names() if n.endswith("data.pkl")]
+    if len(pkl) != 1:
+        raise WeightsFileError(f"{path}: expected one */data.pkl in the archive, found {_short(pkl)}.", source)
+    prefix = pkl[0][: -len("data.pkl")]
+    byteorder = f"{prefix}byteorder"
+    if byteorder in archive.infos and bytes(archive.read(byteorder, "entry", limit=64)).strip() != b"little":
+        raise WeightsFileError(f"{path}: big-endian archives are not supported.", source, where=byteorder)
+    data = bytes(archive.read(pkl[0], "pickle"))
+    _prescan_pth_pickle(data, source)
+    obj = _RestrictedUnpickler(data, archive, prefix, source).load()
+    del data
+    if isinstance(obj, dict) and not any(isinstance(v, _LazyTensor) for v in obj.values()):
+        key = next((k for k in _STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            candidates = _tensor_dicts(obj)
+            raise WeightsFileError(
+                f"{path}: a checkpoint dict without a backbone state dict (looked for {list(_STATE_DICT_KEYS)}); "
+                f"entries holding tensors: {_short(candidates) if candidates else 'none'}; all entries: "
+                f"{_short(sorted(map(str, obj))[:12], 400)}.", source)
+        info["key"] = key
+        info["ignored"] = [str(k) for k in obj if k != key]
+        for k in obj:
+            if k in _PARTIAL_FC_KEYS:
+                info["notes"].append(
+                    f"{path.name}: {k!r} ({_describe(obj[k])}: the PartialFC / margin-head class centres) "
+                    "ignored: only the backbone is converted.")
+        others = [str(k) for k in obj if k != key and k not in _PARTIAL_FC_KEYS]
+        if others:
+            info["notes"].append(f"{path.name}: backbone weights from {key!r}; also ignored: {_short(others, 400)}.")
+        obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsFileError(f"{path} holds a {type(obj).__name__}, not a state dict.", source)
+    tensors = {}
+    for name, value in obj.items():
+        if not isinstance(value, _LazyTensor):
+            continue
+        name = str(name)
+        name = name[len("module."):] if name.startswith("module.") else name
+        if name in tensors:
+            raise WeightsFileError(f"{path}: tensor {_short(name)} appears twice (with and without 'module.'?).",
+                                   source, where=name)
+        tensors[name] = value
+    need = sum(t.nbytes for t in tensors.values())
+    if need > total_cap:
+        raise WeightsFileError(f"{path}: the state dict's {len(tensors)} tensors take {need:,} bytes, above "
+                               f"max_total_bytes={total_cap:,} (a crafted file, or pass a larger cap).", source)
+    out = {}
+    for name, value in tensors.items():
+        try:
             arr = value.materialize()
-            out[name] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
+        except _Refused as err:
+            raise WeightsFileError(f"{path}: tensor {_short(name)}: {err}", source, where=err.where or name) from None
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+            if not np.isfinite(arr).all():
+                raise WeightsFileError(f"{path}: tensor {_short(name)} holds NaN or infinite values.", source,
+                                       where=name)
+        out[name] = arr
     return out, info
 
 
-def read_torch_state_dict(path):
+def read_torch_state_dict(path, **limits):
     """Read a PyTorch state dict saved with ``torch.save`` (zip format) into NumPy, without torch.
 
     The state-dict part of `read_torch_checkpoint` (see there for the accepted layouts, including
-    arcface_torch's ``checkpoint_gpu_<rank>.pt``).
+    arcface_torch's ``checkpoint_gpu_<rank>.pt``, the caps and the pickle allowlist).
 
     Args:
         path: a ``.pth``/``.pt`` file.
+        **limits: ``max_entry_bytes``, ``max_ratio``, ``max_total_bytes`` of `read_torch_checkpoint`.
 
     Returns:
         ``dict`` name -> NumPy array (float32 for float16/bfloat16 tensors).
 
     Raises:
-        WeightsFileError: not a torch zip file, or no state dict in it.
-        pickle.UnpicklingError: the pickle references anything besides tensors and dicts (never
-            executed), or a tensor's size/stride/offset reaches outside its storage (names the file).
+        FileNotFoundError: no such file.
+        WeightsFileError: anything else (see `read_torch_checkpoint`); `UnsafeWeightsError` (also a
+            ``pickle.UnpicklingError``) for a refused global / opcode or an out-of-bounds,
+            stride-0 or overlapping tensor view.
 
     Example::
 
         sd = read_torch_state_dict("ms1mv3_arcface_r50/backbone.pth")
         sd["conv1.weight"].shape       # (64, 3, 3, 3)
     """
-    return read_torch_checkpoint(path)[0]
+    return read_torch_checkpoint(path, **limits)[0]
 
 
 class _Persistent:
@@ -447,7 +836,15 @@ def write_torch_state_dict(state_dict, path):
 _TRANSPARENT = {"Identity", "Dropout"}  # value-preserving in an inference graph
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16: the Keras model computes in float32
 _SHAPE_OPS = {"Shape", "Size"}
-_MAX_FOLDED = 1 << 26  # elements of a constant made by folding (far above any weight of these nets)
+# TensorProto data types a weight or shape constant may have (no strings, complex, float8, int4).
+_ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+                9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64, 16: "bfloat16"}
+_ONNX_MAX_DIMS = 8
+#: Default caps of `onnx_to_state_dict`: nodes (after inlining local functions) and bytes of the
+#: constants made by folding (a multiple of the model's size plus a fixed slack).
+ONNX_MAX_NODES = 100_000
+_FOLDED_FILE_MULTIPLE, _MIN_FOLDED_BYTES = 4, 64 << 20
+_MAX_IMAGE_SIDE = 4096
 
 
 def _onnx_location(tensor):
@@ -463,76 +860,216 @@ def _model_tensors(model):
     return out
 
 
+def _graph_nodes(model):
+    """Every NodeProto of the model: main graph, subgraphs of attributes, local functions (iterative)."""
+    graphs, out = [model.graph], []
+    for f in model.functions:
+        out.extend(f.node)
+        graphs += [a.g for n in f.node for a in n.attribute if a.HasField("g")]
+        graphs += [g for n in f.node for a in n.attribute for g in a.graphs]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            out.append(n)
+            for a in n.attribute:
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
+    return out
+
+
+def _all_tensors(model):
+    """``(tensor, in_main)`` for every TensorProto anywhere in the model: initializers, sparse
+    ones, attributes of every node of every (sub)graph and local function. ``in_main``: an
+    initializer or a Constant value of the main graph (the tensors external data may fill)."""
+    out = []
+    graphs = [(model.graph, True)]
+    nodes = [(n, False) for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g, main = graphs.pop()
+            out += [(t, main) for t in g.initializer]
+            for s in g.sparse_initializer:
+                out += [(s.values, False), (s.indices, False)]
+            nodes += [(n, main) for n in g.node]
+            continue
+        n, main = nodes.pop()
+        for a in n.attribute:
+            if a.HasField("t"):
+                out.append((a.t, main and n.op_type == "Constant" and a.name == "value"))
+            out += [(t, False) for t in a.tensors]
+            if a.HasField("sparse_tensor"):
+                out += [(a.sparse_tensor.values, False), (a.sparse_tensor.indices, False)]
+            for s in a.sparse_tensors:
+                out += [(s.values, False), (s.indices, False)]
+            if a.HasField("g"):
+                graphs.append((a.g, False))
+            graphs += [(g, False) for g in a.graphs]
+    return out
+
+
+def _dims_bytes(tensor, what, source):
+    """``(dims, element count, bytes)`` of a TensorProto, validated (no data is looked at)."""
+    dtype = _ONNX_DTYPES.get(tensor.data_type)
+    if dtype is None:
+        raise WeightsFileError(f"{source}: {what} has data type {tensor.data_type}; weights and shape constants "
+                               f"are one of {sorted(_ONNX_DTYPES)}.", source)
+    dims = [int(d) for d in tensor.dims]
+    if len(dims) > _ONNX_MAX_DIMS or any(d < 0 for d in dims):
+        raise WeightsFileError(f"{source}: {what} has dims {_short(dims)}; expected at most {_ONNX_MAX_DIMS} sizes "
+                               ">= 0.", source)
+    n = 1
+    for d in dims:
+        n *= d
+    return dims, n, n * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+
+
 def _read_external_data(model, path):
-    """Fill the external tensors of `model` from files inside `path`'s folder (validated first)."""
-    from onnx import TensorProto, helper
+    """Fill the external tensors of `model` from files inside `path`'s folder (validated first).
+
+    Returns:
+        the number of bytes read.
+    """
+    from onnx import TensorProto
 
     base = path.parent.resolve()
+    source = str(path)
+    plan, sizes = [], {}
     for tensor in _model_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         loc = _onnx_location(tensor)
         where = loc.get("location", "")
+        name = _short(tensor.name, 80)
         rel = Path(where)
-        target = (base / rel).resolve()
-        if not where or rel.is_absolute() or ".." in rel.parts or base not in (target, *target.parents):
-            raise ExternalDataError(f"{path}: tensor {tensor.name!r} points to external data {where!r}, outside "
-                                    f"the model's folder {base}; refused.", str(path))
+        if not where or "\0" in where or rel.is_absolute() or ".." in rel.parts:
+            target = None
+        else:
+            target = (base / rel).resolve()
+        if target is None or base not in (target, *target.parents):
+            raise ExternalDataError(f"{path}: tensor {name} points to external data {_short(where)}, outside "
+                                    f"the model's folder {base}; refused.", source)
         if not target.is_file():
-            raise ExternalDataError(f"{path}: external data file {where!r} of tensor {tensor.name!r} not found "
-                                    f"in {base}.", str(path))
+            raise ExternalDataError(f"{path}: external data file {_short(where)} of tensor {name} not found "
+                                    f"in {base}.", source)
         try:
             offset, length = int(loc.get("offset", 0)), loc.get("length")
             length = None if length is None else int(length)
         except ValueError:
-            raise ExternalDataError(f"{path}: tensor {tensor.name!r} has a non-integer external offset/length "
-                                    f"{loc}.", str(path)) from None
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        need = int(np.prod(list(tensor.dims), dtype=np.int64)) * itemsize
-        size = target.stat().st_size
+            raise ExternalDataError(f"{path}: tensor {name} has a non-integer external offset/length "
+                                    f"{_short(loc)}.", source) from None
+        dims, _, need = _dims_bytes(tensor, f"tensor {name}", source)
+        size = sizes.setdefault(target, target.stat().st_size)
         if offset < 0 or (length is not None and length != need) or offset + need > size:
-            raise ExternalDataError(f"{path}: tensor {tensor.name!r} {tuple(tensor.dims)} needs {need} bytes at "
-                                    f"offset {offset} of {where!r} (length {length}, file size {size}).", str(path))
+            raise ExternalDataError(f"{path}: tensor {name} {tuple(dims)} needs {need} bytes at "
+                                    f"offset {offset} of {_short(where)} (length {length}, file size {size}).",
+                                    source)
+        plan.append((tensor, target, offset, need))
+    total, budget = sum(p[3] for p in plan), sum(sizes.values())
+    if total > budget:  # tensors sharing bytes: onnx.save never writes overlapping ranges
+        raise ExternalDataError(f"{path}: external tensors take {total:,} bytes from data files of {budget:,} bytes "
+                                "(overlapping ranges: corrupt or crafted).", source)
+    for tensor, target, offset, need in plan:
         with open(target, "rb") as f:
             f.seek(offset)
             tensor.raw_data = f.read(need)
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+    return total
 
 
-def _load_onnx(model, allow_external_data):
+def _function_expansion(model, source, max_nodes):
+    """Node count of the main graph once its local functions are inlined (refusing cycles and
+    counts above `max_nodes` before the inliner runs)."""
+    funcs = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
+    size, state = {}, {}
+
+    def key(n):
+        return (n.domain, n.op_type, getattr(n, "overload", ""))
+
+    for root in funcs:
+        stack = [root]
+        while stack:
+            k = stack[-1]
+            if k in size:
+                stack.pop()
+                continue
+            if state.get(k) == "open":
+                callees = [key(n) for n in funcs[k].node if key(n) in funcs]
+                pending = [c for c in callees if c not in size]
+                if pending:
+                    raise WeightsFileError(f"{source}: local function {_short(k[1])} calls itself (a cycle).",
+                                           source)
+                size[k] = sum(size[key(n)] if key(n) in funcs else 1 for n in funcs[k].node)
+                if size[k] > max_nodes:
+                    raise WeightsFileError(f"{source}: local function {_short(k[1])} expands to {size[k]:,} nodes, "
+                                           f"above max_nodes={max_nodes:,}.", source)
+                stack.pop()
+                continue
+            state[k] = "open"
+            for n in funcs[k].node:
+                c = key(n)
+                if c in funcs and c not in size:
+                    if state.get(c) == "open":
+                        raise WeightsFileError(f"{source}: local function {_short(c[1])} calls itself (a cycle).",
+                                               source)
+                    stack.append(c)
+    return sum(size.get(key(n), 1) for n in model.graph.node)
+
+
+def _load_onnx(model, allow_external_data, max_nodes):
+    """``(model, source, model_bytes)``; the model's external data read only when allowed."""
     import onnx
 
     if isinstance(model, onnx.ModelProto):
         source, path = "<onnx.ModelProto>", None
+        model_bytes = model.ByteSize()
     else:
         path = Path(model)
         source = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {source}")
+        model_bytes = path.stat().st_size
         try:
             model = onnx.load(source, load_external_data=False)  # never read relative to the cwd
+        except OSError:
+            raise
         except Exception as err:  # DecodeError, ValidationError, ...
-            raise WeightsFileError(f"{source}: not a readable ONNX model ({type(err).__name__}: {err}).",
-                                   source) from None
-    external = sorted({_onnx_location(t).get("location", "?") for t in _model_tensors(model)
-                       if t.data_location == onnx.TensorProto.EXTERNAL})
-    if external:
-        if path is None:
-            raise ExternalDataError(f"{source}: weights are in external file(s) {external}; pass the model's path "
-                                    "(with allow_external_data=True) so they are read from its folder.", source)
-        if not allow_external_data:
-            raise ExternalDataError(
-                f"{source}: weights are stored in external file(s) {external} next to the model; external data "
-                f"is not read unless allowed: pass allow_external_data=True (tools: --allow-external-data) to "
-                f"read them from {path.parent.resolve()}.", source)
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # do not modify the caller's proto
-        _read_external_data(model, path)
+            raise WeightsFileError(f"{source}: not a readable ONNX model ({type(err).__name__}: "
+                                   f"{_short(str(err), 300)}).", source) from None
+    nodes = _graph_nodes(model)
+    if len(nodes) > max_nodes:
+        raise WeightsFileError(f"{source}: {len(nodes):,} nodes, above max_nodes={max_nodes:,} (IResNet / "
+                               "MobileFaceNet graphs have a few thousand).", source)
     if model.functions:
         import onnx.inliner
 
+        _function_expansion(model, source, max_nodes)
         model = onnx.inliner.inline_local_functions(model)
-    return model, source
+    external = [(t, main) for t, main in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        locations = sorted({_onnx_location(t).get("location", "") for t, _ in external})
+        names = _short(locations, 300)
+        unsafe = [w for w in locations if not w or "\0" in w or Path(w).is_absolute() or ".." in Path(w).parts]
+        if unsafe:
+            raise ExternalDataError(f"{source}: tensors point to external data {_short(unsafe, 300)}, outside the "
+                                    "model's folder; refused.", source)
+        if path is None:
+            raise ExternalDataError(f"{source}: weights are in external file(s) {names}; pass the model's path "
+                                    "(with allow_external_data=True) so they are read from its folder.", source)
+        if not allow_external_data:
+            raise ExternalDataError(
+                f"{source}: weights are stored in external file(s) {names} next to the model; external data "
+                f"is not read unless allowed: pass allow_external_data=True (tools: --allow-external-data) to "
+                f"read them from {path.parent.resolve()}.", source)
+        inner = [t for t, main in external if not main]
+        if inner:
+            raise ExternalDataError(f"{source}: tensor {_short(inner[0].name, 80)} of a subgraph, function or "
+                                    "non-Constant attribute keeps its data in an external file; only initializers "
+                                    "and Constant values of the main graph are read from external data.", source)
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # do not modify the caller's proto
+        model_bytes += _read_external_data(model, path)
+    return model, source, model_bytes
 
 
 class _Node:
@@ -551,7 +1088,28 @@ class _Node:
         return value.decode() if isinstance(value, bytes) else value
 
     def __repr__(self):
-        return f"{self.op_type} node {self.name!r}"
+        return f"{self.op_type} node {_short(self.name, 100)}"
+
+
+def _fold_elements(op, node, args):
+    """Upper bound of the element count `_fold` would produce (computed without allocating)."""
+    x = args[0] if args else None
+    if op in ("Add", "Sub", "Mul", "Div") and len(args) == 2:
+        shape = np.broadcast_shapes(np.shape(args[0]), np.shape(args[1]))
+    elif op == "Expand":
+        shape = np.broadcast_shapes(np.shape(x), tuple(int(s) for s in np.asarray(args[1]).reshape(-1)))
+    elif op == "Concat":
+        return sum(int(np.size(a)) for a in args if a is not None)
+    elif op == "Gather":
+        axis = int(node.attr("axis", 0))
+        side = np.shape(x)[axis] if np.ndim(x) else 1
+        return int(np.size(args[1])) * (int(np.size(x)) // side if side else 0)
+    else:
+        return int(np.size(x)) if x is not None else 0
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _fold(node, args):
@@ -559,13 +1117,16 @@ def _fold(node, args):
     op = node.op_type
     x = args[0] if args else None
     if op == "Cast":
-        from onnx import helper
-
-        return x.astype(helper.tensor_dtype_to_np_dtype(node.attr("to")))
+        dtype = _ONNX_DTYPES.get(node.attr("to"))
+        if dtype is None:
+            return None
+        return x.astype(np.float32 if dtype == "bfloat16" else dtype)
     if op in ("Unsqueeze", "Squeeze"):
         axes = node.attr("axes") if len(args) < 2 else [int(a) for a in np.asarray(args[1]).reshape(-1)]
         if op == "Squeeze":
             return np.squeeze(x, axis=None if axes is None else tuple(axes))
+        if axes is None or len(axes) + x.ndim > 32:
+            return None
         out = x
         for a in sorted(a % (x.ndim + len(axes)) for a in axes):
             out = np.expand_dims(out, a)
@@ -591,8 +1152,6 @@ def _fold(node, args):
         return np.array(x.size, np.int64)
     if op == "Expand":
         shape = tuple(int(s) for s in np.asarray(args[1]).reshape(-1))
-        if np.prod(np.broadcast_shapes(x.shape, shape), dtype=np.float64) > _MAX_FOLDED:
-            return None  # not a weight of these networks: left to fail as an unexpected node
         return np.broadcast_to(x, np.broadcast_shapes(x.shape, shape)).copy()
     if op == "Gather":
         return np.take(x, np.asarray(args[1]).astype(np.int64), axis=node.attr("axis", 0))
@@ -603,19 +1162,27 @@ class _OnnxGraph:
     """An ONNX graph as data flow: constants folded, Identity/Dropout/float Casts removed, Shape
     computations set aside, and for every tensor the nodes that consume it."""
 
-    def __init__(self, model, source):
-        from onnx import numpy_helper
-
+    def __init__(self, source):
         self.source = source
+        self.current = None  # the node being read (named by errors that escape the parser)
+
+    def build(self, model, max_folded_bytes=_MIN_FOLDED_BYTES):
+        source = self.source
         graph = model.graph
         self.consts = {}
         for t in graph.initializer:
-            self.consts[t.name] = numpy_helper.to_array(t)
+            self.consts[t.name] = self._tensor_array(t, f"initializer {_short(t.name, 80)}")
+        self.fold_left = int(max_folded_bytes)
         self.alias, self.shape_tensors, self.nodes = {}, set(), []
         protos = self._toposort(graph)
         for index, proto in enumerate(protos):
-            inputs = [self.alias.get(i, i) for i in proto.input]
-            node = _Node(proto, inputs, index)
+            try:
+                inputs = [self.alias.get(i, i) for i in proto.input]
+                node = _Node(proto, inputs, index)
+            except Exception as err:  # noqa: BLE001 - e.g. an attribute of an unknown type
+                raise WeightsFileError(f"{source}: {proto.op_type} node {_short(proto.name, 100)} is malformed "
+                                       f"({type(err).__name__}: {_short(str(err))}).", source, proto.name) from None
+            self.current = node
             if not proto.output:
                 raise self.error(f"{node} has no output.", node)
             if proto.op_type == "Constant":
@@ -627,9 +1194,9 @@ class _OnnxGraph:
                 continue
             data = [i for i in inputs if i and i not in self.consts]
             if not data and inputs and proto.domain in ("", "ai.onnx"):
-                value = _fold(node, [self.consts[i] if i else None for i in inputs])
+                value = self._fold(node, [self.consts[i] if i else None for i in inputs])
                 if value is not None:
-                    self.consts[proto.output[0]] = np.asarray(value)
+                    self.consts[proto.output[0]] = value
                     continue
             if proto.op_type in _SHAPE_OPS or (data and all(i in self.shape_tensors for i in data)):
                 self.shape_tensors.update(proto.output)  # shape arithmetic (dynamic batch size)
@@ -642,6 +1209,7 @@ class _OnnxGraph:
                     self.alias[proto.output[0]] = inputs[0]
                 continue
             self.nodes.append(node)
+        self.current = None
         self.users = collections.defaultdict(list)
         for node in self.nodes:
             for i in dict.fromkeys(node.inputs):
@@ -650,39 +1218,102 @@ class _OnnxGraph:
         inits = {t.name for t in graph.initializer}
         data_inputs = [i for i in graph.input if i.name not in inits]
         if len(data_inputs) != 1:
-            raise self.error(f"expected one image input, found {[i.name for i in data_inputs]}.")
+            raise self.error(f"expected one image input, found {_short([i.name for i in data_inputs])}.")
         self.input = data_inputs[0]
         self.outputs = [self.alias.get(o.name, o.name) for o in graph.output]
         self.visited = set()
+        return self
 
     def error(self, message, node=None):
         return WeightsFileError(f"{self.source}: {message}", self.source, None if node is None else node.name)
 
+    def _tensor_array(self, tensor, what, node=None):
+        """NumPy value of a TensorProto, after checking its type, dims and data length (no external
+        data: it was read into the proto or refused before)."""
+        from onnx import TensorProto, numpy_helper
+
+        if tensor.data_location == TensorProto.EXTERNAL:
+            raise ExternalDataError(f"{self.source}: {what} keeps its data in an external file, not read.",
+                                    self.source, None if node is None else node.name)
+        if tensor.HasField("segment"):
+            raise self.error(f"{what} is a segment of a tensor; segments are not read.", node)
+        try:
+            dims, n, nbytes = _dims_bytes(tensor, what, self.source)
+        except WeightsFileError as err:
+            raise WeightsFileError(str(err), self.source, None if node is None else node.name) from None
+        if tensor.HasField("raw_data"):
+            if len(tensor.raw_data) != nbytes:
+                raise self.error(f"{what} of dims {_short(dims)} needs {nbytes:,} bytes of raw data, holds "
+                                 f"{len(tensor.raw_data):,}.", node)
+        else:
+            have = (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data)
+                    + len(tensor.double_data) + len(tensor.uint64_data))
+            if have != n:
+                raise self.error(f"{what} of dims {_short(dims)} needs {n:,} values, holds {have:,}.", node)
+        try:
+            return np.asarray(numpy_helper.to_array(tensor))
+        except Exception as err:  # noqa: BLE001 - values in the wrong field for the data type, ...
+            raise self.error(f"{what} cannot be read ({type(err).__name__}: {_short(str(err))}).", node) from None
+
+    def _fold(self, node, args):
+        """`_fold` within the folding budget (None: left unfolded, then refused as an unexpected node)."""
+        try:
+            with np.errstate(all="ignore"):
+                if _fold_elements(node.op_type, node, args) * 8 > self.fold_left:
+                    return None
+                value = _fold(node, args)
+        except Exception as err:  # noqa: BLE001 - bad shapes, axes, indices of a crafted graph
+            raise self.error(f"{node} cannot be computed from its constant inputs ({type(err).__name__}: "
+                             f"{_short(str(err))}).", node) from None
+        if value is None:
+            return None
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":
+            return None
+        self.fold_left -= value.nbytes
+        return value
+
     def _toposort(self, graph):
+        """Nodes in an order where each comes after the producers of its inputs (Kahn's algorithm,
+        the file's order among ready nodes: O(n log n))."""
+        import heapq
+
         available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-        pending, order = list(graph.node), []
-        while pending:
-            rest = []
-            for proto in pending:
-                if all(i in available for i in proto.input):
-                    order.append(proto)
-                    available.update(proto.output)
-                else:
-                    rest.append(proto)
-            if len(rest) == len(pending):
-                proto = rest[0]
-                missing = [i for i in proto.input if i not in available]
-                raise self.error(f"{proto.op_type} node {proto.name!r} reads {missing}, which no node produces "
-                                 "(or the graph has a cycle).")
-            pending = rest
+        protos = list(graph.node)
+        missing, waiting, ready = [], collections.defaultdict(list), []
+        for idx, proto in enumerate(protos):
+            need = {i for i in proto.input if i not in available}
+            missing.append(len(need))
+            for name in need:
+                waiting[name].append(idx)
+            if not need:
+                ready.append(idx)
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            idx = heapq.heappop(ready)
+            order.append(protos[idx])
+            for out in protos[idx].output:
+                if out in available:
+                    continue
+                available.add(out)
+                for j in waiting.pop(out, ()):
+                    missing[j] -= 1
+                    if missing[j] == 0:
+                        heapq.heappush(ready, j)
+        if len(order) != len(protos):
+            idx = next(i for i, m in enumerate(missing) if m > 0)
+            proto = protos[idx]
+            lost = [i for i in proto.input if i not in available]
+            raise WeightsFileError(f"{self.source}: {proto.op_type} node {_short(proto.name, 100)} reads "
+                                   f"{_short(lost)}, which no node produces (or the graph has a cycle).",
+                                   self.source, proto.name)
         return order
 
     def _constant(self, node, proto):
-        from onnx import numpy_helper
-
         for a in proto.attribute:
-            if a.name == "value":
-                return numpy_helper.to_array(a.t)
+            if a.name == "value" and a.HasField("t"):
+                return self._tensor_array(a.t, f"the value of {node}", node)
             if a.name == "value_float":
                 return np.array(a.f, np.float32)
             if a.name == "value_floats":
@@ -695,15 +1326,19 @@ class _OnnxGraph:
 
     def const(self, node, index, what):
         """The constant input `index` of `node` as float32 (error naming the node otherwise)."""
+        self.current = node
         name = node.inputs[index] if index < len(node.inputs) else ""
         if not name:
             raise self.error(f"{node} has no {what} input.", node)
         if name not in self.consts:
-            raise self.error(f"the {what} of {node} ({name!r}) is not a constant.", node)
+            raise self.error(f"the {what} of {node} ({_short(name, 80)}) is not a constant.", node)
         value = np.asarray(self.consts[name])
         if value.dtype.kind != "f":
-            raise self.error(f"the {what} of {node} ({name!r}) is {value.dtype}, not floating point.", node)
-        return value.astype(np.float32)
+            raise self.error(f"the {what} of {node} ({_short(name, 80)}) is {value.dtype}, not floating point.", node)
+        value = value.astype(np.float32)
+        if not np.isfinite(value).all():
+            raise self.error(f"the {what} of {node} ({_short(name, 80)}) holds NaN or infinite values.", node)
+        return value
 
     def origin(self, tensor):
         if tensor == self.input.name:
@@ -723,12 +1358,14 @@ class _OnnxGraph:
             raise self.error(f"{tensor!r} ({self.origin(tensor)}) feeds {found}; expected {what}.",
                              users[0] if users else None)
         node = users[0]
+        self.current = node
         if node.op_type != "Add" and node.inputs[0] != tensor:
             raise self.error(f"{node} reads {tensor!r} ({self.origin(tensor)}) as a parameter, not as its data "
                              f"input; expected {what}.", node)
         return node
 
     def take(self, node, ops, what):
+        self.current = node
         if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
             op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
             hint = (" (an onnxruntime graph saved at ORT_ENABLE_ALL, with its NCHWc layout? save it at "
@@ -761,15 +1398,15 @@ class _Parser:
     """Walks an `_OnnxGraph` along the data flow, writing an insightface state dict."""
 
     def __init__(self, graph):
-        self.g, self.sd, self.fused = graph, {}, 0
+        self.g, self.sd, self.fused = graph, _RecordedDict(graph), 0
 
     # --- primitives --------------------------------------------------------------------------
     def conv(self, node, module, kernel, stride, pad, group=1, depthwise=False):
         g = self.g
         g.take(node, ("Conv",), f"the Conv of {module!r}")
         w = g.const(node, 1, "weight")
-        if w.ndim != 4:
-            raise g.error(f"{node} ({module}): weight of shape {w.shape}, expected 4-D.", node)
+        if w.ndim != 4 or 0 in w.shape:
+            raise g.error(f"{node} ({module}): weight of shape {w.shape}, expected 4-D and not empty.", node)
         attrs = {"kernel": tuple(int(k) for k in w.shape[2:]),
                  "strides": tuple(node.attr("strides", [1, 1])),
                  "pads": tuple(node.attr("pads", [0, 0, 0, 0])),
@@ -809,8 +1446,10 @@ class _Parser:
                 if value.shape != (channels,):
                     raise g.error(f"{node} ({module}): {what} of shape {value.shape}, expected ({channels},).", node)
             eps = float(node.attr("epsilon", 1e-5))
-            if not eps > 0 or np.any(var + eps <= 0):
+            if not (eps > 0 and np.isfinite(eps)) or np.any(var + eps <= 0):
                 raise g.error(f"{node} ({module}): epsilon {eps} / variance give a non-positive denominator.", node)
+            if np.any(var < 0):
+                raise g.error(f"{node} ({module}): negative variance {float(var.min()):g}.", node)
             if bias is not None:
                 mean = mean - bias
             self._bn(module, gamma, beta, mean, var + eps - BN_EPSILON)
@@ -839,7 +1478,11 @@ class _Parser:
     def _const_operand(self, node, tensor):
         others = [i for i in node.inputs if i != tensor]
         if len(node.inputs) == 2 and len(others) == 1 and others[0] in self.g.consts:
-            return np.asarray(self.g.consts[others[0]], np.float32)
+            value = np.asarray(self.g.consts[others[0]], np.float32)
+            if not np.isfinite(value).all():
+                raise self.g.error(f"the constant operand of {node} ({_short(others[0], 80)}) holds NaN or infinite "
+                                   "values.", node)
+            return value
         return None
 
     def _bn(self, module, gamma, beta, mean, var):
@@ -873,6 +1516,8 @@ class _Parser:
                               "(x - mean) / std input normalisation is converted.", node)
             k = float(k.reshape(-1)[0])
             g.take(node, (node.op_type,), "the input normalisation")
+            if k == 0 and node.op_type in ("Mul", "Div"):
+                raise g.error(f"{node} scales the image input by 0.", node)
             if node.op_type == "Sub":
                 mean += k * std
             elif node.op_type == "Add":
@@ -882,6 +1527,9 @@ class _Parser:
             else:
                 std *= k
             x, seen = node.outputs[0], True
+            if not (np.isfinite(mean) and np.isfinite(std) and std != 0):
+                raise g.error(f"the input normalisation up to {node} gives mean {mean:g}, std {std:g}; expected "
+                              "finite values and std != 0.", node)
         return x, ({"mean": float(mean), "std": float(std)} if seen else None)
 
     def flatten_fc(self, tensor, module, channels):
@@ -914,6 +1562,10 @@ class _Parser:
                 bias, out = self._const_operand(add, out), add.outputs[0]
         if w.ndim != 2:
             raise g.error(f"{fc} ({module}): weight of shape {w.shape}, expected 2-D.", fc)
+        if bias is not None and bias.size not in (1, w.shape[0]):
+            raise g.error(f"{fc} ({module}): bias of shape {bias.shape} for {w.shape[0]} outputs.", fc)
+        if w.shape[0] == 0 or w.shape[1] == 0:
+            raise g.error(f"{fc} ({module}): empty weight of shape {w.shape}.", fc)
         if bias is not None:
             bias = np.broadcast_to(bias.reshape(-1) if bias.size != 1 else bias.reshape(()), (w.shape[0],))
         self.sd[f"{module}.weight"] = np.ascontiguousarray(w, np.float32)
@@ -1040,17 +1692,31 @@ class _Parser:
         return {"arch": "mobilefacenet", "blocks": tuple(blocks), "scale": scale, "gdc_kernel": kernel}
 
 
-def onnx_to_state_dict(model, allow_external_data=False):
+def onnx_to_state_dict(model, allow_external_data=False, *, max_nodes=ONNX_MAX_NODES, max_folded_bytes=None):
     """Turn an insightface IResNet or MobileFaceNet ONNX graph into an insightface-named state dict.
 
     The graph is read by data flow (module docstring): TorchScript or dynamo exports at opsets 11
     to 18, BN folded or not, onnxsim / onnxruntime (``ORT_ENABLE_BASIC``) optimised.
+
+    Untrusted files: the protobuf is parsed with ``load_external_data=False``; tensors anywhere in
+    the model (subgraphs, functions, attributes) that name external data are refused unless
+    `allow_external_data` (and then only initializers and Constant values of the main graph are
+    read, from the model's own folder, never relative to the current directory). Every tensor's
+    type, dims and data length are checked before it is converted; constant folding has a byte
+    budget; node order is resolved in O(n log n). NaN / inf weights, a negative or non-finite
+    BatchNormalization epsilon, negative variances, a zero or non-finite input scale and a graph
+    input size that does not fit the weights are refused.
 
     Args:
         model: path of an ``.onnx`` file or an ``onnx.ModelProto`` (NCHW, exported from
             insightface's PyTorch ``iresnet.py`` / ``mobilefacenet.py``).
         allow_external_data: read weights stored in external files (``model.onnx.data``), from the
             model file's folder only; refused by default.
+        max_nodes: most nodes read (main graph, subgraphs and functions, and the main graph once
+            local functions are inlined); default 100,000 (these networks have a few thousand).
+        max_folded_bytes: most bytes of constants computed by folding (``Mul`` of weights,
+            ``Reshape``, ``Concat``, ...); default 4x the model's size (file plus external data)
+            + 64 MiB. A node over the budget is left unfolded (and refused as unexpected).
 
     Returns:
         ``(state_dict, info)``; ``info`` has ``arch`` (``"iresnet"`` / ``"mobilefacenet"``),
@@ -1060,27 +1726,89 @@ def onnx_to_state_dict(model, allow_external_data=False):
         and ``opset``.
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file (``OSError``: unreadable, also for external data files).
         ExternalDataError: external weights and ``allow_external_data=False``, or an unsafe location.
-        WeightsFileError: unreadable file, or a graph that is not one of these networks (names the
-            first node that does not fit).
+        WeightsFileError: for anything else, whatever the bytes (a
+            :class:`keras_facemargin.errors.UntrustedFileError`, a ``ValueError``): an unreadable
+            protobuf (DecodeError), a malformed tensor or node, a limit exceeded, invalid values,
+            or a graph that is not one of these networks (names the file and, with ``.node``,
+            the first node that does not fit).
 
     Example::
 
         sd, info = onnx_to_state_dict("w600k_r50.onnx")
         info["arch"], info["stage_blocks"]                  # ('iresnet', (3, 4, 14, 3))
     """
-    model, source = _load_onnx(model, allow_external_data)
+    import onnx
+
+    source = "<onnx.ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
+    max_nodes = int(_positive(max_nodes, "max_nodes"))
+    if max_folded_bytes is not None:
+        _positive(max_folded_bytes, "max_folded_bytes")
+    g = None
     try:
-        return _parse_onnx(model, source)
-    except WeightsFileError:
+        model, source, model_bytes = _load_onnx(model, allow_external_data, max_nodes)
+        if max_folded_bytes is None:
+            max_folded_bytes = max(_MIN_FOLDED_BYTES, _FOLDED_FILE_MULTIPLE * model_bytes + _MIN_FOLDED_BYTES)
+        g = _OnnxGraph(source)
+        return _parse_onnx(model, g, max_folded_bytes)
+    except (WeightsFileError, OSError):
         raise
-    except (IndexError, KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as err:
-        raise WeightsFileError(f"{source}: malformed ONNX graph ({type(err).__name__}: {err}).", source) from None
+    except Exception as err:  # noqa: BLE001 - whatever the bytes, the error is typed and names the file
+        node = None if g is None else g.current
+        where = "" if node is None else f" at {node}"
+        kind = "ran out of memory" if isinstance(err, MemoryError) else "malformed ONNX graph"
+        raise WeightsFileError(f"{source}: {kind}{where} ({type(err).__name__}: {_short(str(err), 300)}).", source,
+                               None if node is None else node.name) from None
 
 
-def _parse_onnx(model, source):
-    g = _OnnxGraph(model, source)
+class _RecordedDict(dict):
+    """The parser's state dict, remembering the node each entry came from (for error messages)."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph, self.nodes = graph, {}
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.nodes[key] = self.graph.current
+
+    def update(self, other):
+        for key, value in other.items():
+            self[key] = value
+
+
+def _input_size(g, info, sd):
+    """The graph input's static ``(H, W)`` (or None), checked against the weights."""
+    dims = g.input.type.tensor_type.shape.dim
+    name = _short(g.input.name, 80)
+    if not g.input.type.tensor_type.HasField("shape"):
+        return None
+    if len(dims) != 4:
+        raise g.error(f"the image input {name} has rank {len(dims)}; expected NCHW (rank 4).")
+    if dims[1].HasField("dim_value") and dims[1].dim_value != 3:
+        raise g.error(f"the image input {name} has {dims[1].dim_value} channels; expected 3 (NCHW).")
+    if not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value")):
+        return None
+    h, w = int(dims[2].dim_value), int(dims[3].dim_value)
+    if not (0 < h <= _MAX_IMAGE_SIDE and 0 < w <= _MAX_IMAGE_SIDE):
+        raise g.error(f"the image input {name} declares {h}x{w} images; expected sides in [1, {_MAX_IMAGE_SIDE}].")
+    side_h, side_w = -(-h // 16), -(-w // 16)  # four stride-2 reductions, rounding up
+    if info["arch"] == "iresnet":
+        c = int(sd["bn2.running_mean"].shape[0])
+        fc_in = int(sd["fc.weight"].shape[1])
+        ok, want = side_h * side_w * c == fc_in, f"fc.weight's {fc_in} inputs ({c} channels x final map)"
+    else:
+        ok, want = (side_h, side_w) == tuple(info["gdc_kernel"]), f"the GDC kernel {tuple(info['gdc_kernel'])}"
+    if not ok:
+        raise g.error(f"the image input {name} declares {h}x{w} images ({side_h}x{side_w} final map), which does "
+                      f"not fit {want}.")
+    return h, w
+
+
+def _parse_onnx(model, g, max_folded_bytes):
+    g.build(model, max_folded_bytes)
+    source = g.source
     parser = _Parser(g)
     x, normalization = parser.input_scaling()
     stem = g.next_node(x, "the stem Conv")
@@ -1096,14 +1824,15 @@ def _parse_onnx(model, source):
         raise g.error(f"stem {stem} has strides {stride}: neither an IResNet (1) nor a MobileFaceNet (2).", stem)
     for key, value in parser.sd.items():
         if not np.all(np.isfinite(value)):
-            raise WeightsFileError(f"{source}: {key} holds NaN or infinite values.", source)
-    image_size = None
-    dims = g.input.type.tensor_type.shape.dim
-    if len(dims) == 4 and dims[2].dim_value and dims[3].dim_value:
-        image_size = (int(dims[2].dim_value), int(dims[3].dim_value))
+            node = parser.sd.nodes.get(key)
+            raise WeightsFileError(f"{source}: {key} holds NaN or infinite values"
+                                   + (f" (from {node})." if node is not None else "."), source,
+                                   None if node is None else node.name)
+    g.current = None
+    image_size = _input_size(g, info, parser.sd)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     info.update(image_size=image_size, fused_bn=parser.fused, normalization=normalization, opset=opset)
-    return parser.sd, info
+    return dict(parser.sd), info
 
 
 # ----------------------------------------------------------------------------- state dict -> Keras
@@ -1167,6 +1896,16 @@ def mobilefacenet_keras_layer_name(module):
     raise ValueError(f"Not an insightface MobileFaceNet module name: {module!r}.")
 
 
+def _weight_shape(state_dict, key, ndim):
+    """Shape of ``state_dict[key]``, which must exist, have `ndim` dimensions and no empty one."""
+    if key not in state_dict:
+        raise WeightsFileError(f"State dict is missing {key!r}.")
+    shape = tuple(int(n) for n in np.shape(state_dict[key]))
+    if len(shape) != ndim or 0 in shape:
+        raise WeightsFileError(f"{key} has shape {shape}; expected {ndim} non-empty dimensions.")
+    return shape
+
+
 def iresnet_config_from_state_dict(state_dict, image_size=None):
     """IResNet constructor arguments inferred from an insightface state dict.
 
@@ -1191,12 +1930,15 @@ def iresnet_config_from_state_dict(state_dict, image_size=None):
                                f"first keys: {sorted(state_dict)[:6]}.{hint}")
     blocks = []
     for s in range(1, 5):
-        ids = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d+)\.", k))}
+        ids = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{s}\.(\d{{1,9}})\.", str(k)))}
         if not ids:
             raise WeightsFileError(f"IResNet state dict has no layer{s}.* weights.")
-        blocks.append(max(ids) + 1)
-    filters = tuple(int(state_dict[f"layer{s}.0.conv1.weight"].shape[0]) for s in range(1, 5))
-    emb, fc_in = state_dict["fc.weight"].shape
+        if ids != set(range(len(ids))):
+            raise WeightsFileError(f"IResNet state dict: the blocks of layer{s} are numbered {sorted(ids)[:6]}"
+                                   f"{'...' if len(ids) > 6 else ''}, not 0 to {len(ids) - 1}.")
+        blocks.append(len(ids))
+    filters = tuple(int(_weight_shape(state_dict, f"layer{s}.0.conv1.weight", 4)[0]) for s in range(1, 5))
+    emb, fc_in = (int(n) for n in _weight_shape(state_dict, "fc.weight", 2))
     if image_size is None:
         side = int(round(np.sqrt(fc_in / filters[-1])))
         if side * side * filters[-1] != fc_in:
@@ -1231,21 +1973,22 @@ def mobilefacenet_config_from_state_dict(state_dict, image_size=None):
         if key not in state_dict:
             raise WeightsFileError(f"Not an insightface MobileFaceNet state dict: no {key!r}; first keys: "
                                    f"{sorted(state_dict)[:6]}.")
-    c1 = int(state_dict["layers.0.layers.0.weight"].shape[0])
+    c1 = int(_weight_shape(state_dict, "layers.0.layers.0.weight", 4)[0])
     if c1 % 64:
         raise WeightsFileError(f"layers.0.layers.0.weight has {c1} filters, not 64 * scale.")
 
     def count(layer):
-        return len({int(m.group(1)) for k in state_dict if (m := re.match(rf"layers\.{layer}\.layers\.(\d+)\.layers\.", k))})
+        pattern = rf"layers\.{layer}\.layers\.(\d{{1,9}})\.layers\."
+        return len({int(m.group(1)) for k in state_dict if (m := re.match(pattern, str(k)))})
 
     blocks = (1 if "layers.1.layers.0.weight" in state_dict else count(1), count(3), count(5), count(7))
     if 0 in blocks:
         raise WeightsFileError(f"MobileFaceNet state dict with an empty stage: blocks {blocks}.")
-    kh, kw = state_dict["features.layers.0.layers.0.weight"].shape[2:]
+    kh, kw = _weight_shape(state_dict, "features.layers.0.layers.0.weight", 4)[2:]
     if image_size is None:
         image_size = (16 * int(kh), 16 * int(kw))
     return {"blocks": blocks, "scale": c1 // 64,
-            "embedding_dim": int(state_dict["features.layers.2.weight"].shape[0]),
+            "embedding_dim": int(_weight_shape(state_dict, "features.layers.2.weight", 2)[0]),
             "image_shape": (int(image_size[0]), int(image_size[1]), 3)}
 
 
@@ -1389,7 +2132,62 @@ def backbone_from_state_dict(state_dict, image_size=None):
     return iresnet_from_state_dict(state_dict, image_size)
 
 
-def convert_insightface(path, image_size=None, allow_external_data=False, return_info=False):
+def read_insightface(path, image_size=None, allow_external_data=False, **limits):
+    """Read an insightface ``.onnx`` / ``.pth`` file and the Keras backbone it describes, without
+    building it: what `convert_insightface` does before it creates the Keras model.
+
+    Everything that comes from the file is validated here (the readers' checks, then the
+    architecture and constructor arguments: stage and block counts, shapes, image size), so a
+    crafted file is refused before a Keras model of its choosing is built.
+
+    Args:
+        path: ``.onnx`` or ``.pth``/``.pt`` file.
+        image_size: `(H, W)` override (default: from the ONNX input or the weights' shapes).
+        allow_external_data: for an ONNX model with an external ``.onnx.data`` file.
+        **limits: caps of the reader: ``max_entry_bytes``, ``max_ratio``, ``max_total_bytes``
+            (`read_torch_checkpoint`) or ``max_nodes``, ``max_folded_bytes`` (`onnx_to_state_dict`).
+
+    Returns:
+        ``(state_dict, info)``; ``info`` as `convert_insightface`'s (``arch``, ``source``,
+        ``normalization``, ``normalization_source``, ``notes``, ...) plus ``config``: the
+        `IResNet` / `MobileFaceNet` constructor arguments.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsFileError: the file is not a convertible insightface model (names the file).
+
+    Example::
+
+        sd, info = read_insightface("backbone.pth")
+        info["arch"], info["config"]["stage_filters"]       # ('iresnet', (64, 128, 256, 512))
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"insightface weights not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        sd, info = onnx_to_state_dict(path, allow_external_data=allow_external_data, **limits)
+        image_size = image_size or info["image_size"]
+        info = dict(info, source="onnx", notes=[])
+    elif suffix in (".pth", ".pt"):
+        sd, read = read_torch_checkpoint(path, **limits)
+        info = {"arch": None, "source": "pth", "normalization": None,
+                "notes": read["notes"], "checkpoint_key": read["key"]}
+    else:
+        raise WeightsFileError(f"Expected an insightface .onnx or .pth file, got {path}.", str(path))
+    info["normalization_source"] = "graph" if info["normalization"] is not None else "insightface default"
+    if info["normalization"] is None:
+        info["normalization"] = dict(INSIGHTFACE_NORMALIZATION)
+    try:
+        info["arch"] = info["arch"] or state_dict_architecture(sd)
+        info["config"] = (mobilefacenet_config_from_state_dict if info["arch"] == "mobilefacenet"
+                          else iresnet_config_from_state_dict)(sd, image_size)
+    except WeightsFileError as err:
+        raise WeightsFileError(f"{path}: {err}", str(path)) from None
+    return sd, info
+
+
+def convert_insightface(path, image_size=None, allow_external_data=False, return_info=False, **limits):
     """Convert an insightface IResNet / MobileFaceNet ``.onnx`` or ``.pth`` file to a Keras backbone.
 
     Args:
@@ -1402,7 +2200,9 @@ def convert_insightface(path, image_size=None, allow_external_data=False, return
             ``normalization`` (``{"mean", "std"}`` the model expects: the graph's own input scaling
             when it has one, else arcface_torch's ``INSIGHTFACE_NORMALIZATION``; which one is in
             ``normalization_source``: ``"graph"`` / ``"insightface default"``), ``notes`` (e.g.
-            the ignored PartialFC weights of a training checkpoint) and the reader's details.
+            the ignored PartialFC weights of a training checkpoint), ``config`` (the Keras
+            constructor arguments) and the reader's details.
+        **limits: the reader's caps (see `read_insightface`).
 
     Returns:
         A Keras `IResNet` or `MobileFaceNet` (raw embeddings; wrap with
@@ -1411,34 +2211,25 @@ def convert_insightface(path, image_size=None, allow_external_data=False, return
 
     Raises:
         FileNotFoundError: no such file.
-        WeightsFileError (a ValueError): the file is not a convertible insightface model (names the
-            file and the node or tensor that does not fit); `ExternalDataError` for external data.
+        WeightsFileError (a ValueError and a `keras_facemargin.errors.UntrustedFileError`): the
+            file is not a convertible insightface model (names the file and the node or tensor
+            that does not fit); `ExternalDataError` for external data; `UnsafeWeightsError` for a
+            refused pickle.
 
     Example::
 
         backbone, info = convert_insightface("w600k_mbf.onnx", return_info=True)
         x = (images - info["normalization"]["mean"]) / info["normalization"]["std"]
     """
+    from keras_facemargin.backbones.iresnet import IResNet
+    from keras_facemargin.backbones.mobilefacenet import MobileFaceNet
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"insightface weights not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        sd, info = onnx_to_state_dict(path, allow_external_data=allow_external_data)
-        image_size = image_size or info["image_size"]
-        info = dict(info, source="onnx", notes=[])
-    elif suffix in (".pth", ".pt"):
-        sd, read = read_torch_checkpoint(path)
-        info = {"arch": state_dict_architecture(sd), "source": "pth", "normalization": None,
-                "notes": read["notes"], "checkpoint_key": read["key"]}
-    else:
-        raise WeightsFileError(f"Expected an insightface .onnx or .pth file, got {path}.", str(path))
-    info["normalization_source"] = "graph" if info["normalization"] is not None else "insightface default"
-    if info["normalization"] is None:
-        info["normalization"] = dict(INSIGHTFACE_NORMALIZATION)
+    sd, info = read_insightface(path, image_size, allow_external_data, **limits)
+    mbf = info["arch"] == "mobilefacenet"
     try:
-        backbone = (mobilefacenet_from_state_dict if info["arch"] == "mobilefacenet"
-                    else iresnet_from_state_dict)(sd, image_size)
+        backbone = (MobileFaceNet if mbf else IResNet)(**info["config"])
+        (load_mobilefacenet_state_dict if mbf else load_iresnet_state_dict)(backbone, sd)
     except WeightsFileError as err:
         raise WeightsFileError(f"{path}: {err}", str(path)) from None
     return (backbone, info) if return_info else backbone
