@@ -64,7 +64,6 @@ from keras_facemargin.data.augment import FaceAugmentation  # noqa: E402,F401
 from keras_facemargin.data.lfw import (  # noqa: E402,F401
     LFW_CENTER_CROP_BOX,
     LFWPairs,
-    lfw_verification,
     load_lfw_images,
     load_lfw_pairs,
 )
@@ -92,3 +91,13 @@ __all__ += [
     "load_lfw_images",
     "load_lfw_pairs",
 ]
+
+
+def __getattr__(name):
+    # lfw_verification is keras_facemargin.evaluation.pairs_sets.lfw_verification, re-exported
+    # lazily (data must not import evaluation at module level).
+    if name == "lfw_verification":
+        from keras_facemargin.evaluation.pairs_sets import lfw_verification
+
+        return lfw_verification
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

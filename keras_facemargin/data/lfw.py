@@ -22,6 +22,9 @@ Face crops (``align=``):
   7,701 images of the 6,000 pairs took 277 s on a busy machine, no image without a face,
   1,034 with several faces), so results are cached as ``.npz`` under ``cache_dir``.
 
+:func:`lfw_verification` (the protocol) lives in :mod:`keras_facemargin.evaluation.pairs_sets`
+and is re-exported here (lazily: ``data`` does not import ``evaluation`` at module level).
+
 Example::
 
     pairs = load_lfw_pairs(root)                      # 6000 pairs, fold k = pairs 600k..600k+599
@@ -410,40 +413,11 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
     return (images, info) if return_info else images
 
 
-def lfw_verification(model, root, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
-                     flip: bool = True, batch_size: int = 64, cache_dir=None, cache="auto",
-                     detector=None, progress: bool = True, **kfold_kwargs):
-    """LFW 10-fold verification of ``model`` on the 6,000 ``pairs.txt`` pairs.
+def __getattr__(name):
+    # ``lfw_verification`` (the protocol, not data) lives in keras_facemargin.evaluation.pairs_sets;
+    # it is re-exported here lazily so that data does not import evaluation at module level.
+    if name == "lfw_verification":
+        from keras_facemargin.evaluation.pairs_sets import lfw_verification
 
-    Each distinct image (7,701) is loaded and embedded once; pair scores and the
-    protocol are those of :func:`keras_facemargin.evaluation.evaluate_pairs` (identical
-    result: embeddings are per-image, so embedding distinct images once and gathering
-    gives the same scores as embedding both pair sides).
-
-    Args:
-        model: Keras model / ``FaceRecognizer`` / callable on float32 normalised batches
-            (see :func:`keras_facemargin.evaluation.embed_images`).
-        root: LFW folder (``pairs.txt``, ``images/``).
-        image_size, align, crop, cache_dir, cache, detector, progress: see :func:`load_lfw_images`.
-        flip, batch_size: see :func:`~keras_facemargin.evaluation.embed_images`.
-        **kfold_kwargs: ``thresholds``, ``far_targets`` for
-            :func:`~keras_facemargin.evaluation.kfold_verification` (folds come from pairs.txt).
-
-    Returns:
-        :class:`~keras_facemargin.evaluation.VerificationResult`.
-
-    Example::
-
-        r = lfw_verification(recognizer, "../shared/data/lfw", image_size=112)
-        print(f"{100 * r.accuracy_mean:.2f} +- {100 * r.accuracy_std:.2f}")
-    """
-    from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
-
-    if "folds" in kfold_kwargs:
-        raise ValueError("`folds` is fixed by pairs.txt for LFW.")
-    pairs = load_lfw_pairs(root)
-    paths, ia, ib = pairs.unique_paths()
-    images = load_lfw_images(paths, image_size=image_size, align=align, crop=crop, cache_dir=cache_dir,
-                             cache=cache, detector=detector, progress=progress)
-    emb = embed_images(model, images, batch_size=batch_size, flip=flip)
-    return kfold_verification(pair_scores(emb[ia], emb[ib]), pairs.is_same, folds=pairs.fold, **kfold_kwargs)
+        return lfw_verification
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,6 +58,8 @@ from keras_facemargin.data.image_header import (
     decode_image,
 )
 from keras_facemargin.errors import BinSetError
+from keras_facemargin.evaluation import pairs_sets
+from keras_facemargin.evaluation.pair_set import PairSet, _check_image_size, _resize  # noqa: F401 (re-exported)
 from keras_facemargin.evaluation.verification import (
     VerificationResult,
     embed_images,
@@ -302,45 +304,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 @dataclass
-class PairSet:
-    """A verification set: unique images and the pairs that reference them.
-
-    Attributes:
-        name: set name (e.g. ``"lfw"``).
-        images: uint8 ``(M, H, W, 3)`` RGB.
-        index_a, index_b: int64 ``(N,)`` rows of ``images`` forming pair ``i``.
-        is_same: bool ``(N,)``.
-        folds: number of contiguous folds (int) or an int ``(N,)`` fold id per pair.
-        source: where it was loaded from (for messages).
-    """
-
-    name: str
-    images: np.ndarray
-    index_a: np.ndarray
-    index_b: np.ndarray
-    is_same: np.ndarray
-    folds: object = 10
-    source: str = ""
-
-    def __post_init__(self):
-        n = len(self.is_same)
-        if not (len(self.index_a) == len(self.index_b) == n):
-            raise ValueError(f"PairSet '{self.name}': index_a, index_b and is_same lengths differ.")
-        m = len(self.images)
-        for side in (self.index_a, self.index_b):
-            if n and (np.min(side) < 0 or np.max(side) >= m):
-                raise ValueError(f"PairSet '{self.name}': pair indices out of range [0, {m}).")
-
-    @property
-    def num_pairs(self) -> int:
-        return int(len(self.is_same))
-
-    def pair_arrays(self):
-        """``(images_a, images_b, is_same)`` as materialised arrays (e.g. for ``evaluate_pairs``)."""
-        return self.images[self.index_a], self.images[self.index_b], self.is_same
-
-
-@dataclass
 class VerificationSource:
     """A verification set found on disk (see :func:`find_verification_sets`).
 
@@ -358,28 +321,6 @@ class VerificationSource:
 
 
 # ----------------------------------------------------------------- .bin I/O
-def _check_image_size(image_size):
-    if image_size is None:
-        return None
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        image_size = (int(image_size), int(image_size))
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"`image_size` must be None, an int or (height, width), got {image_size!r}.") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"`image_size` must be positive, got {image_size!r}.")
-    return h, w
-
-
-def _resize(img, size):
-    if size is None or img.shape[:2] == tuple(size):
-        return img
-    h, w = size
-    interp = cv2.INTER_AREA if (h < img.shape[0] and w < img.shape[1]) else cv2.INTER_LINEAR
-    return cv2.resize(img, (w, h), interpolation=interp)
-
-
 def _validate_bin(obj, source, max_images):
     """Check the unpickled structure (no image decoded yet); returns ``(bins, issame bool (N,))``."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
@@ -610,8 +551,6 @@ def load_verification_set(source, image_size=(112, 112), **options) -> PairSet:
             source = VerificationSource(p.stem, "bin", str(p))
     if source.kind == "bin":
         return bin_to_pair_set(source.path, image_size=image_size, name=source.name)
-    from keras_facemargin.evaluation import pairs_sets  # lazy: optional data.lfw dependency
-
     if source.kind == "lfw_folder":
         ps = pairs_sets.load_lfw_folder(source.path, image_size=image_size, **options)
     elif source.kind == "cfp_folder":

@@ -41,8 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.data.lfw import LFW_CENTER_CROP_BOX, load_lfw_images, load_lfw_pairs
 from keras_facemargin.errors import ImageFileError
-from keras_facemargin.evaluation.bin_sets import PairSet, _check_image_size, _resize
+from keras_facemargin.evaluation.pair_set import PairSet, _check_image_size, _resize
+from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
 
 __all__ = ["load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
 
@@ -128,8 +130,6 @@ def load_lfw_folder(root, image_size=(112, 112), crop="default", num_threads=4, 
 
         ps = load_lfw_folder("../shared/data/lfw")
     """
-    from keras_facemargin.data.lfw import LFW_CENTER_CROP_BOX, load_lfw_pairs
-
     if isinstance(crop, str):
         if crop != "default":
             raise ValueError(f"`crop` must be 'default', a side, a box or None; got {crop!r}.")
@@ -239,3 +239,41 @@ def load_cfp_folder(root, protocol="FP", image_size=(112, 112), crop=None, num_t
                    index_a=np.array([keys[p] for p in pa], np.int64),
                    index_b=np.array([keys[p] for p in pb], np.int64),
                    is_same=same, folds=folds, source=str(root))
+
+
+def lfw_verification(model, root, image_size: int = 112, align: str = "center", crop=LFW_CENTER_CROP_BOX,
+                     flip: bool = True, batch_size: int = 64, cache_dir=None, cache="auto",
+                     detector=None, progress: bool = True, **kfold_kwargs):
+    """LFW 10-fold verification of ``model`` on the 6,000 ``pairs.txt`` pairs.
+
+    Each distinct image (7,701) is loaded and embedded once; pair scores and the
+    protocol are those of :func:`keras_facemargin.evaluation.evaluate_pairs` (identical
+    result: embeddings are per-image, so embedding distinct images once and gathering
+    gives the same scores as embedding both pair sides).
+
+    Args:
+        model: Keras model / ``FaceRecognizer`` / callable on float32 normalised batches
+            (see :func:`keras_facemargin.evaluation.embed_images`).
+        root: LFW folder (``pairs.txt``, ``images/``).
+        image_size, align, crop, cache_dir, cache, detector, progress: see
+            :func:`keras_facemargin.data.lfw.load_lfw_images`.
+        flip, batch_size: see :func:`~keras_facemargin.evaluation.embed_images`.
+        **kfold_kwargs: ``thresholds``, ``far_targets`` for
+            :func:`~keras_facemargin.evaluation.kfold_verification` (folds come from pairs.txt).
+
+    Returns:
+        :class:`~keras_facemargin.evaluation.VerificationResult`.
+
+    Example::
+
+        r = lfw_verification(recognizer, "../shared/data/lfw", image_size=112)
+        print(f"{100 * r.accuracy_mean:.2f} +- {100 * r.accuracy_std:.2f}")
+    """
+    if "folds" in kfold_kwargs:
+        raise ValueError("`folds` is fixed by pairs.txt for LFW.")
+    pairs = load_lfw_pairs(root)
+    paths, ia, ib = pairs.unique_paths()
+    images = load_lfw_images(paths, image_size=image_size, align=align, crop=crop, cache_dir=cache_dir,
+                             cache=cache, detector=detector, progress=progress)
+    emb = embed_images(model, images, batch_size=batch_size, flip=flip)
+    return kfold_verification(pair_scores(emb[ia], emb[ib]), pairs.is_same, folds=pairs.fold, **kfold_kwargs)

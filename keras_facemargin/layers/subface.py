@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_facemargin.layers import _zoo_common as zc
+from keras_facemargin.layers._head_table import build_head
 from keras_facemargin.layers.cosine_dense import CosineDense, class_centres
 from keras_facemargin.layers.kappaface import KappaMarginDense
 
@@ -48,8 +49,6 @@ class SubFaceDense(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(head, str):
-            from keras_facemargin.layers.registry import build_head
-
             head = build_head(head, num_classes, **dict(head_kwargs or {}))
         elif isinstance(head, dict):
             head = keras.saving.deserialize_keras_object(head)
