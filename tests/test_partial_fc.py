@@ -307,6 +307,80 @@ def test_resume_mid_epoch_draws_the_same_sets(tmp_path):
         np.testing.assert_allclose(np.asarray(a.value), np.asarray(b.value), atol=1e-6)
 
 
+def _tiny_recognizer(C, images, labels, rate=0.4, lr=0.1, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(images.shape[1:])
+    backbone = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.Flatten()(inputs)))
+    head = PartialFC(ArcMarginDense(C, scale=16.0), sample_rate=rate, seed=0)
+    model = FaceRecognizer(backbone, head)
+    model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=PartialFCLoss(head))
+    model({"images": images[:1], "labels": labels[:1]}, training=False)
+    return model
+
+
+def test_fit_loss_remaps_with_this_steps_set():
+    """Under `fit` the loss reads the set the layer drew in the same step (not the previous one)."""
+    C, n = 30, 16
+    images = RNG.standard_normal((n, 4, 4, 3)).astype("float32")
+    labels = RNG.integers(0, C, n).astype("int32")
+    model = _tiny_recognizer(C, images, labels, lr=0.0)  # weights stay fixed: a NumPy reference is exact
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((model.head.sampled_classes.numpy().copy(), float(logs["loss"])))
+
+    ds = tf.data.Dataset.from_tensor_slices(({"images": images, "labels": labels}, labels)).batch(8)
+    model.fit(ds, epochs=1, verbose=0, callbacks=[Record()], shuffle=False)
+    emb = model.backbone.predict(images, verbose=0)
+    xn = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    W = model.head.core.kernel.numpy()
+    losses = []
+    for t, (classes, _) in enumerate(seen):
+        y, x = labels[8 * t: 8 * t + 8], xn[8 * t: 8 * t + 8]
+        wn = W[classes] / np.linalg.norm(W[classes], axis=1, keepdims=True)
+        cos = np.clip(x @ wn.T, -1, 1).astype("float64")
+        cols = np.searchsorted(classes, y)
+        ref = 16.0 * cos
+        ref[np.arange(8), cols] = 16.0 * numpy_arcface(cos[np.arange(8), cols], 0.5)
+        losses.append(np.mean(np.log(np.exp(ref).sum(axis=1)) - ref[np.arange(8), cols]))
+    assert not np.array_equal(seen[0][0], seen[1][0])
+    np.testing.assert_allclose([seen[0][1], seen[1][1]], [losses[0], np.mean(losses)], rtol=1e-5)  # running mean
+
+
+def test_saved_model_keeps_the_counter_and_infers_on_all_classes(tmp_path):
+    C, n = 30, 8
+    images = RNG.standard_normal((n, 4, 4, 3)).astype("float32")
+    labels = RNG.integers(0, C, n).astype("int32")
+    model = _tiny_recognizer(C, images, labels)
+    model.fit({"images": images, "labels": labels}, labels, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.head, PartialFC) and int(loaded.head.sample_step.numpy()) == 2
+    np.testing.assert_array_equal(loaded.embedder.predict(images, verbose=0), model.embedder.predict(images, verbose=0))
+    logits = loaded({"images": images}, training=False).numpy()  # inference: s*cos over all C classes
+    emb = model.backbone.predict(images, verbose=0)
+    W = model.head.core.kernel.numpy()
+    ref = 16.0 * (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (W / np.linalg.norm(W, axis=1, keepdims=True)).T
+    assert logits.shape == (n, C)
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+
+
+def test_trainer_runs_with_a_sample_rate(tmp_path):
+    from keras_facemargin.training import get_experiment, run
+
+    config = get_experiment(
+        "synthetic", name="pfc", output=str(tmp_path), synthetic_identities=16, synthetic_heldout=0, image_size=32,
+        embedding_dim=16, backbone_kwargs={"stage_blocks": [1, 1, 1, 1], "stage_filters": [4, 8, 8, 8]}, scale=16.0,
+        batch_size=8, lr_reference_batch=8, epochs=1, lr_steps=(1,), steps_per_epoch=2, save_every_steps=0,
+        sample_rate=0.5, plots=False, verbose=0)
+    results = run(config)
+    assert len(results["history"]["loss"]) == 1 and math.isfinite(results["history"]["loss"][0])
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / "pfc" / "checkpoints"))
+    names = [name for name, _ in tf.train.list_variables(ckpt)]
+    assert any("sample_step" in name for name in names) and any("feature_sums" in name for name in names)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rate", [0, 0.0, -0.1, 1.5, float("nan"), float("inf"), True, "0.1", None])
 def test_sample_rate_outside_0_1_is_refused(rate):
@@ -364,11 +438,16 @@ def test_config_and_glint360k_experiment():
     assert config_from_args(parse_args(["--sample-rate", "0.1"])).sample_rate == 0.1
 
 
-def test_partial_fc_round_trips_through_keras_config():
-    pfc = PartialFC(KappaMarginDense(10, class_counts=np.ones(10), num_samples=4), sample_rate=0.3, seed=4)
-    clone = PartialFC.from_config(json.loads(json.dumps(keras.saving.serialize_keras_object(pfc)))["config"])
-    assert (clone.sample_rate, clone.seed, clone.num_sample) == (0.3, 4, 3)
-    assert isinstance(clone.head, KappaMarginDense) and clone.head.class_major_kernel
+@pytest.mark.parametrize("name", ["kappaface", "subface"])
+def test_partial_fc_round_trips_through_keras_config(name):
+    pfc = PartialFC(make_head(name, 10, num_samples=4), sample_rate=0.3, seed=4)
+    x, y = RNG.standard_normal((4, 8)).astype("float32"), np.array([1, 2, 2, 1], "int32")
+    pfc(inputs_for(name, x, y), training=True)  # built: the config carries build configs
+    clone = keras.saving.deserialize_keras_object(json.loads(json.dumps(keras.saving.serialize_keras_object(pfc))))
+    assert (clone.sample_rate, clone.seed, clone.num_sample) == (0.3, 4, 3) and type(clone.head) is type(pfc.head)
+    assert clone.core.class_major_kernel and tuple(clone.core.kernel.shape) == (10, 8)  # built by the wrapper
+    clone.set_weights(pfc.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), pfc(x).numpy())
 
 
 # -- 2 replicas, 2 workers (fresh processes) -------------------------------------------------------

@@ -140,12 +140,19 @@ class PartialFC(keras.layers.Layer):
     TensorFlow its gradient is an `IndexedSlices` of K rows: `MirroredStrategy`
     and `MultiWorkerMirroredStrategy` exchange K x d values per replica instead
     of a dense C x d all-reduce, and rows outside S get exactly zero gradient.
-    What Keras' SGD does with it: without momentum it applies the update with
-    `scatter_sub` (only the K rows change); with momentum the slot update
-    `m = momentum * m - lr * g` is dense, so every row keeps moving with its
-    decaying momentum (the semantics of torch SGD in insightface v2, which
-    also holds a dense momentum); decoupled `weight_decay` shrinks every row at
-    every step. A `kernel_regularizer` on the head adds a dense gradient.
+    What Keras' SGD does with it (checked in Keras 3.15): without momentum it
+    applies the update with `scatter_sub` (only the K rows change); with
+    momentum the slot update `m = momentum * m - lr * g` densifies the
+    gradient after the all-reduce (C x d temporaries), so every row keeps
+    moving with its decaying momentum (as torch SGD does in insightface v2);
+    decoupled `weight_decay` shrinks every row at every step. A
+    `kernel_regularizer` on the head adds a dense gradient.
+
+    Differences from insightface v2: the class centres are replicated (data
+    parallel), not sharded over the GPUs, so each replica holds C x d
+    centres and their momentum; K is `ceil`, not `int`, of `sample_rate * C`;
+    an over-full batch is refused (below), not given a larger set; the set
+    comes from a hash, not `torch.rand`.
 
     Budget: a global batch with more distinct classes than K is refused, not
     grown as in insightface: eagerly a `SampleBudgetError`, in a TF graph an
@@ -178,8 +185,8 @@ class PartialFC(keras.layers.Layer):
     def __init__(self, head, sample_rate=0.1, seed=0, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if isinstance(head, dict):
-            head = keras.saving.deserialize_keras_object(head)
+        if isinstance(head, dict):  # unbuilt: this layer builds it (class-major) with its own build_config
+            head = keras.saving.deserialize_keras_object(_unbuilt(head))
         if not _is_real(sample_rate) or not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"`sample_rate` must be a number in (0, 1]. Received: sample_rate={sample_rate!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -232,7 +239,7 @@ class PartialFC(keras.layers.Layer):
         step = _state.read(self.sample_step)
         classes, num_positive = sample_classes(everything, step, self.num_classes, k, self.seed)
         overflow = self._check_budget(num_positive, labels)
-        columns = ops.cast(ops.searchsorted(classes, labels), labels.dtype)
+        columns = ops.cast(ops.searchsorted(classes, ops.cast(labels, "int32")), labels.dtype)
         if _state.state_updates_enabled():
             self.sample_step.assign(step + 1)
             self.sampled_classes.assign(classes)
@@ -327,6 +334,15 @@ class PartialFC(keras.layers.Layer):
             }
         )
         return config
+
+
+def _unbuilt(config):
+    """A serialised head without its build configs (its own and a wrapped head's, e.g. SubFace's)."""
+    config = {k: v for k, v in config.items() if k != "build_config"}
+    inner = config.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("head"), dict):
+        config["config"] = dict(inner, head=_unbuilt(inner["head"]))
+    return config
 
 
 def _head_kind(core):
