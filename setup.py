@@ -21,11 +21,11 @@ EXTRAS = {
     # tests with; a looser spec makes pip fetch a multi-GB CUDA build.
     "backends": ["jax>=0.4.30", "torch==2.13.0"],
     # The PyTorch-side cross-check of the insightface converters (dynamo ONNX export).
-    "torch": ["torch==2.13.0", "onnxscript>=0.2"],
+    "torch-parity": ["torch==2.13.0", "onnxscript>=0.2"],
 }
 # The tests exercise every optional route, so they need every extra but the GPU one.
 EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"] + [
-    req for name in ("onnx", "tflite", "align", "plots", "backends", "torch") for req in EXTRAS[name]
+    req for name in ("onnx", "tflite", "align", "plots", "backends", "torch-parity") for req in EXTRAS[name]
 ]
 EXTRAS["test"] = sorted(set(EXTRAS["test"]), key=EXTRAS["test"].index)
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("gpu", "test") for req in reqs})

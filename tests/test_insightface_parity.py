@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch==2.13.0 (extra 'torch') not installed")
+torch = pytest.importorskip("torch", reason="torch==2.13.0 (extra 'torch-parity') not installed")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402

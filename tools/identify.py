@@ -31,7 +31,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from verify_faces import add_model_arguments, build_verifier, emit  # noqa: E402
+from verify_faces import add_model_arguments, build_verifier, emit, error_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -51,8 +51,6 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from keras_facemargin.face_gallery import Gallery
-    from keras_facemargin.face_verifier import FaceVerifierError
-    from keras_facemargin.pretrained.loader import PretrainedWeightsError
 
     try:
         verifier = build_verifier(args)
@@ -70,12 +68,12 @@ def main(argv=None) -> int:
             emit({"status": "ok", "gallery": info})
             return 0
         result = verifier.identify(args.photo, gallery, top_k=args.top_k)
-    except FaceVerifierError as e:
-        emit(e.to_dict())
-        return e.exit_code
-    except (PretrainedWeightsError, FileNotFoundError, ValueError) as e:
-        emit({"status": "error", "error": "configuration", "file": None, "message": str(e)})
-        return 2
+    except Exception as e:
+        report = error_report(e)
+        if report is None:
+            raise
+        emit(report[0])
+        return report[1]
     emit({**result.to_dict(include_crops=args.include_crops), "gallery": info})
     return 0
 

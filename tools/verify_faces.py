@@ -64,6 +64,22 @@ def emit(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def error_report(error):
+    """``(JSON dict, exit code)`` for an error the photo CLIs report, or ``None`` for any other error.
+
+    Verifier outcomes (no face, several faces, unreadable, gallery mismatch) carry their own dict and
+    code; a model or argument problem (weights, missing file, bad value) is a configuration error, 2.
+    """
+    from keras_facemargin.face_verifier import FaceVerifierError
+    from keras_facemargin.pretrained.loader import PretrainedWeightsError
+
+    if isinstance(error, FaceVerifierError):
+        return error.to_dict(), error.exit_code
+    if isinstance(error, (PretrainedWeightsError, FileNotFoundError, ValueError)):
+        return {"status": "error", "error": "configuration", "file": None, "message": str(error)}, 2
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("image_a", help="first photo (JPEG, PNG, ...)")
@@ -72,18 +88,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from keras_facemargin.face_verifier import FaceVerifierError
-    from keras_facemargin.pretrained.loader import PretrainedWeightsError
-
     try:
         verifier = build_verifier(args)
         result = verifier.verify(args.image_a, args.image_b)
-    except FaceVerifierError as e:
-        emit(e.to_dict())
-        return e.exit_code
-    except (PretrainedWeightsError, FileNotFoundError, ValueError) as e:
-        emit({"status": "error", "error": "configuration", "file": None, "message": str(e)})
-        return 2
+    except Exception as e:
+        report = error_report(e)
+        if report is None:
+            raise
+        emit(report[0])
+        return report[1]
     emit(result.to_dict(include_crops=args.include_crops))
     return 0
 
