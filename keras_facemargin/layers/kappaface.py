@@ -182,6 +182,22 @@ class KappaMarginDense(CosineDense):
         psi = self.psi if labels is None else ops.take(self.psi, labels, axis=0)
         return ops.convert_to_tensor(psi) * self.margin
 
+    def target_from_cosine(self, cos_y, labels):
+        """Target logits (before `scale`) from the target cosines `cos_y` of true classes `labels`.
+
+        Eq. 14 with the class margin `psi_y * m0`: ArcFace's `cos(theta + m)` (`target="arc"`),
+        CosFace's `cos(theta) - m` (`"cos"`) or ExpFace's exponent `1 - m` (`"exp"`). Shared by
+        `call` and the Partial FC wrapper, which passes true class ids, never sampled indices.
+        """
+        margin = self.margins(labels)
+        if self.target == "arc":
+            return arc_target(cos_y, margin)
+        if self.target == "exp":
+            from keras_facemargin.layers.expface import exp_target
+
+            return exp_target(cos_y, 1.0 - margin)
+        return cos_y - margin
+
     def _update_state(self, embeddings, labels, extra):
         if extra is None:
             needed = "sample_index" if self.estimator == "memory_buffer" else "encoder_embeddings"
@@ -253,15 +269,7 @@ class KappaMarginDense(CosineDense):
             return self.scale * cos
         labels = self._prepare_labels(labels, cos)
         cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
-        margin = ops.take(ops.convert_to_tensor(self.psi), labels, axis=0) * self.margin
-        if self.target == "arc":
-            target = arc_target(cos_y, margin)
-        elif self.target == "exp":
-            from keras_facemargin.layers.expface import exp_target
-
-            target = exp_target(cos_y, 1.0 - margin)
-        else:
-            target = cos_y - margin
+        target = self.target_from_cosine(cos_y, labels)
         if training and _state.state_updates_enabled():
             self._update_state(embeddings, labels, extra)
         return self.apply_margin(cos, labels, target)

@@ -12,9 +12,8 @@ from keras_facemargin.layers import _zoo_common as zc
 from keras_facemargin.layers.ablation_losses import InterLossDense, IntraLossDense
 from keras_facemargin.layers.adaface import AdaMarginDense
 from keras_facemargin.layers.center_loss import CenterLossDense
-from keras_facemargin.layers.cosine_dense import CosineDense, _is_real, arc_target, prepare_indices
+from keras_facemargin.layers.cosine_dense import CosineDense, _is_real, prepare_indices
 from keras_facemargin.layers.curricularface import CurricularMarginDense
-from keras_facemargin.layers.expface import exp_target
 from keras_facemargin.layers.kappaface import KappaMarginDense
 from keras_facemargin.layers.magface import MagMarginDense
 from keras_facemargin.layers.softmax import SoftmaxDense
@@ -299,13 +298,7 @@ class PartialFC(keras.layers.Layer):
         if kind == "target":
             return core.apply_margin(cos, columns, core.target_logit(cos_y, class_ids))
         # KappaFace: psi of the TRUE class (the official partial-FC code uses the remapped index).
-        margin = core.margins(class_ids)
-        if core.target == "arc":
-            target = arc_target(cos_y, margin)
-        elif core.target == "exp":
-            target = exp_target(cos_y, 1.0 - margin)
-        else:
-            target = cos_y - margin
+        target = core.target_from_cosine(cos_y, class_ids)
         if training and _state.state_updates_enabled():
             core._update_state(embeddings, class_ids, extra)
         return core.apply_margin(cos, columns, target)
