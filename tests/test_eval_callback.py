@@ -7,7 +7,7 @@ import keras
 import numpy as np
 
 from keras_facemargin.evaluation import evaluate_pairs
-from keras_facemargin.evaluation.callback import VerificationCallback
+from keras_facemargin.callbacks import VerificationCallback
 
 
 def _tiny_model():

@@ -94,7 +94,7 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_p
 def test_checkpoint_refuses_non_finite_weights(tmp_path):
     import keras
 
-    from keras_facemargin.training.callbacks import NonFiniteLossError, TrainingCheckpoint
+    from keras_facemargin.callbacks import NonFiniteLossError, TrainingCheckpoint
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")

@@ -20,7 +20,8 @@ __all__ = [
     "tar_at_far",
 ]
 
-# Standard benchmarks (insightface .bin sets, LFW/CFP folders, IJB-B/C, MegaFace) and the callback.
+# Standard benchmarks (insightface .bin sets, LFW/CFP folders, IJB-B/C, MegaFace); the epoch-end
+# VerificationCallback is in keras_facemargin.callbacks.
 from keras_facemargin.evaluation.bin_sets import (  # noqa: E402,F401
     KNOWN_BIN_SETS,
     PairSet,
@@ -31,7 +32,6 @@ from keras_facemargin.evaluation.bin_sets import (  # noqa: E402,F401
     load_bin,
     load_verification_set,
 )
-from keras_facemargin.evaluation.callback import VerificationCallback  # noqa: E402,F401
 from keras_facemargin.evaluation.plots import plot_roc  # noqa: E402,F401
 
 __all__ += [
@@ -43,6 +43,5 @@ __all__ += [
     "find_verification_sets",
     "load_bin",
     "load_verification_set",
-    "VerificationCallback",
     "plot_roc",
 ]

@@ -25,8 +25,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from keras_facemargin.training import callbacks as tcb
+from keras_facemargin import callbacks as kfm_callbacks
 from keras_facemargin.training.config import TrainConfig
+from keras_facemargin.training.plots import plot_training
 
 
 def epoch_seed(seed, epoch):
@@ -207,14 +208,13 @@ def verification_callback(config, data_spec=None):
     (`verification_sets="auto"`) or the named ones. Synthetic: the held-out
     identities' pairs, as `val_synthetic_heldout_accuracy`.
     """
-    from keras_facemargin.evaluation.callback import VerificationCallback
 
     if not config.verification_sets:
         return None
     if config.synthetic:
         if data_spec is None or data_spec.heldout is None:
             return None
-        return VerificationCallback({"synthetic_heldout": data_spec.heldout}, verbose=0)
+        return kfm_callbacks.VerificationCallback({"synthetic_heldout": data_spec.heldout}, verbose=0)
     from keras_facemargin.evaluation import bin_sets
 
     folders = verification_folders(config, data_spec)
@@ -235,7 +235,7 @@ def verification_callback(config, data_spec=None):
         print(f"No verification sets (.bin) found in {folders or 'the data (image-folder roots are not searched)'}: "
               "no per-epoch verification.")
         return None
-    return VerificationCallback({name: src.path for name, src in sources.items()})
+    return kfm_callbacks.VerificationCallback({name: src.path for name, src in sources.items()})
 
 
 def verification_folders(config, data_spec=None):
@@ -356,22 +356,21 @@ class Trainer:
         The checkpoint comes after `KappaUpdater`, so an epoch-end checkpoint
         holds the psi the next epoch trains with and zeroed accumulators.
         """
-        from keras_facemargin.callbacks import head_callbacks
 
         cfg, run_dir = self.config, self.config.run_dir
-        self.checkpoint = tcb.TrainingCheckpoint(
+        self.checkpoint = kfm_callbacks.TrainingCheckpoint(
             run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
             cfg.keep_checkpoints, optimizer=self.model.optimizer, is_chief=self.is_chief, strategy=self.strategy,
         )
         # Throughput first: its epoch end comes before the (slow) verification.
-        cbs = list(self.extra_callbacks) + [tcb.NaNGuard(self.checkpoint), tcb.ThroughputLogger(cfg.batch_size)]
-        cbs += head_callbacks(self.model)  # KappaUpdater, SphereFaceAnnealing
+        cbs = list(self.extra_callbacks) + [kfm_callbacks.NaNGuard(self.checkpoint), kfm_callbacks.ThroughputLogger(cfg.batch_size)]
+        cbs += kfm_callbacks.head_callbacks(self.model)  # KappaUpdater, SphereFaceAnnealing
         self.verification = None
         if not cfg.multi_worker:  # predict-based evaluation is not collective-safe under MWMS
             self.verification = verification_callback(cfg, self.data)
             if self.verification is not None:
                 cbs.append(self.verification)
-        cbs.append(tcb.HistoryFile(run_dir / "history.jsonl", enabled=self.is_chief))
+        cbs.append(kfm_callbacks.HistoryFile(run_dir / "history.jsonl", enabled=self.is_chief))
         if cfg.tensorboard and self.is_chief:
             import keras
 
@@ -412,7 +411,7 @@ class Trainer:
         if step:
             self._log(f"Resuming from {self.checkpoint.latest}: epoch {initial_epoch}, step {skip}.")
         if self.is_chief:
-            tcb.truncate_history(run_dir / "history.jsonl", initial_epoch)
+            kfm_callbacks.truncate_history(run_dir / "history.jsonl", initial_epoch)
         t_train = time.time()
         if initial_epoch < cfg.epochs:
             if cfg.multi_worker:
@@ -459,11 +458,10 @@ class Trainer:
         self._bad_logged = report.count
 
     def _finish(self, t0, train_seconds, start_step):
-        from keras_facemargin.callbacks import find_layers
         from keras_facemargin.layers.kappaface import KappaMarginDense
 
         cfg, run_dir, model = self.config, self.config.run_dir, self.model
-        history = tcb.read_history(run_dir / "history.jsonl")
+        history = kfm_callbacks.read_history(run_dir / "history.jsonl")
         results = {
             "run": cfg.run_name,
             "epochs": cfg.epochs,
@@ -478,10 +476,10 @@ class Trainer:
         if not self.is_chief:
             os.remove(model_path)
             return results
-        kappa_layers = find_layers(model, KappaMarginDense)
+        kappa_layers = kfm_callbacks.find_layers(model, KappaMarginDense)
         margins = np.asarray(kappa_layers[0].margins()) if kappa_layers else None
         if cfg.plots and history:
-            path = tcb.plot_training(history, run_dir / "training.png", margins, title=cfg.run_name)
+            path = plot_training(history, run_dir / "training.png", margins, title=cfg.run_name)
             if path:
                 self._log(f"Plot: {path}")
         if self.verification is not None and self.verification.history:

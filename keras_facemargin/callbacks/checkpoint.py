@@ -1,33 +1,13 @@
-"""Training callbacks: throughput/lr logging, NaN guard, step checkpoints, history file, plots.
+"""Step and epoch checkpoints of a training run, with replica statistics synchronised before each save."""
 
-They are plain `keras.callbacks.Callback`s, used by `model.fit` and by the
-custom loop of `keras_facemargin.training.custom_loop` alike.
-
-Order matters at epoch ends: `KappaUpdater` (turns the epoch's features into
-psi and resets the accumulators) must run before `TrainingCheckpoint`, so an
-epoch-end checkpoint holds the state the next epoch starts from.
-`keras_facemargin.training.trainer` builds the list in that order.
-"""
-
-import json
-import math
 import os
 import shutil
-import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
-
-def current_lr(optimizer, step=None):
-    """The optimizer's learning rate at `step` (default: its current iteration) as a float."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    lr = inner._learning_rate if hasattr(inner, "_learning_rate") else inner.learning_rate
-    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-        step = int(inner.iterations.numpy()) if step is None else step
-        return float(keras.ops.convert_to_numpy(lr(step)))
-    return float(keras.ops.convert_to_numpy(inner.learning_rate))
+from keras_facemargin.callbacks.head_state import find_layers
+from keras_facemargin.callbacks.monitoring import NonFiniteLossError
 
 
 def replica_local_variables(model):
@@ -40,8 +20,6 @@ def replica_local_variables(model):
     non-trainable state (KappaFace's kappa/psi, seed-generator states, ...) is
     either already synchronised or must not be averaged, so it is left out.
     """
-    from keras_facemargin.callbacks import find_layers
-
     return [
         v
         for layer in find_layers(model, keras.layers.BatchNormalization)
@@ -82,87 +60,6 @@ def sync_replica_statistics(model, strategy):
         size = int(np.prod(v.shape))
         v.assign(tf.cast(tf.reshape(mean[offset:offset + size], v.shape), v.dtype))
         offset += size
-
-
-class ThroughputLogger(keras.callbacks.Callback):
-    """Writes `images_per_second` and `lr` into the epoch logs (and `lr` into batch logs).
-
-    Args:
-        global_batch_size: images per step over all replicas and workers.
-
-    Example:
-        >>> model.fit(ds, epochs=2, callbacks=[ThroughputLogger(512)])  # history["images_per_second"]
-    """
-
-    def __init__(self, global_batch_size):
-        super().__init__()
-        self.global_batch_size = int(global_batch_size)
-        self._start = None
-        self._steps = 0
-        self._lr = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._steps = None, 0
-        self._lr = current_lr(self.model.optimizer)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._start is None:  # from the first step on: excludes the pipeline warm-up wait
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        if logs is not None:
-            logs["lr"] = self._lr
-
-    def on_epoch_end(self, epoch, logs=None):
-        elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        if logs is not None:
-            logs["lr"] = self._lr
-            logs["images_per_second"] = self._steps * self.global_batch_size / max(elapsed, 1e-9)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised by `NaNGuard` when the training loss becomes NaN or infinite."""
-
-
-class NaNGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss, naming the epoch, step and last good checkpoint.
-
-    Unlike `keras.callbacks.TerminateOnNaN` it raises `NonFiniteLossError`
-    right after the bad step, before any later callback (a checkpoint) can save
-    the broken state, so the newest checkpoint stays the last good one.
-
-    Args:
-        checkpoint: an optional `TrainingCheckpoint` whose latest path goes into the message.
-
-    Example:
-        >>> model.fit(ds, callbacks=[NaNGuard(ckpt), KappaUpdater(), ckpt])
-    """
-
-    def __init__(self, checkpoint=None):
-        super().__init__()
-        self.checkpoint = checkpoint
-        self.first_step = 0  # steps of the epoch done before this `fit` call (resumed epoch)
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        loss = float(np.asarray(loss))
-        if math.isfinite(loss):
-            return
-        self.model.stop_training = True
-        where = "no checkpoint was written"
-        if self.checkpoint is not None and self.checkpoint.latest is not None:
-            where = f"last good checkpoint: {self.checkpoint.latest} (global step {self.checkpoint.saved_step})"
-        raise NonFiniteLossError(
-            f"Training loss became {loss} at epoch {self._epoch} step {self.first_step + batch} (0-based); "
-            f"stopped, {where}. Lower the learning rate or use mixed precision's loss scaling."
-        )
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -286,110 +183,3 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.first_step = 0
 
 
-class HistoryFile(keras.callbacks.Callback):
-    """Appends each epoch's logs as one JSON line to `path` (survives restarts).
-
-    `read_history(path)` returns them as `{key: [values per epoch]}`, keeping the
-    last record of an epoch written twice.
-
-    Args:
-        path: the `.jsonl` file.
-        enabled: write only when True (False on non-chief workers).
-    """
-
-    def __init__(self, path, enabled=True):
-        super().__init__()
-        self.path = Path(path)
-        self.enabled = enabled
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.enabled:
-            return
-        record = {"epoch": int(epoch)}
-        for key, value in (logs or {}).items():
-            try:
-                record[key] = float(np.asarray(value))
-            except (TypeError, ValueError):
-                continue
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_history(path, before_epoch=None):
-    """`{key: [value per epoch]}` from a `HistoryFile`, epochs sorted, `epoch` included.
-
-    Args:
-        path: the `.jsonl` file (missing: empty history).
-        before_epoch: keep only epochs `< before_epoch`.
-    """
-    path = Path(path)
-    by_epoch = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                by_epoch[record["epoch"]] = record
-    epochs = sorted(e for e in by_epoch if before_epoch is None or e < before_epoch)
-    keys = sorted({k for e in epochs for k in by_epoch[e]})
-    return {k: [by_epoch[e].get(k, float("nan")) for e in epochs] for k in keys}
-
-
-def truncate_history(path, before_epoch):
-    """Drop the records of epochs `>= before_epoch` (a resumed run rewrites them)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] < before_epoch]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def plot_training(history, path, margins=None, title=None):
-    """PNG of the loss, the mean kappa per epoch and the margin histogram (KappaFace Fig. 5).
-
-    Args:
-        history: `{key: [value per epoch]}` with `loss` and, for KappaFace, `kappa_mean`.
-        path: PNG path.
-        margins: per-class margins `psi * m0` at the last epoch (None: panel omitted).
-        title: figure title.
-
-    Returns:
-        The path written, or None when matplotlib is not installed (a message is printed).
-
-    Example:
-        >>> plot_training(read_history("run/history.jsonl"), "run/training.png", head.margins())
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the training plot (pip install matplotlib).")
-        return None
-    panels = [("loss", "training loss")]
-    if history.get("kappa_mean"):
-        panels.append(("kappa_mean", "mean kappa"))
-    if margins is not None:
-        panels.append(("margins", "margin psi * m0"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    epochs = history.get("epoch") or list(range(len(history.get("loss", []))))
-    for ax, (key, label) in zip(axes[0], panels):
-        if key == "margins":
-            ax.hist(np.asarray(margins).ravel(), bins=40, color="tab:orange")
-            ax.set_xlabel("margin (last epoch)")
-            ax.set_ylabel("classes")
-        else:
-            ax.plot([e + 1 for e in epochs], history.get(key, []), marker="o")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(label)
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)

@@ -1,4 +1,4 @@
-"""Training callbacks."""
+"""Callbacks that drive a head's own state: KappaFace's kappa/psi update, SphereFace's lambda schedule."""
 
 import keras
 
