@@ -25,6 +25,15 @@ those rows of the class-centre matrix get a gradient (keras_facemargin.layers.Pa
 composes). `--experiment glint360k` is insightface's Glint360K recipe (360,232 identities: CosFace
 m=0.4, batch 1024, 20 epochs, lr / 10 at 8, 12, 15, 18, fp16, sample rate 0.1).
 
+More identities than one device holds: `--backend jax --shard-classes` trains on JAX under a
+`keras.distribution.ModelParallel` that splits the class-centre matrix over all devices along the class
+axis (C/N centres per device, with their momentum; the KappaFace per-class state and memory-buffer rows
+are split too), while the backbone runs data-parallel on the same devices
+(keras_facemargin.training.distribution.class_sharded_distribution). The number of identities and the
+batch size must be divisible by the device count. `--backend jax` alone trains on JAX (DataParallel over
+several devices). JAX runs write no mid-run checkpoints (those are tf.train checkpoints), so they do not
+resume.
+
 How long: MS1MV2 is 11,372 steps of 512 per epoch; IResNet-100 trains at roughly 1,000-1,500 images/s
 on 8 V100-class GPUs (insightface's reports), i.e. about 1.5 h per epoch, 1.5-2 days for 24 epochs.
 The KappaFace memory buffer needs 12 GB (float32) or 6 GB (`--buffer-dtype float16`) on the device.
@@ -43,6 +52,7 @@ Examples:
     python examples/train_ms1mv2.py --data /data/faces_emore --loss arcface --batch-size 256 --mixed-precision
     python examples/train_ms1mv2.py --data /data/faces_emore --sample-rate 0.1      # KappaFace + Partial FC
     python examples/train_ms1mv2.py --experiment glint360k --data /data/glint360k
+    python examples/train_ms1mv2.py --data /data/faces_emore --backend jax --shard-classes  # class centres split over devices
     python examples/train_ms1mv2.py --data celeba_identities/color_arcface112 --data celeba_align_10k/images \\
         --exclude-identities celeba_identities/lfw_overlap_candidates.tsv --image-size 112 \\
         --backbone iresnet18 --batch-size 64 --epochs 3 --lr-steps 2
@@ -54,6 +64,19 @@ import argparse
 import os
 import sys
 
+
+def backend_flag(argv):
+    """The value of `--backend` in `argv`, or None: KERAS_BACKEND must be set before keras is imported."""
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if __name__ == "__main__" and backend_flag(sys.argv[1:]) in ("tensorflow", "jax"):
+    os.environ["KERAS_BACKEND"] = backend_flag(sys.argv[1:])
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:
@@ -108,6 +131,11 @@ def parse_args(argv=None):
     p.add_argument("--mixed-precision", action="store_true", default=None, help="mixed_float16 (head stays float32)")
     p.add_argument("--multi-worker", action="store_true", default=None,
                    help="MultiWorkerMirroredStrategy from TF_CONFIG, custom loop")
+    p.add_argument("--backend", choices=("tensorflow", "jax"),
+                   help="Keras backend (default tensorflow); set before keras is imported when this script runs")
+    p.add_argument("--shard-classes", action="store_true", default=None,
+                   help="with --backend jax: split the class centres (and KappaFace per-class state, memory rows) "
+                        "over all devices along the class axis (keras.distribution.ModelParallel)")
     p.add_argument("--tensorboard", action="store_true", default=None, help="TensorBoard logs (needs tensorboard)")
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None)
     p.add_argument("--seed", type=int)
@@ -160,6 +188,14 @@ def config_from_args(args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
+    import keras
+
+    if keras.backend.backend() != cfg.backend:
+        raise SystemExit(
+            f"The run's backend is {cfg.backend!r} (--backend, default tensorflow), but keras already runs on the "
+            f"{keras.backend.backend()!r} backend (KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}). Run this script "
+            f"directly with --backend {cfg.backend}, or set KERAS_BACKEND={cfg.backend} before keras is imported."
+        )
     if cfg.synthetic:
         print("No --data given: training the embedded SYNTHETIC default (generated faces, small IResNet).")
     from keras_facemargin.training import run

@@ -28,6 +28,7 @@ LOSSES = _loss_names()
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
 BUFFER_DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "mixed_float16")
+BACKENDS = ("tensorflow", "jax")
 MERGE_MODES = ("by_name", "per_root")  # as keras_facemargin.data.sources.MERGE_MODES
 
 
@@ -72,6 +73,16 @@ class TrainConfig:
         momentum, weight_decay: SGD momentum and (decoupled) weight decay.
         mixed_precision: train under the `mixed_float16` policy (heads stay float32).
         multi_worker: `MultiWorkerMirroredStrategy` from `TF_CONFIG` with the custom loop.
+        backend: the Keras backend the run expects, `"tensorflow"` (default; `tf.distribute`) or
+            `"jax"` (`keras.distribution`; KERAS_BACKEND must name it before keras is imported,
+            `examples/train_ms1mv2.py --backend jax` sets it). On JAX the run has no mid-run
+            checkpoints (they are `tf.train` checkpoints) and several devices train with
+            `keras.distribution.DataParallel`.
+        shard_classes: JAX only: split the class-centre matrix (and the KappaFace per-class state and
+            memory-buffer rows) over all devices along the class axis
+            (`keras_facemargin.training.distribution.class_sharded_distribution`), for more
+            identities than one device holds. The number of identities and `batch_size` must be
+            divisible by the device count.
         seed: seed of weights, data order and augmentation.
         output: parent folder of the run folder.
         steps_per_epoch: `None` = images // batch_size.
@@ -116,6 +127,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     mixed_precision: bool = False
     multi_worker: bool = False
+    backend: str = "tensorflow"
+    shard_classes: bool = False
     seed: int = 0
     output: str = "runs"
     steps_per_epoch: Optional[int] = None
@@ -151,6 +164,7 @@ class TrainConfig:
         if self.exclude_identities and self.data is None:
             raise ValueError("`exclude_identities` needs `data` (the synthetic default has no named identities). "
                              f"Received: exclude_identities={self.exclude_identities[:3]!r}...")
+        _choice("backend", self.backend, BACKENDS)
         if not isinstance(self.augment_flip, bool):
             raise ValueError(f"`augment_flip` must be True or False. Received: augment_flip={self.augment_flip!r}")
         from keras_facemargin.backbones.presets import BACKBONE_PRESETS
@@ -190,6 +204,27 @@ class TrainConfig:
             raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"`name` must be a plain folder name. Received: name={self.name!r}")
+        self._validate_backend()
+
+    def _validate_backend(self):
+        if not isinstance(self.shard_classes, bool):
+            raise ValueError(f"`shard_classes` must be True or False. Received: shard_classes={self.shard_classes!r}")
+        if self.shard_classes and self.backend != "jax":
+            raise ValueError(
+                f"`shard_classes` (--shard-classes) needs backend='jax' (--backend jax; keras.distribution "
+                f"ModelParallel). Received: backend={self.backend!r}. On TensorFlow use MirroredStrategy (all "
+                "visible GPUs, the default) with Partial FC (`sample_rate` < 1, --sample-rate 0.1) for many identities."
+            )
+        if self.shard_classes and self.sample_rate < 1:
+            raise ValueError(
+                "`shard_classes` with Partial FC (`sample_rate` < 1) is not supported: use one or the other. "
+                f"Received: sample_rate={self.sample_rate!r}"
+            )
+        if self.backend != "tensorflow" and self.multi_worker:
+            raise ValueError(
+                "`multi_worker` (MultiWorkerMirroredStrategy, TF_CONFIG) needs backend='tensorflow'. "
+                f"Received: backend={self.backend!r}"
+            )
 
     # -- derived -----------------------------------------------------------------
     @property

@@ -12,6 +12,11 @@
     model.keras        the trained FaceRecognizer
     results.json       summary (and the held-out verification of the synthetic default)
 
+On JAX (`config.backend="jax"`, KERAS_BACKEND=jax) the same run trains under `keras.distribution`:
+`DataParallel` over several devices, or with `config.shard_classes` the class-centre matrix split
+over the devices (`keras_facemargin.training.distribution.class_sharded_distribution`). JAX runs
+write no checkpoints/ (`tf.train` cannot track JAX variables), so they do not resume.
+
 Example:
     >>> from keras_facemargin.training import get_experiment, run
     >>> results = run(get_experiment("synthetic", epochs=2))
@@ -23,11 +28,70 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import keras
 import numpy as np
 
 from keras_facemargin import callbacks as kfm_callbacks
 from keras_facemargin.training.config import TrainConfig
 from keras_facemargin.training.plots import plot_training
+
+
+def check_backend(config):
+    """Raise `ValueError` when keras runs on another backend than `config.backend`."""
+    if keras.backend.backend() != config.backend:
+        raise ValueError(
+            f"The run is configured for backend={config.backend!r}, but keras runs on {keras.backend.backend()!r}: "
+            f"set KERAS_BACKEND={config.backend} before keras is imported (examples/train_ms1mv2.py "
+            f"--backend {config.backend} does)."
+        )
+
+
+def default_strategy(config):
+    """`strategy.get_strategy(config.multi_worker)` on TensorFlow; TF's no-op default strategy on JAX,
+    whose runs are distributed by `keras.distribution` instead (`jax_distribution`)."""
+    from keras_facemargin.training import strategy as strat
+
+    if config.backend != "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy()
+    return strat.get_strategy(config.multi_worker)
+
+
+def jax_distribution(config, head, devices=None):
+    """The `keras.distribution` of a JAX run: class-sharded `ModelParallel` (`config.shard_classes`),
+    `DataParallel` over several devices, or None on one device."""
+    from keras_facemargin.training.distribution import class_sharded_distribution
+
+    devices = list(devices) if devices is not None else keras.distribution.list_devices()
+    if config.shard_classes:
+        return class_sharded_distribution(head, devices=devices)
+    if len(devices) > 1:
+        return keras.distribution.DataParallel(devices=devices)
+    return None
+
+
+class NoCheckpoint(keras.callbacks.Callback):
+    """Stands in for `TrainingCheckpoint` on JAX (whose variables `tf.train.Checkpoint` cannot track):
+    writes nothing, restores nothing, and refuses a run folder that holds TensorFlow checkpoints."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = str(directory)
+        self.latest = None
+        self.saved_step = None
+        self.first_step = 0
+
+    def restore(self):
+        import tensorflow as tf
+
+        found = tf.train.latest_checkpoint(self.directory)
+        if found:
+            raise ValueError(
+                f"{self.directory} holds the TensorFlow checkpoint {found}; a JAX run cannot restore it. Resume it "
+                "with backend='tensorflow' (--backend tensorflow), or start a new run (--name)."
+            )
+        return 0
 
 
 def epoch_seed(seed, epoch):
@@ -267,11 +331,14 @@ class Trainer:
     on one device), or the custom loop under `MultiWorkerMirroredStrategy`
     (`config.multi_worker`). `fit` is called once per epoch on that epoch's
     dataset (its order depends only on (seed, epoch)), so a restored run can
-    skip exactly the steps of the interrupted epoch it already did.
+    skip exactly the steps of the interrupted epoch it already did. With
+    `config.backend="jax"`: `model.fit` under `jax_distribution(config, head)`
+    (class-sharded `ModelParallel` with `config.shard_classes`, else `DataParallel`
+    over several devices), no checkpoints.
 
     Args:
-        config: the run's `TrainConfig`.
-        strategy: a `tf.distribute.Strategy` (default: `strategy.get_strategy(config.multi_worker)`).
+        config: the run's `TrainConfig`; its `backend` must be the one keras runs on.
+        strategy: a `tf.distribute.Strategy` (default: `default_strategy(config)`).
         extra_callbacks: callbacks run before the trainer's own (e.g. to inspect state).
 
     Example:
@@ -282,8 +349,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, strategy=None, extra_callbacks=()):
         from keras_facemargin.training import strategy as strat
 
+        check_backend(config)
         self.config = config
-        self.strategy = strategy if strategy is not None else strat.get_strategy(config.multi_worker)
+        self.distribution = None  # JAX: set by build_model
+        self.strategy = strategy if strategy is not None else default_strategy(config)
         self.is_chief = strat.is_chief(self.strategy)
         _, self.worker_index, self.num_workers = strat.task_info() if config.multi_worker else (None, 0, 1)
         if config.batch_size % self.strategy.num_replicas_in_sync:
@@ -291,15 +360,23 @@ class Trainer:
                 f"`batch_size`={config.batch_size} must be divisible by the "
                 f"{self.strategy.num_replicas_in_sync} replicas."
             )
+        self.num_devices = len(keras.distribution.list_devices()) if config.backend == "jax" else None
+        if self.num_devices and config.batch_size % self.num_devices:
+            raise ValueError(
+                f"`batch_size`={config.batch_size} must be divisible by the {self.num_devices} JAX devices "
+                "(keras.distribution splits every batch over them)."
+            )
         self.extra_callbacks = list(extra_callbacks)
         self.data = None
         self.model = None
 
     # -- pieces --------------------------------------------------------------------
     def build_model(self):
-        """Backbone + head + SGD with the epoch step decay, created in the strategy's scope."""
-        import keras
+        """Backbone + head + SGD with the epoch step decay, created in the strategy's scope.
 
+        On JAX the head is made first and `jax_distribution(config, head)` set as the global
+        distribution before any variable exists, so the class-sharded layout applies to them all.
+        """
         from keras_facemargin import backbones
         from keras_facemargin.models import FaceRecognizer
         from keras_facemargin.training.heads import build_head
@@ -308,16 +385,26 @@ class Trainer:
         cfg, spec = self.config, self.data
         keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
         keras.utils.set_random_seed(cfg.seed)
+        kappa = dict(temperature=cfg.temperature, gamma=cfg.gamma, buffer_alpha=cfg.buffer_alpha,
+                     buffer_dtype=cfg.buffer_dtype, encoder_momentum=cfg.encoder_momentum)
+
+        def make_head():
+            return build_head(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
+                              cfg.estimator, cfg.margin, sample_rate=cfg.sample_rate, sample_seed=cfg.seed, **kappa)
+
         with self.strategy.scope():
+            if cfg.backend == "jax":
+                head = make_head()
+                self.distribution = jax_distribution(cfg, head)
+                if self.distribution is not None:
+                    keras.distribution.set_distribution(self.distribution)
             kwargs = dict(cfg.backbone_kwargs)
             kwargs["image_shape"] = spec.image_shape
             if cfg.embedding_dim is not None:
                 kwargs["embedding_dim"] = cfg.embedding_dim
             backbone = backbones.get_backbone(cfg.backbone, **kwargs)
-            kappa = dict(temperature=cfg.temperature, gamma=cfg.gamma, buffer_alpha=cfg.buffer_alpha,
-                         buffer_dtype=cfg.buffer_dtype, encoder_momentum=cfg.encoder_momentum)
-            head = build_head(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
-                              cfg.estimator, cfg.margin, sample_rate=cfg.sample_rate, sample_seed=cfg.seed, **kappa)
+            if cfg.backend != "jax":
+                head = make_head()
             model = FaceRecognizer(backbone, head)
             if cfg.sample_rate < 1:
                 from keras_facemargin.layers.partial_fc import PartialFCLoss
@@ -358,10 +445,13 @@ class Trainer:
         """
 
         cfg, run_dir = self.config, self.config.run_dir
-        self.checkpoint = kfm_callbacks.TrainingCheckpoint(
-            run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
-            cfg.keep_checkpoints, optimizer=self.model.optimizer, is_chief=self.is_chief, strategy=self.strategy,
-        )
+        if cfg.backend == "jax":
+            self.checkpoint = NoCheckpoint(run_dir / "checkpoints")
+        else:
+            self.checkpoint = kfm_callbacks.TrainingCheckpoint(
+                run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
+                cfg.keep_checkpoints, optimizer=self.model.optimizer, is_chief=self.is_chief, strategy=self.strategy,
+            )
         # Throughput first: its epoch end comes before the (slow) verification.
         cbs = list(self.extra_callbacks) + [kfm_callbacks.NaNGuard(self.checkpoint), kfm_callbacks.ThroughputLogger(cfg.batch_size)]
         cbs += kfm_callbacks.head_callbacks(self.model)  # KappaUpdater, SphereFaceAnnealing
@@ -382,7 +472,18 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------
     def train(self):
-        """Prepare, restore if a checkpoint exists, train, then write the model, plots and results."""
+        """Prepare, restore if a checkpoint exists, train, then write the model, plots and results.
+
+        On JAX the global `keras.distribution` set by `build_model` is restored afterwards.
+        """
+        previous = keras.distribution.distribution()
+        try:
+            return self._train()
+        finally:
+            if self.distribution is not None:
+                keras.distribution.set_distribution(previous)
+
+    def _train(self):
         cfg = self.config
         run_dir = cfg.run_dir
         t0 = time.time()
@@ -398,8 +499,7 @@ class Trainer:
             f"{spec.description}.\nRun {cfg.run_name}: {cfg.loss} head"
             + (f" (Partial FC, sample rate {cfg.sample_rate:g})" if cfg.sample_rate < 1 else "")
             + f", {cfg.backbone} backbone, "
-            f"{self.strategy.num_replicas_in_sync} replica(s) "
-            f"({'MultiWorkerMirroredStrategy, custom loop' if cfg.multi_worker else type(self.strategy).__name__}), "
+            f"{self._parallelism()}, "
             f"global batch {cfg.batch_size}, {spec.steps_per_epoch} steps/epoch, lr {cfg.effective_lr:g} "
             f"/ {1 / cfg.lr_factor:g} at epochs {list(cfg.lr_steps)}, {cfg.epochs} epochs. Output: {run_dir}/"
             + (f"\nData report: {run_dir / 'data_report.json'}" if spec.training_set is not None else "")
@@ -420,6 +520,17 @@ class Trainer:
                 self._train_fit(callbacks, initial_epoch, skip)
         train_seconds = time.time() - t_train
         return self._finish(t0, train_seconds, step)
+
+    def _parallelism(self):
+        cfg = self.config
+        if cfg.backend == "jax":
+            if cfg.shard_classes:
+                what = f"ModelParallel, class centres split {self.num_devices} ways"
+            else:
+                what = "DataParallel" if self.num_devices > 1 else "one device"
+            return f"JAX, {self.num_devices} device(s) ({what}; no checkpoints on JAX)"
+        kind = "MultiWorkerMirroredStrategy, custom loop" if cfg.multi_worker else type(self.strategy).__name__
+        return f"{self.strategy.num_replicas_in_sync} replica(s) ({kind})"
 
     def _train_fit(self, callbacks, initial_epoch, skip):
         cfg, spec = self.config, self.data
@@ -470,6 +581,13 @@ class Trainer:
             "replicas": self.strategy.num_replicas_in_sync,
             "history": history,
         }
+        if cfg.backend == "jax":
+            from keras_facemargin.training.distribution import class_heads, shard_shapes
+
+            results["backend"] = {"name": "jax", "devices": self.num_devices,
+                                  "distribution": type(self.distribution).__name__ if self.distribution else None}
+            if cfg.shard_classes:
+                results["backend"]["kernel_shards"] = [shard_shapes(h.kernel) for h in class_heads(model)]
         # Every worker saves (reading on_read variables is collective); non-chiefs to a scratch file.
         model_path = run_dir / "model.keras" if self.is_chief else run_dir / f".model_worker{self.worker_index}.keras"
         model.save(model_path)
