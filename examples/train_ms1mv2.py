@@ -52,7 +52,7 @@ Examples:
     python examples/train_ms1mv2.py --data /data/faces_emore --loss arcface --batch-size 256 --mixed-precision
     python examples/train_ms1mv2.py --data /data/faces_emore --sample-rate 0.1      # KappaFace + Partial FC
     python examples/train_ms1mv2.py --experiment glint360k --data /data/glint360k
-    python examples/train_ms1mv2.py --data /data/faces_emore --backend jax --shard-classes  # class centres split over devices
+    python examples/train_ms1mv2.py --data /data/faces_emore --backend jax --shard-classes  # centres over devices
     python examples/train_ms1mv2.py --data celeba_identities/color_arcface112 --data celeba_align_10k/images \\
         --exclude-identities celeba_identities/lfw_overlap_candidates.tsv --image-size 112 \\
         --backbone iresnet18 --batch-size 64 --epochs 3 --lr-steps 2
