@@ -204,17 +204,31 @@ class CosineDense(keras.layers.Layer):
         cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
         return self.apply_margin(cos, labels, self.target_logit(cos_y, labels))
 
-    def call(self, inputs, training=None):
-        embeddings, labels, extra = self._split_inputs(inputs)
+    def check_extra_input(self, extra):
+        """Refuse a third input; heads that take one (KappaMarginDense) override this."""
         if extra is not None:
             raise ValueError(
                 f"{type(self).__name__} takes `embeddings` or `[embeddings, labels]`; "
                 "a third input (sample index / encoder embeddings) is used only by KappaMarginDense."
             )
+
+    def observe_batch(self, embeddings, labels, extra):
+        """Record a training batch into the head's non-trainable state; a no-op here.
+
+        Called by `call` for training batches with labels, only where state updates are
+        enabled (`_state.state_updates_enabled()`: not while Keras traces shapes), before
+        the logits. KappaMarginDense accumulates its per-class feature sums here.
+        """
+
+    def call(self, inputs, training=None):
+        embeddings, labels, extra = self._split_inputs(inputs)
+        self.check_extra_input(extra)
         cos = self.cosine(embeddings)
         if labels is None:
             return self.inference_logits(embeddings, cos)
         labels = self._prepare_labels(labels, cos)
+        if training and _state.state_updates_enabled():
+            self.observe_batch(embeddings, labels, extra)
         return self.logits_from_cosine(cos, labels, embeddings, training)
 
     def compute_output_shape(self, input_shape):

@@ -262,17 +262,16 @@ class KappaMarginDense(CosineDense):
         self.feature_counts.assign(ops.zeros(self.feature_counts.shape, "float32"))
 
     # -- forward ----------------------------------------------------------------
-    def call(self, inputs, training=None):
-        embeddings, labels, extra = self._split_inputs(inputs)
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        labels = self._prepare_labels(labels, cos)
-        cos_y = ops.take_along_axis(cos, ops.expand_dims(labels, -1), axis=-1)[:, 0]
-        target = self.target_from_cosine(cos_y, labels)
-        if training and _state.state_updates_enabled():
-            self._update_state(embeddings, labels, extra)
-        return self.apply_margin(cos, labels, target)
+    # `CosineDense.call` does the rest: cosines, labels, `observe_batch` for a training
+    # batch, then `logits_from_cosine` -> `target_logit` -> `apply_margin`.
+    def check_extra_input(self, extra):
+        """The third input (sample index or encoder embeddings) is this head's; checked in `observe_batch`."""
+
+    def target_logit(self, cos_y, labels):
+        return self.target_from_cosine(cos_y, labels)
+
+    def observe_batch(self, embeddings, labels, extra):
+        self._update_state(embeddings, labels, extra)
 
     def get_config(self):
         config = super().get_config()
