@@ -31,6 +31,7 @@ def test_load_identity_folders_merges_by_name_dedups_and_excludes(tmp_path):
     _write(b, "7", "004.png", 40)
     _write(b, "8", "005.png", 50)
     _write(b, "bad", "006.png", 60)
+    (b / "bad" / "007.jpg").write_bytes(b"not an image")  # excluded folders are never decoded: no error
     d = load_identity_folders([a, b], image_size=20, exclude=["bad"])
     assert d.class_names == ["7", "8", "9"]
     assert d.class_counts.tolist() == [3, 1, 1]
@@ -38,7 +39,7 @@ def test_load_identity_folders_merges_by_name_dedups_and_excludes(tmp_path):
     assert [Path(p).name for p in d.paths] == ["001.png", "002.png", "004.png", "005.png", "003.png"]
     assert d.images[1, 5, 5, 0] == 20  # a's copy of the duplicate
     assert d.duplicates == [("7", "002.png", str(a), str(b))]
-    assert d.excluded == {"bad": 1}
+    assert d.excluded == {"bad": 2} and d.unreadable == []
     assert d.root_of_row.tolist() == [0, 0, 1, 1, 0]
     assert "1 duplicate image(s)" in d.summary()
     with pytest.raises(ValueError, match="same folder twice"):

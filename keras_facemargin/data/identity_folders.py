@@ -70,6 +70,7 @@ class IdentityFolderData:
             with ``on_error="skip"``).
         dropped_identities: ``{name: readable images}`` removed by ``min_images``.
         ignored: relative paths of files without an image extension or outside identity folders.
+        excluded: ``{name: image files}`` identities removed by ``exclude`` (never decoded).
     """
 
     images: np.ndarray
@@ -80,6 +81,7 @@ class IdentityFolderData:
     unreadable: list = field(default_factory=list)
     dropped_identities: dict = field(default_factory=dict)
     ignored: list = field(default_factory=list)
+    excluded: dict = field(default_factory=dict)
 
     def __iter__(self):
         return iter((self.images, self.labels, self.class_names, self.class_counts))
@@ -160,7 +162,7 @@ def _crop_resize(img, box, size_hw):
 def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1, on_error: str = "raise",
                          max_identities: int | None = None, extensions=IMAGE_EXTENSIONS,
                          num_threads: int = 2, progress: bool = False,
-                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> IdentityFolderData:
+                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, exclude=()) -> IdentityFolderData:
     """Load an identity-folder training set into memory as uint8 face crops.
 
     Args:
@@ -178,6 +180,8 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
         progress: tqdm progress bar.
         max_image_pixels: largest ``height * width`` decoded; the header is read first, so a
             larger image (or a format other than JPEG/PNG/BMP/WebP) is an undecodable file.
+        exclude: identity folder names to leave out; their files are not read (``excluded``
+            counts them).
 
     Returns:
         :class:`IdentityFolderData` (``images, labels, class_names, class_counts = data``).
@@ -220,6 +224,9 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
         _resolve_box(crop, 89, 109)  # validates the name
     root = Path(root)
     ids, ignored = list_identity_folder(root, extensions)
+    exclude = set(map(str, exclude))
+    excluded = {name: len(fs) for name, fs in ids.items() if name in exclude}
+    ids = {name: fs for name, fs in ids.items() if name not in exclude}
     if ignored:
         logger.warning("%d file(s) under %s are not images in identity folders and were ignored (first: %s).",
                        len(ignored), root, ignored[0])
@@ -283,7 +290,7 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
     images = np.stack([out[r] for r in rows])
     return IdentityFolderData(images=images, labels=np.asarray(labels, np.int32), class_names=names,
                               class_counts=np.asarray(counts, np.int64), paths=rows, unreadable=unreadable,
-                              dropped_identities=dropped, ignored=ignored)
+                              dropped_identities=dropped, ignored=ignored, excluded=excluded)
 
 
 @dataclass
@@ -295,13 +302,13 @@ class CombinedIdentityData(IdentityFolderData):
         root_of_row: int ``(N,)`` index into ``roots`` of each image.
         duplicates: ``[(identity, file name, kept root, dropped root)]`` images found in more
             than one root (the first root's copy is kept).
-        excluded: identity names removed by ``exclude`` (with their image count).
+        excluded: identity names removed by ``exclude`` (with their image files, over all roots;
+            never decoded).
     """
 
     roots: list = field(default_factory=list)
     root_of_row: np.ndarray = None
     duplicates: list = field(default_factory=list)
-    excluded: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """One human-readable paragraph: sizes, duplicates, exclusions, unreadable files."""
@@ -364,16 +371,16 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
     exclude = set(map(str, exclude))
     parts = [load_identity_folder(r, image_size=image_size, crop=crop, on_error=on_error,
                                   num_threads=num_threads, progress=progress,
-                                  max_image_pixels=max_image_pixels) for r in roots]
+                                  max_image_pixels=max_image_pixels, exclude=exclude) for r in roots]
     seen = {}  # (identity, file name) -> root index
     per_id = {}  # identity -> [(root index, row in that part)]
     duplicates, excluded = [], {}
+    for part in parts:
+        for ident, n in part.excluded.items():
+            excluded[ident] = excluded.get(ident, 0) + n
     for k, part in enumerate(parts):
         for row, rel in enumerate(part.paths):
             ident, fname = rel.split("/", 1)
-            if ident in exclude:
-                excluded[ident] = excluded.get(ident, 0) + 1
-                continue
             key = (ident, fname)
             if key in seen:
                 duplicates.append((ident, fname, str(roots[seen[key]]), str(roots[k])))
