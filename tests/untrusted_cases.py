@@ -620,41 +620,10 @@ WEIGHT_FILTERS, WEIGHT_EMB = (4, 4, 8, 8), 8
 
 def tiny_iresnet_state_dict(seed=0, filters=WEIGHT_FILTERS, emb=WEIGHT_EMB):
     """An insightface IResNet state dict (PyTorch names / layouts), one block per stage, for
-    ``SIZE x SIZE`` images (a 1x1 final map)."""
-    rng = np.random.default_rng(seed)
-    sd = {}
+    ``SIZE x SIZE`` images (a 1x1 final map): ``tests/test_convert.py``'s writer at this size."""
+    from test_convert import random_state_dict
 
-    def conv(name, o, i, k):
-        sd[f"{name}.weight"] = rng.normal(0, 0.3, (o, i, k, k)).astype("float32")
-
-    def bn(name, c, affine=True):
-        if affine:
-            sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
-        sd[f"{name}.bias"] = rng.normal(0, 0.2, c).astype("float32")
-        sd[f"{name}.running_mean"] = rng.normal(0, 0.2, c).astype("float32")
-        sd[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype("float32")
-
-    conv("conv1", filters[0], 3, 3)
-    bn("bn1", filters[0])
-    sd["prelu.weight"] = rng.uniform(0.1, 0.4, filters[0]).astype("float32")
-    cin = filters[0]
-    for s, c in enumerate(filters, start=1):
-        p = f"layer{s}.0"
-        bn(f"{p}.bn1", cin)
-        conv(f"{p}.conv1", c, cin, 3)
-        bn(f"{p}.bn2", c)
-        sd[f"{p}.prelu.weight"] = rng.uniform(0.1, 0.4, c).astype("float32")
-        conv(f"{p}.conv2", c, c, 3)
-        bn(f"{p}.bn3", c)
-        conv(f"{p}.downsample.0", c, cin, 1)
-        bn(f"{p}.downsample.1", c)
-        cin = c
-    bn("bn2", cin)
-    sd["fc.weight"] = rng.normal(0, 0.3, (emb, cin)).astype("float32")
-    sd["fc.bias"] = rng.normal(0, 0.1, emb).astype("float32")
-    bn("features", emb, affine=False)
-    sd["features.weight"] = np.ones(emb, "float32")
-    return sd
+    return random_state_dict(seed, blocks=(1, 1, 1, 1), filters=filters, emb=emb, hw=SIZE // 16)
 
 
 def tiny_iresnet_onnx(sd=None):
