@@ -21,7 +21,7 @@ EXTRAS = {
     # tests with; a looser spec makes pip fetch a multi-GB CUDA build.
     "backends": ["jax>=0.4.30", "torch==2.13.0"],
     # The PyTorch-side cross-check of the insightface converters (dynamo ONNX export).
-    "torch-parity": ["torch==2.13.0", "onnxscript>=0.2"],
+    "torch-parity": ["torch==2.13.0", "onnxscript>=0.2", "onnxsim>=0.4"],
 }
 # The tests exercise every optional route, so they need every extra but the GPU one.
 EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"] + [

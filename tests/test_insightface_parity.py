@@ -238,6 +238,13 @@ def export(case, route):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(path)
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    elif route == "onnxsim":  # onnx-simplifier (onnxsim), what many published insightface .onnx files went through
+        onnxsim = pytest.importorskip("onnxsim", reason="onnxsim is in the [torch-parity] extra")
+        src = export(case, "ts_unfused")[0]
+        simplified, ok = onnxsim.simplify(onnx.load(str(src)))
+        assert ok
+        path = d / "onnxsim.onnx"
+        onnx.save(simplified, str(path))
     else:
         raise AssertionError(route)
     case["files"][route] = (path, ref, kwargs)
@@ -253,7 +260,7 @@ ARCHS = {
                {"blocks": (2, 1, 2, 1), "scale": 1, "embedding_dim": 128}),
     "mbf_large": (lambda: MobileFaceNet(blocks=(2, 8, 12, 4), scale=4), 112, {"blocks": (2, 8, 12, 4), "scale": 4}),
 }
-ALL = ("pth_fp32", "pth_fp16", "checkpoint", "ts_fused", "ts_unfused", "dynamo", "ort")
+ALL = ("pth_fp32", "pth_fp16", "checkpoint", "ts_fused", "ts_unfused", "dynamo", "ort", "onnxsim")
 CASES = ([("r18", r) for r in ALL] + [("mbf", r) for r in ALL]
          + [("r50", r) for r in ("dynamo", "ort")]  # the two r50 files issue 11 saw refused
          + [("mbf_s1", r) for r in ("pth_fp32", "ts_fused", "ort")]
@@ -298,7 +305,7 @@ def test_converted_model_matches_pytorch(cases, arch, route, tmp_path, monkeypat
         assert any("state_dict_softmax_fc" in n and "PartialFC" in n for n in info["notes"])
     if route in ("ts_unfused",):
         assert info["fused_bn"] == 0
-    if route in ("ts_fused", "ort", "dynamo"):
+    if route in ("ts_fused", "ort", "dynamo", "onnxsim"):
         assert info["fused_bn"] > 0
     if route == "ort" and arch.startswith("r"):  # the case of issue 11: a downsample conv before bn1
         nodes = onnx.load(str(path)).graph.node
