@@ -68,6 +68,17 @@ def png_bomb(w=30000, h=30000):
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", raw) + _chunk(b"IEND", b"")
 
 
+def png_chunk_bomb(declared=1 << 30):
+    """A 16x16 PNG whose ``IDAT`` chunk length field claims ``declared`` bytes (OpenCV allocates
+    a chunk's declared length before reading it: 1 GiB for an 850-byte file; found by fuzzing)."""
+    b = bytearray(_png())
+    off = 8
+    while bytes(b[off + 4:off + 8]) != b"IDAT":
+        off += 12 + struct.unpack_from(">I", b, off)[0]
+    struct.pack_into(">I", b, off, declared)
+    return bytes(b)
+
+
 def jpeg_bomb(w=65000, h=65000):
     """A baseline JPEG frame header declaring ``w x h`` (no scan data)."""
     sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, h, w, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
@@ -338,6 +349,7 @@ def _bin_cases():
          "BinSetError"),
         ("80,000 memo references to one image", _bin(lambda: ([good[0]] * 80_000, [True] * 40_000)), "BinSetError"),
         ("30000x30000 PNG", _bin(lambda: ([png_bomb(), good[0]], [True])), "BinSetError"),
+        ("PNG chunk declaring 1 GiB", _bin(lambda: ([png_chunk_bomb(), good[0]], [True])), "BinSetError"),
         ("65000x65000 JPEG frame", _bin(lambda: ([jpeg_bomb(), good[0]], [True])), "BinSetError"),
         ("TIFF bytes (format outside the allowlist)",
          _bin(lambda: ([b"II*\0" + b"\0" * 100, good[0]], [True])), "BinSetError"),
@@ -463,6 +475,9 @@ def _recordio_cases():
          "train.idx"),
         ("idx duplicate key", lambda d: (d / "train.idx").write_text("0\t0\n0\t64\n"), "RecordIOError", "train.idx"),
         ("30000x30000 PNG record", big_image, "bad", "train.rec"),
+        ("PNG record with a chunk declaring 1 GiB",
+         lambda d: _rec_set(d, [(1, _ir(None, 0, 1, png_chunk_bomb())), (2, _ir(None, 0, 2, png))], prop="1,16,16"),
+         "bad", "train.rec"),
         ("rec truncated to 3 bytes", lambda d: (d / "train.rec").write_bytes(b"\x0a\x23\xd7"), "RecordIORecordError",
          "train.rec"),
     ]
@@ -514,6 +529,8 @@ def _tfrecord_cases():
         ("not an Example", lambda d: _tf_write(d, [b"\x0a\xff\xff\xff\xff\x0f", encode_example(1, 0, png)]), "bad"),
         ("30000x30000 PNG", lambda d: _tf_write(d, [encode_example(0, 0, png_bomb()), encode_example(1, 0, png)]),
          "bad"),
+        ("PNG chunk declaring 1 GiB",
+         lambda d: _tf_write(d, [encode_example(0, 0, png_chunk_bomb()), encode_example(1, 0, png)]), "bad"),
         ("truncated file", lambda d: (d / "t-00000-of-00002.tfrecord").write_bytes(
             (d / "t-00000-of-00002.tfrecord").read_bytes()[:30]), "bad"),
         ("only junk", lambda d: [p.write_bytes(b"junk") for p in d.glob("t-*.tfrecord")], "TFRecordError"),
@@ -530,6 +547,7 @@ def _folder_cases():
 
     cases = [
         ("30000x30000 PNG", put("bomb.png", png_bomb), "bad", "bomb.png"),
+        ("PNG chunk declaring 1 GiB", put("chunk.png", png_chunk_bomb), "bad", "chunk.png"),
         ("65000x65000 JPEG", put("bomb.jpg", jpeg_bomb), "bad", "bomb.jpg"),
         ("TIFF named .jpg", put("t.jpg", b"II*\0" + b"\0" * 200), "bad", "t.jpg"),
         ("JPEG without a frame header", put("x.jpg", b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02\xff\xd9"), "bad",

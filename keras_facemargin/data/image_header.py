@@ -4,8 +4,9 @@ Every image decoding path of the package (``.bin`` sets, RecordIO, TFRecord, ima
 identity folders, LFW, IJB) goes through :func:`decode_image`: it reads the format and size
 from the first bytes with :func:`image_header_size`, refuses formats other than JPEG, PNG, BMP
 and WebP (so OpenCV never picks another decoder), refuses images above ``max_pixels``
-(:data:`DEFAULT_MAX_IMAGE_PIXELS`) and only then calls ``cv2.imdecode``. A 30000x30000 PNG of a
-few hundred bytes is refused without allocating its 2.7 GB of pixels.
+(:data:`DEFAULT_MAX_IMAGE_PIXELS`), refuses a PNG whose chunk lengths overrun the file (OpenCV
+allocates a chunk's declared length first) and only then calls ``cv2.imdecode``. A 30000x30000
+PNG of a few hundred bytes is refused without allocating its 2.7 GB of pixels.
 
 The JPEG parser follows the marker segments the way libjpeg does (garbage before a marker is
 skipped, ``FF`` fill bytes, standalone markers) and reads the first ``SOFn`` frame header, the
@@ -146,6 +147,27 @@ def image_header_size(data):
     return None
 
 
+def _png_chunk_overrun(data):
+    """Reason when a PNG chunk declares more bytes than the buffer holds, else None.
+
+    OpenCV's PNG reader allocates a chunk's declared length before reading it, so an 850-byte
+    file whose ``IDAT`` claims 1 GiB costs 1 GiB (found by ``benchmarks/fuzz.py``). Walking the
+    chunk lengths is O(number of chunks); the walk stops at ``IEND``.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(np.ascontiguousarray(data).reshape(-1))
+    n, off = len(view), 8
+    while off + 8 <= n:
+        length = struct.unpack_from(">I", view, off)[0]
+        kind = bytes(view[off + 4:off + 8])
+        if length > n - off - 12:
+            return (f"undecodable image (PNG chunk {kind!r} at byte {off} declares {length:,} bytes; "
+                    f"only {max(n - off - 12, 0):,} follow)")
+        if kind == b"IEND":
+            return None
+        off += 12 + length
+    return None
+
+
 def check_max_pixels(max_pixels):
     """Validate a ``max_image_pixels`` argument (a positive int) and return it."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
@@ -164,6 +186,10 @@ def check_image_bytes(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     if hdr.height * hdr.width > max_pixels:
         return hdr, (f"{hdr.format} image of {hdr.width}x{hdr.height} = {hdr.height * hdr.width:,} pixels "
                      f"exceeds max_image_pixels={max_pixels:,}")
+    if hdr.format == "png":
+        why = _png_chunk_overrun(data)
+        if why is not None:
+            return hdr, why
     return hdr, None
 
 
