@@ -145,6 +145,7 @@ def _trainer(tmp):
     model = keras.saving.load_model(run_dir / "model.keras")
     return {"results": results, "loaded_kernel_shape": list(model.head.kernel.shape),
             "files": sorted(p.name for p in run_dir.iterdir()),
+            "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").iterdir()),
             "distribution_after": repr(keras.distribution.distribution()),
             "warnings": [str(w.message) for w in caught if "memory buffer" in str(w.message)]}
 

@@ -105,7 +105,8 @@ def test_trainer_jax_shard_classes_end_to_end(runs):
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert results["history"]["kappa_classes_seen"][-1] > 0  # KappaUpdater ran on the sharded state
     assert t["loaded_kernel_shape"] == [16, 8]  # model.keras holds the whole (d, C) kernel
-    assert "model.keras" in t["files"] and "checkpoints" not in t["files"]
+    assert "model.keras" in t["files"] and "checkpoints" in t["files"]
+    assert t["checkpoints"] == ["ckpt-3.npz", "ckpt-4.npz"]  # every step (save_every_steps=1), newest 2 kept
     assert t["distribution_after"] == "None"  # the trainer restored the global distribution
     assert t["warnings"] and "num_samples=111" in t["warnings"][0]  # odd |D|: buffer replicated, said so
 

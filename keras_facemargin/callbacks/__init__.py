@@ -7,12 +7,14 @@
   (stops on a non-finite loss, raising `NonFiniteLossError`).
 * `checkpoint`: `TrainingCheckpoint` (step and epoch checkpoints a resumed run continues
   from), with `sync_replica_statistics` for BatchNorm statistics under a strategy.
+* `weights_checkpoint`: `WeightsCheckpoint`, the same interface on any backend (JAX runs of the
+  trainer): every model and optimizer variable in one `.npz` per checkpoint, written atomically.
 * `history`: `HistoryFile` (one JSON line per epoch) and `read_history` / `truncate_history`.
 * `verification`: `VerificationCallback` (pair-verification sets at epoch end, `val_<set>_accuracy`).
 
 They are plain `keras.callbacks.Callback`s, used by `model.fit` and by
 `keras_facemargin.training.custom_loop` alike. Order matters at epoch ends: `KappaUpdater`
-must run before `TrainingCheckpoint`, so an epoch-end checkpoint holds the state the next
+must run before `TrainingCheckpoint` / `WeightsCheckpoint`, so an epoch-end checkpoint holds the state the next
 epoch starts from; `keras_facemargin.training.trainer` builds the list in that order.
 
 Example:
@@ -39,3 +41,7 @@ from keras_facemargin.callbacks.monitoring import (  # noqa: F401
     current_lr,
 )
 from keras_facemargin.callbacks.verification import VerificationCallback  # noqa: F401
+from keras_facemargin.callbacks.weights_checkpoint import (  # noqa: F401
+    WeightsCheckpoint,
+    latest_weights_checkpoint,
+)

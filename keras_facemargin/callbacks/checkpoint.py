@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_facemargin.callbacks.head_state import find_layers
 from keras_facemargin.callbacks.monitoring import NonFiniteLossError
+from keras_facemargin.callbacks.weights_checkpoint import latest_weights_checkpoint
 
 
 def replica_local_variables(model):
@@ -131,10 +132,19 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def restore(self):
         """Restore the newest checkpoint of `directory`, if any; returns the global step (0 if none).
 
-        The model and optimizer must be built (their variables created) first.
+        The model and optimizer must be built (their variables created) first. A `directory` holding
+        `WeightsCheckpoint` files (`ckpt-<step>.npz`, a JAX run's) and no tf.train checkpoint is refused
+        (`ValueError`).
         """
         path = self._reader.latest_checkpoint
         if path is None:
+            found = latest_weights_checkpoint(self.directory)
+            if found:
+                raise ValueError(
+                    f"{self.directory} holds the WeightsCheckpoint {found} (a run on another backend, e.g. "
+                    "backend='jax'), which this tf.train TrainingCheckpoint cannot restore. Resume it with that "
+                    "backend (--backend jax), or start a new run (--name)."
+                )
             return 0
         self._checkpoint.restore(path).assert_existing_objects_matched()
         self.latest = path

@@ -6,7 +6,8 @@
     data_report.json   the training data (`--data` roots): kinds, identities, images, merged
                        identities, duplicates, exclusions, bad records; identities.tsv (label ->
                        identity) and duplicates.tsv next to it
-    checkpoints/       tf.train checkpoints (fault tolerance; see TrainingCheckpoint)
+    checkpoints/       tf.train checkpoints (fault tolerance; see TrainingCheckpoint); on JAX
+                       ckpt-<step>.npz files (WeightsCheckpoint)
     history.jsonl      one JSON line of logs per epoch (loss, lr, images_per_second, kappa_*, val_*)
     training.png       loss, mean kappa per epoch, margin histogram (matplotlib)
     model.keras        the trained FaceRecognizer
@@ -15,7 +16,10 @@
 On JAX (`config.backend="jax"`, KERAS_BACKEND=jax) the same run trains under `keras.distribution`:
 `DataParallel` over several devices, or with `config.shard_classes` the class-centre matrix split
 over the devices (`keras_facemargin.training.distribution.class_sharded_distribution`). JAX runs
-write no checkpoints/ (`tf.train` cannot track JAX variables), so they do not resume.
+checkpoint with `keras_facemargin.callbacks.WeightsCheckpoint` (`tf.train` cannot track JAX
+variables): every model and optimizer variable in one `.npz` per checkpoint, gathered from the
+shards on save and laid out again under each variable's layout on restore, so they resume the same
+way (a TensorFlow run's checkpoints are refused by a JAX run, and the reverse).
 
 Example:
     >>> from keras_facemargin.training import get_experiment, run
@@ -69,29 +73,6 @@ def jax_distribution(config, head, devices=None):
     if len(devices) > 1:
         return keras.distribution.DataParallel(devices=devices)
     return None
-
-
-class NoCheckpoint(keras.callbacks.Callback):
-    """Stands in for `TrainingCheckpoint` on JAX (whose variables `tf.train.Checkpoint` cannot track):
-    writes nothing, restores nothing, and refuses a run folder that holds TensorFlow checkpoints."""
-
-    def __init__(self, directory):
-        super().__init__()
-        self.directory = str(directory)
-        self.latest = None
-        self.saved_step = None
-        self.first_step = 0
-
-    def restore(self):
-        import tensorflow as tf
-
-        found = tf.train.latest_checkpoint(self.directory)
-        if found:
-            raise ValueError(
-                f"{self.directory} holds the TensorFlow checkpoint {found}; a JAX run cannot restore it. Resume it "
-                "with backend='tensorflow' (--backend tensorflow), or start a new run (--name)."
-            )
-        return 0
 
 
 def epoch_seed(seed, epoch):
@@ -228,13 +209,14 @@ def check_resumed_data(run_dir, training_set):
     index, so resuming on other identities or samples would silently mix them up.
 
     Returns:
-        The latest checkpoint path, or None (fresh run).
+        The latest checkpoint path (tf.train, or a JAX run's `.npz`), or None (fresh run).
     """
     import tensorflow as tf
 
     from keras_facemargin.data.sources import DataSourceError
 
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    directory = str(run_dir / "checkpoints")
+    latest = tf.train.latest_checkpoint(directory) or kfm_callbacks.latest_weights_checkpoint(directory)
     path = run_dir / "data_report.json"
     if latest is None or not path.is_file():
         return latest
@@ -334,7 +316,7 @@ class Trainer:
     skip exactly the steps of the interrupted epoch it already did. With
     `config.backend="jax"`: `model.fit` under `jax_distribution(config, head)`
     (class-sharded `ModelParallel` with `config.shard_classes`, else `DataParallel`
-    over several devices), no checkpoints.
+    over several devices), checkpointed by `WeightsCheckpoint` (`.npz`) instead of `TrainingCheckpoint`.
 
     Args:
         config: the run's `TrainConfig`; its `backend` must be the one keras runs on.
@@ -421,6 +403,14 @@ class Trainer:
             model({"images": np.zeros((1, h, w, 3), "float32"), "labels": np.zeros((1,), "int32"),
                    "index": np.zeros((1,), "int32")}, training=False)
             optimizer.build(model.trainable_variables)
+            if cfg.backend == "jax" and hasattr(model, "_symbolic_build"):
+                # Keras' JAX `fit` builds the compiled loss and metrics from a first batch it draws from
+                # the dataset, then iterates the dataset again, and a dataset reshuffles on each iteration:
+                # the first `fit` of a process would train on another batch order than a later one, so a
+                # resumed epoch would not see the uninterrupted run's batches. Build them from shapes here.
+                specs = {"images": keras.KerasTensor((None, h, w, 3), "float32"),
+                         "labels": keras.KerasTensor((None,), "int32"), "index": keras.KerasTensor((None,), "int32")}
+                model._symbolic_build(data_batch=(specs, specs["labels"]))
         self.model = model
         return model
 
@@ -446,7 +436,10 @@ class Trainer:
 
         cfg, run_dir = self.config, self.config.run_dir
         if cfg.backend == "jax":
-            self.checkpoint = NoCheckpoint(run_dir / "checkpoints")
+            self.checkpoint = kfm_callbacks.WeightsCheckpoint(
+                run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
+                cfg.keep_checkpoints, optimizer=self.model.optimizer,
+            )
         else:
             self.checkpoint = kfm_callbacks.TrainingCheckpoint(
                 run_dir / "checkpoints", self.model, self.data.steps_per_epoch, cfg.save_every_steps,
@@ -528,7 +521,7 @@ class Trainer:
                 what = f"ModelParallel, class centres split {self.num_devices} ways"
             else:
                 what = "DataParallel" if self.num_devices > 1 else "one device"
-            return f"JAX, {self.num_devices} device(s) ({what}; no checkpoints on JAX)"
+            return f"JAX, {self.num_devices} device(s) ({what}; .npz checkpoints)"
         kind = "MultiWorkerMirroredStrategy, custom loop" if cfg.multi_worker else type(self.strategy).__name__
         return f"{self.strategy.num_replicas_in_sync} replica(s) ({kind})"
 
