@@ -31,8 +31,8 @@ axis (C/N centres per device, with their momentum; the KappaFace per-class state
 are split too), while the backbone runs data-parallel on the same devices
 (keras_facemargin.training.distribution.class_sharded_distribution). The number of identities and the
 batch size must be divisible by the device count. `--backend jax` alone trains on JAX (DataParallel over
-several devices). JAX runs write no mid-run checkpoints (those are tf.train checkpoints), so they do not
-resume.
+several devices). JAX runs checkpoint to .npz files of every model and optimizer variable
+(keras_facemargin.callbacks.WeightsCheckpoint) and resume from them like TensorFlow runs.
 
 How long: MS1MV2 is 11,372 steps of 512 per epoch; IResNet-100 trains at roughly 1,000-1,500 images/s
 on 8 V100-class GPUs (insightface's reports), i.e. about 1.5 h per epoch, 1.5-2 days for 24 epochs.

@@ -75,9 +75,10 @@ class TrainConfig:
         multi_worker: `MultiWorkerMirroredStrategy` from `TF_CONFIG` with the custom loop.
         backend: the Keras backend the run expects, `"tensorflow"` (default; `tf.distribute`) or
             `"jax"` (`keras.distribution`; KERAS_BACKEND must name it before keras is imported,
-            `examples/train_ms1mv2.py --backend jax` sets it). On JAX the run has no mid-run
-            checkpoints (they are `tf.train` checkpoints) and several devices train with
-            `keras.distribution.DataParallel`.
+            `examples/train_ms1mv2.py --backend jax` sets it). On JAX the run checkpoints
+            with `keras_facemargin.callbacks.WeightsCheckpoint` (`.npz` files of every model and
+            optimizer variable; resumes like the TensorFlow run), each step is `jax.jit`-compiled, and
+            several devices train with `keras.distribution.DataParallel`.
         shard_classes: JAX only: split the class-centre matrix (and the KappaFace per-class state and
             memory-buffer rows) over all devices along the class axis
             (`keras_facemargin.training.distribution.class_sharded_distribution`), for more

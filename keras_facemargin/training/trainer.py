@@ -398,7 +398,9 @@ class Trainer:
             optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             if cfg.mixed_precision:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
+            # TF: no XLA (the scatter state updates and tf.data-fed steps run as graph ops); JAX: jax.jit,
+            # without which every step runs op by op.
+            model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.backend == "jax")
             h, w, _ = spec.image_shape
             model({"images": np.zeros((1, h, w, 3), "float32"), "labels": np.zeros((1,), "int32"),
                    "index": np.zeros((1,), "int32")}, training=False)
