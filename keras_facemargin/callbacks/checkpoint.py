@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_facemargin.callbacks.head_state import find_layers
 from keras_facemargin.callbacks.monitoring import NonFiniteLossError
+from keras_facemargin.callbacks.save_schedule import SaveSchedule
 from keras_facemargin.callbacks.weights_checkpoint import latest_weights_checkpoint
 
 
@@ -63,7 +64,7 @@ def sync_replica_statistics(model, strategy):
         offset += size
 
 
-class TrainingCheckpoint(keras.callbacks.Callback):
+class TrainingCheckpoint(SaveSchedule):
     """Fault-tolerant checkpoints of the whole training state (`tf.train.CheckpointManager`).
 
     A checkpoint holds every variable of the model (weights, BatchNorm
@@ -173,23 +174,3 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             path = os.path.join(self.directory, os.path.basename(path))
         self.latest, self.saved_step = path, int(step)
         return path
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def _global_step(self, batch):
-        # `batch` counts from 0 in every `fit` call; a resumed partial epoch
-        # starts later, which `first_step` (set by the trainer) accounts for.
-        return self._epoch * self.steps_per_epoch + self.first_step + batch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._global_step(batch)
-        in_epoch = step - self._epoch * self.steps_per_epoch
-        if self.save_every_steps and step % self.save_every_steps == 0 and in_epoch < self.steps_per_epoch:
-            self.save(step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.save((epoch + 1) * self.steps_per_epoch)
-        self.first_step = 0
-
-

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from keras_facemargin.callbacks.monitoring import NonFiniteLossError
+from keras_facemargin.callbacks.save_schedule import SaveSchedule
 
 FORMAT = "keras_facemargin.WeightsCheckpoint/1"
 MANIFEST = "manifest.json"
@@ -116,7 +117,7 @@ def _from_stored(array, stored_as):
     return array.view(np.dtype(getattr(ml_dtypes, stored_as)))
 
 
-class WeightsCheckpoint(keras.callbacks.Callback):
+class WeightsCheckpoint(SaveSchedule):
     """Step and epoch checkpoints of the whole training state in `.npz` files, on any backend (see the module).
 
     Written every `save_every_steps` steps (0: never mid-epoch) and at each epoch end, as
@@ -291,22 +292,3 @@ class WeightsCheckpoint(keras.callbacks.Callback):
             os.remove(old)
         self.latest, self.saved_step = path, step
         return path
-
-    # -- callback --------------------------------------------------------------------
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def _global_step(self, batch):
-        # `batch` counts from 0 in every `fit` call; a resumed partial epoch
-        # starts later, which `first_step` (set by the trainer) accounts for.
-        return self._epoch * self.steps_per_epoch + self.first_step + batch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self._global_step(batch)
-        in_epoch = step - self._epoch * self.steps_per_epoch
-        if self.save_every_steps and step % self.save_every_steps == 0 and in_epoch < self.steps_per_epoch:
-            self.save(step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.save((epoch + 1) * self.steps_per_epoch)
-        self.first_step = 0
