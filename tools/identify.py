@@ -31,7 +31,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from verify_faces import add_model_arguments, build_verifier, emit, error_report  # noqa: E402
+from verify_faces import add_model_arguments, build_verifier, emit, emit_error  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -69,11 +69,7 @@ def main(argv=None) -> int:
             return 0
         result = verifier.identify(args.photo, gallery, top_k=args.top_k)
     except Exception as e:
-        report = error_report(e)
-        if report is None:
-            raise
-        emit(report[0])
-        return report[1]
+        return emit_error(e)
     emit({**result.to_dict(include_crops=args.include_crops), "gallery": info})
     return 0
 

@@ -64,8 +64,8 @@ def emit(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def error_report(error):
-    """``(JSON dict, exit code)`` for an error the photo CLIs report, or ``None`` for any other error.
+def emit_error(error) -> int:
+    """Print the JSON report of an error the photo CLIs report and return its exit code; re-raise any other.
 
     Verifier outcomes (no face, several faces, unreadable, gallery mismatch) carry their own dict and
     code; a model or argument problem (weights, missing file, bad value) is a configuration error, 2.
@@ -74,10 +74,12 @@ def error_report(error):
     from keras_facemargin.pretrained.loader import PretrainedWeightsError
 
     if isinstance(error, FaceVerifierError):
-        return error.to_dict(), error.exit_code
+        emit(error.to_dict())
+        return error.exit_code
     if isinstance(error, (PretrainedWeightsError, FileNotFoundError, ValueError)):
-        return {"status": "error", "error": "configuration", "file": None, "message": str(error)}, 2
-    return None
+        emit({"status": "error", "error": "configuration", "file": None, "message": str(error)})
+        return 2
+    raise error
 
 
 def main(argv=None) -> int:
@@ -92,11 +94,7 @@ def main(argv=None) -> int:
         verifier = build_verifier(args)
         result = verifier.verify(args.image_a, args.image_b)
     except Exception as e:
-        report = error_report(e)
-        if report is None:
-            raise
-        emit(report[0])
-        return report[1]
+        return emit_error(e)
     emit(result.to_dict(include_crops=args.include_crops))
     return 0
 
