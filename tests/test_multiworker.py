@@ -1,46 +1,16 @@
 """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 (custom loop) end with identical state."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from worker_launch import run_workers
 
 HERE = Path(__file__).parent
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_workers_end_with_identical_weights_and_kappa(tmp_path):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "training_script.py"), "multiworker", str(tmp_path), "--tag", str(index)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = []
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=240)
-            assert proc.returncode == 0, stderr[-4000:]
-            outputs.append(json.loads([x for x in stdout.splitlines() if x.startswith("RESULT ")][-1][7:]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    outputs = run_workers(HERE / "training_script.py", lambda i: ["multiworker", str(tmp_path), "--tag", str(i)])
     assert [o["replicas"] for o in outputs] == [2, 2]
 
     a, b = (np.load(tmp_path / f"state_{i}.npz") for i in range(2))

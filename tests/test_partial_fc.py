@@ -8,8 +8,6 @@ frequencies, and 2-replica / 2-worker runs in fresh processes (tests/partial_fc_
 
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +29,7 @@ from keras_facemargin.layers import (
     registry,
 )
 from keras_facemargin.layers.partial_fc import sample_budget, sample_classes
+from worker_launch import repo_env, result_of, run_workers
 
 HERE = Path(__file__).parent
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -451,16 +450,6 @@ def test_partial_fc_round_trips_through_keras_config(name):
 
 
 # -- 2 replicas, 2 workers (fresh processes) -------------------------------------------------------
-def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-
-
-def _result(stdout, stderr):
-    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    assert lines, stderr[-4000:]
-    return json.loads(lines[-1][7:])
-
-
 def _check_sets(out):
     C, K = 40, 10
     for name, per_step in out["a"]["sets"].items():
@@ -479,9 +468,9 @@ def _check_sets(out):
 
 def test_two_replicas_draw_the_same_set_and_every_head_trains(tmp_path):
     proc = subprocess.run([sys.executable, str(HERE / "partial_fc_script.py"), "mirrored", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=_env())
+                          capture_output=True, text=True, timeout=600, env=repo_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = _result(proc.stdout, proc.stderr)
+    out = result_of(proc.stdout, proc.stderr)
     assert out["replicas"] == 2
     _check_sets(out)
     for sets in out["a"]["final_sets"].values():  # the on_read variable's two copies
@@ -489,28 +478,7 @@ def test_two_replicas_draw_the_same_set_and_every_head_trains(tmp_path):
 
 
 def test_two_workers_draw_the_same_set_and_end_identical(tmp_path):
-    socks = [socket.socket() for _ in range(2)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    for s in socks:
-        s.close()
-    procs = []
-    for index in range(2):
-        env = _env()
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "partial_fc_script.py"), "multiworker", str(tmp_path)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = []
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=600)
-            assert proc.returncode == 0, stderr[-4000:]
-            outputs.append(_result(stdout, stderr))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    outputs = run_workers(HERE / "partial_fc_script.py", lambda i: ["multiworker", str(tmp_path)])
     assert [o["replicas"] for o in outputs] == [2, 2]
     for out in outputs:
         _check_sets(out)
