@@ -137,6 +137,24 @@ def exclusions(args):
     return read_identity_list(path)
 
 
+def split_holdout(data, held):
+    """Rows of `data` (an identity-folder load) to train on and to hold out.
+
+    Returns:
+        ``(train_rows, y, names, hold_rows)``: training row indices, their int32 labels renumbered
+        ``0..len(names)-1`` over the identities not in `held`, those identity names, and the rows of
+        the `held` identities (labels of ``data.labels[hold_rows]`` keep the full label space).
+    """
+    import numpy as np
+
+    keep = ~np.isin(np.asarray(data.class_names)[data.labels], list(held))
+    names = [n for n in data.class_names if n not in set(held)]
+    remap = {n: i for i, n in enumerate(names)}
+    train_rows = np.flatnonzero(keep)
+    y = np.asarray([remap[data.class_names[c]] for c in data.labels[train_rows]], np.int32)
+    return train_rows, y, names, np.flatnonzero(~keep)
+
+
 def holdout_pairs(images, labels, num_pairs, seed=0):
     """Balanced, disjoint-fold verification pairs from held-out identities (10 folds)."""
     import numpy as np
@@ -208,13 +226,8 @@ def main(argv=None):
     held = holdout_identities(args)
     data = load_identity_folders(roots, image_size=args.image_size, exclude=exclusions(args))
     print(data.summary())
-    keep = ~np.isin(np.asarray(data.class_names)[data.labels], held)
-    hold_rows = np.flatnonzero(~keep)
-    names = [n for n in data.class_names if n not in set(held)]
-    remap = {n: i for i, n in enumerate(names)}
-    train_rows = np.flatnonzero(keep)
+    train_rows, y, names, hold_rows = split_holdout(data, held)
     x = data.images[train_rows]
-    y = np.asarray([remap[data.class_names[c]] for c in data.labels[train_rows]], np.int32)
     counts = np.bincount(y, minlength=len(names))
     print(f"training: {len(y)} images, {len(names)} identities; held out for selection: {len(held)} identities, "
           f"{len(hold_rows)} images")

@@ -89,15 +89,10 @@ def load_data(args):
     for r in roots:
         if not r.is_dir():
             sys.exit(f"Training folder not found: {r} (set --data-dir or KFM_DATA_DIR).")
-    held = set(celeba_lfw.holdout_identities(ns))
+    held = celeba_lfw.holdout_identities(ns)
     data = load_identity_folders(roots, image_size=112, exclude=celeba_lfw.exclusions(ns))
-    names = np.asarray(data.class_names)
-    keep = ~np.isin(names[data.labels], sorted(held))
-    train_names = [n for n in data.class_names if n not in held]
-    remap = {n: i for i, n in enumerate(train_names)}
-    y = np.asarray([remap[data.class_names[c]] for c in data.labels[keep]], np.int64)
-    hold = np.flatnonzero(~keep)
-    return {"x": data.images[keep], "y": y, "num_classes": len(train_names),
+    train_rows, y, names, hold = celeba_lfw.split_holdout(data, held)
+    return {"x": data.images[train_rows], "y": y.astype(np.int64), "num_classes": len(names),
             "hold_x": data.images[hold], "hold_y": data.labels[hold], "summary": data.summary()}
 
 
@@ -241,21 +236,18 @@ def lfw_data(lfw, aligns):
 
 def verification(raw, raw_flipped, ia, ib, same, folds=None):
     """10-fold verification of flip-summed embeddings (insightface's flip test)."""
-    import numpy as np
-
     from keras_facemargin.evaluation.verification import kfold_verification, pair_scores
 
-    e = raw + raw_flipped
-    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    e = raw + raw_flipped  # pair_scores normalises
     r = kfold_verification(pair_scores(e[ia], e[ib]), same, **({} if folds is None else {"folds": folds}))
     return {"accuracy_mean": round(100 * r.accuracy_mean, 2), "accuracy_std": round(100 * r.accuracy_std, 2),
             "tar_at_far_1e-3": round(100 * r.tar_at_far.get(1e-3, float("nan")), 2)}
 
 
 def cosines(a, b):
-    import numpy as np
+    from keras_facemargin.evaluation.verification import pair_scores
 
-    c = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    c = pair_scores(a, b)
     return {"min_cosine": float(c.min()), "mean_cosine": float(c.mean())}
 
 
