@@ -9,7 +9,6 @@ saved is loaded here (TensorFlow, `safe_mode=True`).
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from numpy_reference import l2n
+from worker_launch import repo_env
 
 HERE = Path(__file__).parent
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -27,13 +27,7 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 @pytest.fixture(scope="module")
 def backend_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("backends")
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
-    )
+    env = dict(repo_env(), OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     procs = {}
     for backend in BACKENDS:
         if importlib.util.find_spec(backend) is None:

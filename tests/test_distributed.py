@@ -1,19 +1,19 @@
 """KappaFace under a 2-replica MirroredStrategy (two logical CPU devices)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_launch import repo_env
 
 HERE = Path(__file__).parent
 
 
 def _run(estimator):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    env = repo_env()
     proc = subprocess.run(
         [sys.executable, str(HERE / "mirrored_fit_script.py"), estimator],
         capture_output=True,

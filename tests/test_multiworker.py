@@ -10,7 +10,8 @@ HERE = Path(__file__).parent
 
 
 def test_two_workers_end_with_identical_weights_and_kappa(tmp_path):
-    outputs = run_workers(HERE / "training_script.py", lambda i: ["multiworker", str(tmp_path), "--tag", str(i)])
+    outputs = run_workers(HERE / "training_script.py", lambda i: ["multiworker", str(tmp_path), "--tag", str(i)],
+                          timeout=240)
     assert [o["replicas"] for o in outputs] == [2, 2]
 
     a, b = (np.load(tmp_path / f"state_{i}.npz") for i in range(2))

@@ -1,18 +1,18 @@
 """One real `fit` run of the trainer under a 2-replica MirroredStrategy (2 logical CPU devices)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from worker_launch import repo_env
 
 HERE = Path(__file__).parent
 
 
 def test_trainer_fit_under_two_replica_mirrored_strategy(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    env = repo_env()
     env.pop("TF_CONFIG", None)
     proc = subprocess.run([sys.executable, str(HERE / "training_script.py"), "mirrored", str(tmp_path), "--epochs", "1"],
                           capture_output=True, text=True, timeout=300, env=env)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worker_launch import repo_env
 
 HERE = Path(__file__).parent
 STEPS, BATCH = 6, 16
 
 
 def run_script(*args, expect_rc=0):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    env = repo_env()
     env.pop("TF_CONFIG", None)
     proc = subprocess.run([sys.executable, str(HERE / "training_script.py"), *map(str, args)],
                           capture_output=True, text=True, timeout=300, env=env)
