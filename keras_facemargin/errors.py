@@ -16,7 +16,8 @@ names the file, the field / offset / line, and what was expected. One class per 
 :class:`PairsFileError`     LFW ``pairs.txt``
 :class:`IJBFileError`       IJB-B/C meta files
 :class:`MegaFaceFileError`  MegaFace feature files (``.bin``, ``.npy``) and noise lists
-:class:`WeightsFileError`   converted ``.pth`` / ``.onnx`` weights
+:class:`WeightsFileError`   converted ``.pth`` / ``.onnx`` weights; :class:`DlibFileError` (a
+                            subclass, with ``.offset``) for dlib ``.dat`` networks
                             (:mod:`keras_facemargin.pretrained.convert` raises its subclass
                             of the same name, with ``.node``; ``UnsafeWeightsError``, a
                             refused pickle, and ``ExternalDataError`` derive from it)
@@ -50,6 +51,7 @@ __all__ = [
     "IJBFileError",
     "MegaFaceFileError",
     "WeightsFileError",
+    "DlibFileError",
 ]
 
 
@@ -156,3 +158,27 @@ class MegaFaceFileError(UntrustedFileError):
 
 class WeightsFileError(UntrustedFileError):
     """A malformed or over-limit ``.pth`` / ``.onnx`` weights file."""
+
+
+class DlibFileError(WeightsFileError):
+    """A dlib ``.dat`` network file that is truncated, garbled, over a limit or of another network.
+
+    Args:
+        file: path of the ``.dat`` file.
+        offset: byte offset where the problem was found.
+        detail: what was found and what was expected.
+
+    Attributes:
+        offset: as given (an ``int``).
+
+    Example::
+
+        try:
+            read_dlib_network("dlib_face_recognition_resnet_model_v1.dat")
+        except DlibFileError as e:
+            print(e.file, e.offset, e.detail)
+    """
+
+    def __init__(self, file, offset, detail):
+        self.offset = int(offset)
+        WeightsFileError.__init__(self, file, detail, f"byte offset {self.offset}")

@@ -1,9 +1,11 @@
 """Face-recognition backbones (insightface-compatible layouts).
 
-All backbones map channels-last float images normalised as
-`(pixel - 127.5) / 128` to a raw (not L2-normalised) embedding.
+The insightface-style backbones map channels-last float images normalised as
+`(pixel - 127.5) / 128` to a raw (not L2-normalised) embedding; `DlibResNet` (dlib's face
+ResNet) takes RGB pixels 0..255 and normalises them itself, as dlib does.
 """
 
+from keras_facemargin.backbones.dlib_resnet import DlibResNet
 from keras_facemargin.backbones.embedding_head import embedding_head
 from keras_facemargin.backbones.iresnet import IResNet
 from keras_facemargin.backbones.iresnet import IResNet18
@@ -25,6 +27,7 @@ __all__ = [
     "IResNet200",
     "MobileFaceNet",
     "KerasApplicationBackbone",
+    "DlibResNet",
     "embedding_head",
     "BACKBONE_PRESETS",
     "get_backbone",
