@@ -6,8 +6,10 @@ thresholds apply):
 1. read the photo (a path, or an RGB uint8 array) with OpenCV (EXIF orientation applied);
 2. detect faces and 5 landmarks with MTCNN (:class:`~keras_facemargin.data.align.MTCNNDetector`);
    pick one face by ``face_policy``;
-3. similarity-align the 5 landmarks to the ArcFace 112x112 template
-   (:func:`~keras_facemargin.data.align.align_face`), then resize to the model's input size;
+3. similarity-align the 5 landmarks to the model's crop template (the registry entry's ``crop``: the
+   ArcFace 112x112 template for insightface-style models, dlib's 150x150 chip for
+   ``dlib_resnet_v1``; :func:`~keras_facemargin.data.align.align_face`), then resize to the model's
+   input size;
 4. normalise (``(x - mean) / std``), embed the crop and its horizontal flip, sum, L2-normalise
    (:func:`~keras_facemargin.evaluation.embed_images`);
 5. cosine similarity; **same person iff ``score > threshold``** (the package's convention, under
@@ -263,6 +265,19 @@ def _normalization_json(normalization):
     return dict(normalization)
 
 
+def _check_crop(crop):
+    if not isinstance(crop, dict) or not {"kind", "size", "template"} <= set(crop):
+        raise ConfigurationError("bad_crop", f"`crop` must be a dict with 'kind', 'size' and 'template', got {crop!r}.")
+    size = crop["size"]
+    template = np.asarray(crop["template"], np.float64) if crop["template"] is not None else None
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= 1024 \
+            or template is None or template.shape != (5, 2) or not np.all(np.isfinite(template)) \
+            or template.min() < 0 or template.max() > size:
+        raise ConfigurationError("bad_crop", f"`crop` needs an integer size in 16..1024 and 5 (x, y) template points "
+                                 f"inside it, got size {size!r}, template {crop['template']!r}.")
+    return {"kind": str(crop["kind"]), "size": int(size), "template": template.tolist()}
+
+
 def far_key(far) -> str:
     """The registry key of a FAR: ``repr(float(far))`` (``1e-3 -> "0.001"``, ``1e-2 -> "0.01"``)."""
     return repr(float(far))
@@ -438,6 +453,10 @@ class FaceVerifier:
             ``"error"`` (raise :class:`MultipleFacesError`).
         weights: for a named model, a local weights file (``keras_facemargin.load(name, weights=)``).
         batch_size: crops per model call.
+        crop: the crop geometry ``{"kind", "size", "template"}`` (5 template points in a ``size`` x
+            ``size`` crop); default: the registry entry's ``crop`` (dlib's chip for
+            ``dlib_resnet_v1``), else the ArcFace 112 template. The crop is resized to the model's
+            input size when they differ.
 
     Raises:
         ConfigurationError: no model (``DEFAULT_MODEL`` unset and ``model=None``), no threshold for
@@ -451,7 +470,7 @@ class FaceVerifier:
     """
 
     def __init__(self, model=None, threshold=None, far=1e-3, detector=None, normalization=None,
-                 face_policy="largest", weights=None, batch_size: int = 32):
+                 face_policy="largest", weights=None, batch_size: int = 32, crop=None):
         import keras
 
         from keras_facemargin.export.savedmodel import as_embedder
@@ -526,6 +545,7 @@ class FaceVerifier:
             h, w = tuple(info["input_size"]) if info and info.get("input_size") else (ALIGN_SIZE, ALIGN_SIZE)
         self.image_size = (int(h), int(w))
         self.embedding_dim = int(self.embedder.output_shape[-1])
+        self.crop = _check_crop(crop if crop is not None else (info or {}).get("crop") or _registry().ARCFACE_CROP)
         self._probe = None
 
     # -------------------------------------------------------------- pieces
@@ -542,7 +562,8 @@ class FaceVerifier:
         """What determines the embeddings (recorded in galleries): model, input size, normalisation, ..."""
         return {"model": self.model_name, "embedding_dim": self.embedding_dim, "image_size": list(self.image_size),
                 "normalization": _normalization_json(self.normalization), "flip": True,
-                "align": f"5-point similarity to the ArcFace {ALIGN_SIZE}x{ALIGN_SIZE} template, resized"}
+                "align": f"5-point similarity to the {self.crop['kind']} {self.crop['size']}x{self.crop['size']} "
+                         "template, resized", "crop": {k: self.crop[k] for k in ("kind", "size", "template")}}
 
     def _detect(self, images):
         det = self.detector
@@ -572,13 +593,14 @@ class FaceVerifier:
         k = self._choose(dets, rgb.shape, source)
         d = dets[k]
         lm = np.asarray(d["landmarks"], np.float64).reshape(5, 2)
+        size, template = self.crop["size"], np.asarray(self.crop["template"], np.float64)
         try:
-            crop = align_face(rgb, lm, ALIGN_SIZE)
-            M = estimate_transform(lm, ALIGN_SIZE)
+            crop = align_face(rgb, lm, size, template=template)
+            M = estimate_transform(lm, size, template=template)
         except ValueError as e:
             raise NoFaceError("no_face", f"face {k} cannot be aligned ({e})", source) from None
         crop = _resize(crop, self.image_size)
-        scale = np.array([self.image_size[1], self.image_size[0]], np.float64) / ALIGN_SIZE
+        scale = np.array([self.image_size[1], self.image_size[0]], np.float64) / size
         box = tuple(float(v) for v in d["box"]) if d.get("box") is not None else None
         conf = d.get("confidence")
         return Face(source=source, box=box, confidence=None if conf is None else float(conf), landmarks=lm,

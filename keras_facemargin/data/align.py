@@ -177,7 +177,8 @@ def transform_points(points, M) -> np.ndarray:
     return p @ M[:, :2].T + M[:, 2]
 
 
-def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", border_value=0) -> np.ndarray:
+def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", border_value=0,
+               template=None) -> np.ndarray:
     """Warp ``image`` so that ``landmarks5`` land on the ArcFace template (insightface ``norm_crop``).
 
     Args:
@@ -186,6 +187,8 @@ def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", 
         image_size: side of the square output.
         method: transform estimator (see :func:`estimate_transform`).
         border_value: fill value outside the source image.
+        template: optional ``(5, 2)`` destination points in the ``image_size`` crop (another model's
+            crop geometry, e.g. the registry's ``crop["template"]``) instead of the ArcFace template.
 
     Returns:
         ``(image_size, image_size[, C])`` array of ``image``'s dtype.
@@ -198,7 +201,7 @@ def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", 
     if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"`image` must have shape (H, W) or (H, W, C), got {img.shape}.")
     s = _check_size(image_size)
-    M = estimate_transform(landmarks5, s, method=method)
+    M = estimate_transform(landmarks5, s, method=method, template=template)
     bv = border_value if np.ndim(border_value) else (float(border_value),) * 4
     return cv2.warpAffine(img, M, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=bv)

