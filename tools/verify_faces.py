@@ -51,9 +51,9 @@ def add_model_arguments(parser):
                         help="cosine threshold (same iff score > T); default: the model's calibrated one at --far")
     parser.add_argument("--far", type=float, default=1e-3,
                         help="false accept rate of the calibrated threshold (default 1e-3)")
-    parser.add_argument("--face-policy", default="largest", choices=["largest", "best", "central", "error"],
-                        help="face to use when a photo has several: largest box (default), best detector "
-                             "confidence, large-and-central, or error (refuse)")
+    parser.add_argument("--face-policy", default="central", choices=["central", "largest", "best", "error"],
+                        help="face to use when a photo has several: large-and-central (default), largest box, "
+                             "best detector confidence, or error (refuse)")
     parser.add_argument("--min-confidence", type=float, default=0.0,
                         help="ignore detections below this MTCNN confidence (default 0)")
     parser.add_argument("--include-crops", action="store_true",

@@ -114,18 +114,21 @@ def reference_landmarks(image_size: int = 112) -> np.ndarray:
     return dst
 
 
-def _lstsq_similarity(src, dst):
-    """Least-squares ``[[a, -b, tx], [b, a, ty]]`` with ``dst ~ M @ [src, 1]`` (Umeyama, no reflection)."""
+def _lstsq_similarity(src, dst, weights=None):
+    """Least-squares ``[[a, -b, tx], [b, a, ty]]`` with ``dst ~ M @ [src, 1]`` (Umeyama, no reflection);
+    ``weights`` (one per point) weight each point's squared error."""
     n = src.shape[0]
     A = np.zeros((2 * n, 4))
     A[0::2] = np.stack([src[:, 0], -src[:, 1], np.ones(n), np.zeros(n)], 1)
     A[1::2] = np.stack([src[:, 1], src[:, 0], np.zeros(n), np.ones(n)], 1)
-    p, *_ = np.linalg.lstsq(A, dst.reshape(-1), rcond=None)
+    sw = np.ones(2 * n) if weights is None else np.sqrt(np.repeat(np.asarray(weights, np.float64), 2))
+    p, *_ = np.linalg.lstsq(A * sw[:, None], dst.reshape(-1) * sw, rcond=None)
     a, b, tx, ty = p
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def estimate_transform(landmarks5, image_size: int = 112, method: str = "lstsq", template=None) -> np.ndarray:
+def estimate_transform(landmarks5, image_size: int = 112, method: str = "lstsq", template=None,
+                       weights=None) -> np.ndarray:
     """Similarity transform (2x3) mapping ``landmarks5`` onto the ArcFace template.
 
     Args:
@@ -136,6 +139,9 @@ def estimate_transform(landmarks5, image_size: int = 112, method: str = "lstsq",
         method: ``"lstsq"`` (insightface / skimage least squares, default), ``"lmeds"``
             or ``"ransac"`` (``cv2.estimateAffinePartial2D``).
         template: optional ``(5, 2)`` destination points overriding the ArcFace template.
+        weights: optional 5 non-negative point weights of the least-squares fit (``"lstsq"`` only),
+            e.g. ``(1, 1, 0.25, 0, 0)`` to fit dlib's eye-driven chip from MTCNN's noisier nose and
+            mouth points.
 
     Returns:
         float64 ``(2, 3)`` matrix ``M`` for ``cv2.warpAffine`` (source -> crop coordinates).
@@ -154,8 +160,14 @@ def estimate_transform(landmarks5, image_size: int = 112, method: str = "lstsq",
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
     if np.max(np.ptp(src, axis=0)) < 1e-6:
         raise ValueError("`landmarks5` are degenerate (all points coincide).")
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (5,) or not np.all(np.isfinite(weights)) or weights.min() < 0 or \
+                np.count_nonzero(weights) < 2 or method != "lstsq":
+            raise ValueError(f"`weights` must be 5 non-negative values, at least 2 positive, with method='lstsq'; "
+                             f"got {weights.tolist()} ({method!r}).")
     if method == "lstsq":
-        M = _lstsq_similarity(src, dst)
+        M = _lstsq_similarity(src, dst, weights)
     else:
         flag = cv2.LMEDS if method == "lmeds" else cv2.RANSAC
         M, _ = cv2.estimateAffinePartial2D(src.astype(np.float32).reshape(-1, 1, 2),
@@ -178,7 +190,7 @@ def transform_points(points, M) -> np.ndarray:
 
 
 def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", border_value=0,
-               template=None) -> np.ndarray:
+               template=None, weights=None) -> np.ndarray:
     """Warp ``image`` so that ``landmarks5`` land on the ArcFace template (insightface ``norm_crop``).
 
     Args:
@@ -189,6 +201,7 @@ def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", 
         border_value: fill value outside the source image.
         template: optional ``(5, 2)`` destination points in the ``image_size`` crop (another model's
             crop geometry, e.g. the registry's ``crop["template"]``) instead of the ArcFace template.
+        weights: optional point weights of the fit (see :func:`estimate_transform`).
 
     Returns:
         ``(image_size, image_size[, C])`` array of ``image``'s dtype.
@@ -201,7 +214,7 @@ def align_face(image, landmarks5, image_size: int = 112, method: str = "lstsq", 
     if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"`image` must have shape (H, W) or (H, W, C), got {img.shape}.")
     s = _check_size(image_size)
-    M = estimate_transform(landmarks5, s, method=method, template=template)
+    M = estimate_transform(landmarks5, s, method=method, template=template, weights=weights)
     bv = border_value if np.ndim(border_value) else (float(border_value),) * 4
     return cv2.warpAffine(img, M, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=bv)

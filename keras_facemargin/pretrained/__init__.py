@@ -11,5 +11,9 @@ from keras_facemargin.pretrained.loader import (PretrainedWeightsError, expected
                                                 load, sha256_of)
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
 
+#: ``keras_facemargin.model_info(name)``: the registry entry (head, input size, crop geometry,
+#: normalisation, thresholds, reported results, licence, sha256).
+model_info = get_model_info
+
 __all__ = ["MODELS", "PretrainedWeightsError", "expected_weights_path", "get_model_info", "list_models",
-           "load", "sha256_of"]
+           "load", "model_info", "sha256_of"]

@@ -1,0 +1,1 @@
+"""Photo to verdict: calibration of decision thresholds (more of the verifier moves here)."""
