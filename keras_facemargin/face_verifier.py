@@ -551,8 +551,9 @@ class FaceVerifier:
         else:
             raise ConfigurationError(
                 "no_threshold", f"No threshold for model {self.model_name!r}: only registry models carry calibrated "
-                "thresholds. Pass threshold=T, or calibrate: `calibrate_thresholds(model, '../shared/data/lfw')"
-                "['thresholds'][far_key(far)]` (MTCNN-aligned LFW, flip-sum, all 6000 pairs).")
+                "thresholds. Pass threshold=T, or calibrate on held-out (non-LFW) identities: `from keras_facemargin."
+                "inference.calibrate import calibrate_verifier; calibrate_verifier(FaceVerifier(model, threshold=0.5), "
+                "KFM_DATA_DIR)['thresholds']['accuracy']`.")
         if normalization is None:
             normalization = info["normalization"] if info and info.get("normalization") else PACKAGE_NORMALIZATION
         self.normalization = _check_normalization(normalization)

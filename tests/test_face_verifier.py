@@ -224,27 +224,33 @@ def test_several_faces_policies(model, detector, lfw_images):
 @pytest.fixture
 def fake_registry(monkeypatch, model):
     entry = dict(registry.MODELS["arcface_r50"], normalization={"mean": 127.5, "std": 127.5},
-                 thresholds={"0.01": 0.2, "0.001": 0.35})
+                 thresholds={"0.01": 0.2, "0.001": 0.35, "accuracy": 0.3})
     monkeypatch.setitem(registry.MODELS, "fake_small", entry)
+    monkeypatch.setitem(registry.MODELS, "fake_far_only", dict(entry, thresholds={"0.01": 0.2}))
     monkeypatch.setitem(registry.MODELS, "fake_uncalibrated", dict(registry.MODELS["arcface_r50"]))
     monkeypatch.setattr(loader, "load", lambda name, include_head=False, weights=None: model)
     return entry
 
 
 def test_threshold_and_normalization_from_the_registry(fake_registry, monkeypatch, model):
-    v = FaceVerifier("fake_small")
-    assert (v.threshold, v.threshold_far, v.threshold_source) == (0.35, 1e-3, "registry:fake_small")
+    v = FaceVerifier("fake_small")  # the default operating point: best balanced accuracy
+    assert (v.threshold, v.threshold_far, v.threshold_source) == (0.3, None, "registry:fake_small:accuracy")
+    assert v.face_policy == "central" and v.crop["kind"] == "arcface"
     assert v.normalization == {"mean": 127.5, "std": 127.5} and v.image_size == (112, 112)
+    v = FaceVerifier("fake_small", far=1e-3)
+    assert (v.threshold, v.threshold_far, v.threshold_source) == (0.35, 1e-3, "registry:fake_small:far=0.001")
     assert FaceVerifier("fake_small", far=1e-2).threshold == 0.2
+    with pytest.raises(ConfigurationError, match="no 'accuracy' operating point.*'0.01'"):
+        FaceVerifier("fake_far_only")
     assert FaceVerifier("fake_small", threshold=0.1).threshold_source == "explicit"
     assert FaceVerifier("fake_small", normalization={"mean": 0, "std": 255}).normalization == {"mean": 0.0, "std": 255.0}
     with pytest.raises(ConfigurationError, match=r"far=0.0001.*'0.001'") as err:
         FaceVerifier("fake_small", far=1e-4)
     assert err.value.reason == "no_threshold"
-    with pytest.raises(ConfigurationError, match="calibrate_thresholds") as err:
+    with pytest.raises(ConfigurationError, match="calibrate_verifier") as err:
         FaceVerifier("fake_uncalibrated")
     assert err.value.reason == "no_threshold"
-    with pytest.raises(ConfigurationError, match="calibrate_thresholds"):
+    with pytest.raises(ConfigurationError, match="calibrate_verifier"):
         FaceVerifier(model)  # a bare Keras model carries no calibrated threshold
     v = FaceVerifier(model, threshold=0.4)
     assert v.normalization == {"mean": 127.5, "std": 128.0}  # the package default

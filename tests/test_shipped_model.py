@@ -9,7 +9,11 @@ import pytest
 
 import keras_facemargin as kfm
 from keras_facemargin.pretrained.loader import PretrainedWeightsError, packaged_weights_path
-from keras_facemargin.pretrained.registry import DEFAULT_MODEL, get_model_info
+from keras_facemargin.pretrained.registry import get_model_info
+
+#: the model whose weights ship inside the package (the default model, dlib_resnet_v1, is converted
+#: from the face_recognition_models dependency instead: tests/test_dlib_resnet.py)
+SHIPPED = "arcface_celeba_mbf"
 
 DATA = Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -23,18 +27,19 @@ def offline_home(tmp_path, monkeypatch):
 
 
 def test_default_model_is_shipped_with_its_hash_and_thresholds():
-    info = get_model_info(DEFAULT_MODEL)
-    path = packaged_weights_path(DEFAULT_MODEL)
+    info = get_model_info(SHIPPED)
+    path = packaged_weights_path(SHIPPED)
     assert path.is_file() and path.stat().st_size < 5 * 2**20
     assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"]
-    assert set(info["thresholds"]) == {"0.01", "0.001"}
-    assert 0 < info["thresholds"]["0.01"] < info["thresholds"]["0.001"] < 1
+    assert set(info["thresholds"]) == {"0.01", "0.001", "0.0001", "accuracy"}
+    assert 0 < info["thresholds"]["accuracy"] < info["thresholds"]["0.01"] < info["thresholds"]["0.001"] \
+        < info["thresholds"]["0.0001"] < 1
     assert "non-commercial" in info["license"]
 
 
 def test_load_offline_from_the_package(offline_home):
-    info = get_model_info(DEFAULT_MODEL)
-    emb = kfm.load(DEFAULT_MODEL)
+    info = get_model_info(SHIPPED)
+    emb = kfm.load(SHIPPED)
     h, w = info["input_size"]
     assert emb.input_shape == (None, h, w, 3) and emb.output_shape == (None, info["embedding_dim"])
     out = np.asarray(emb(np.random.default_rng(0).uniform(-1, 1, (2, h, w, 3)).astype("float32")))
@@ -46,17 +51,17 @@ def test_load_offline_from_the_package(offline_home):
 def test_a_tampered_file_earlier_on_the_search_path_is_refused(offline_home, monkeypatch):
     home = offline_home / "kfm_home"
     home.mkdir()
-    data = bytearray(packaged_weights_path(DEFAULT_MODEL).read_bytes())
+    data = bytearray(packaged_weights_path(SHIPPED).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (home / get_model_info(DEFAULT_MODEL)["weights_file"]).write_bytes(bytes(data))
+    (home / get_model_info(SHIPPED)["weights_file"]).write_bytes(bytes(data))
     monkeypatch.setenv("KERAS_FACEMARGIN_HOME", str(home))
     with pytest.raises(PretrainedWeightsError, match="fail the hash check"):
-        kfm.load(DEFAULT_MODEL)
+        kfm.load(SHIPPED)
 
 
 @pytest.mark.skipif(not (DATA / "lfw" / "pairs.txt").is_file(), reason=f"LFW not found under {DATA} (set KFM_DATA_DIR)")
 def test_shipped_model_reproduces_its_registry_lfw_accuracy(offline_home):
-    info = get_model_info(DEFAULT_MODEL)
-    emb = kfm.load(DEFAULT_MODEL)
+    info = get_model_info(SHIPPED)
+    emb = kfm.load(SHIPPED)
     r = kfm.data.lfw_verification(emb, DATA / "lfw", image_size=info["input_size"][0], progress=False)
     assert 100 * r.accuracy_mean == pytest.approx(info["reported"]["LFW (centre crop)"], abs=0.06)
