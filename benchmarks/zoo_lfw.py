@@ -134,8 +134,25 @@ def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_
             "no_face_fallbacks": fallback, "photos": len(paths), "crop": verifier.crop["kind"]}
 
 
+def _pkg_resources_shim():
+    """face_recognition_models calls ``pkg_resources.resource_filename``, which recent setuptools no
+    longer ships; give it the one function it needs (benchmark only)."""
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        import importlib.util
+        import types
+
+        def resource_filename(package, resource):
+            spec = importlib.util.find_spec(package)
+            return os.path.join(list(spec.submodule_search_locations)[0], resource)
+
+        sys.modules["pkg_resources"] = types.SimpleNamespace(resource_filename=resource_filename)
+
+
 def evaluate_face_recognition(pairs, paths, ia, ib, cache_dir, timing_photos=100):
     """face_recognition's own pipeline; None when it is not installed."""
+    _pkg_resources_shim()
     try:
         import face_recognition  # noqa: F401
     except Exception as err:  # ImportError, or face_recognition_models' pkg_resources import

@@ -152,8 +152,6 @@ def _register():
 
 def holdout_accuracy(backbone, data_dir):
     """10-fold accuracy on 3,000 balanced pairs of the held-out identities (selection, not LFW)."""
-    import numpy as np
-
     from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
     from keras_facemargin.inference.calibrate import load_heldout
 
