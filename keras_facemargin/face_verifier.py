@@ -663,6 +663,9 @@ def calibrate_thresholds(model_or_embed_fn, lfw_root, fars=(1e-2, 1e-3), align="
                          progress: bool = True) -> dict:
     """Cosine thresholds at stated FARs on the 6000 LFW View 2 pairs (MTCNN-aligned, flip-sum).
 
+    For reporting and comparison only: LFW is the test set, so registry thresholds are calibrated on
+    held-out CelebA identities instead (:func:`keras_facemargin.inference.calibrate.calibrate_verifier`).
+
     The images go through :class:`FaceVerifier`'s preprocessing: ``load_lfw_images(align=align,
     image_size=112)`` (cached for ``"mtcnn"``; several faces -> the large-and-central one, no face ->
     the centre crop, counted in ``no_face_images``), resized to ``image_size``, normalised, embedded
