@@ -1,0 +1,47 @@
+"""examples/distill_dlib.py: the distillation term against NumPy, and the training model of each mode."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def distill():
+    path = Path(__file__).resolve().parents[1] / "examples" / "distill_dlib.py"
+    spec = importlib.util.spec_from_file_location("distill_dlib", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.CosineDistance = module._register()
+    return module
+
+
+def test_distillation_term_is_one_minus_cosine(distill):
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(6, 128)).astype("f4")
+    t = rng.normal(size=(6, 128)).astype("f4")
+    t[0] = 3 * s[0]  # same direction: no loss
+    ref = 1 - np.sum(s * t, 1) / np.linalg.norm(s, axis=1) / np.linalg.norm(t, axis=1)
+    got = np.asarray(distill.CosineDistance()([s, t]))
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert abs(got[0]) < 1e-6
+
+
+@pytest.mark.parametrize("mode, outputs", [("distill", {"distill"}), ("arcface", {"logits"}),
+                                           ("distill_arcface", {"distill", "logits"}),
+                                           ("distill_kappaface", {"distill", "logits"})])
+def test_training_model_per_mode(distill, mode, outputs):
+    args = distill.parse_args(["--mode", mode])
+    backbone = distill.build_student(args)
+    assert backbone.count_params() <= 2_000_000 and backbone.output_shape == (None, 128)
+    counts = np.full(5, 4)
+    model = distill.build_training_model(args, backbone, 5, counts, 20)
+    assert set(model.output) == outputs
+    batch = {"images": np.zeros((4, 112, 112, 3), "f4"), "labels": np.arange(4, dtype="i4"),
+             "index": np.arange(4, dtype="i4"), "teacher": np.ones((4, 128), "f4")}
+    out = model(batch, training=False)
+    if "distill" in outputs:
+        assert tuple(out["distill"].shape) == (4,)
+    if "logits" in outputs:
+        assert tuple(out["logits"].shape) == (4, 5)
