@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/zoo_lfw.py                         # every loadable model + face_recognition
     python benchmarks/zoo_lfw.py --models dlib_resnet_v1 --json results.json
+    python benchmarks/zoo_lfw.py --models --no-peer --keras runs/distill/*/backbone.keras   # ablation rows
 """
 
 from __future__ import annotations
@@ -93,12 +94,24 @@ def centre_fallback(shape):
             "landmarks": reference_landmarks(112) * side / 112 + [x0, y0]}
 
 
-def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_photos=100):
+def keras_file_verifier(path, data_dir):
+    """A `FaceVerifier` for a `.keras` file (ArcFace crop), its threshold calibrated on the held-out
+    CelebA identities as the registry's are (the "accuracy" point)."""
+    import keras_facemargin as kfm
+    from keras_facemargin.inference.calibrate import calibrate_verifier
+
+    verifier = kfm.FaceVerifier(str(path), threshold=0.5)
+    verifier.threshold = calibrate_verifier(verifier, data_dir)["thresholds"]["accuracy"]
+    verifier.threshold_source = "held-out CelebA (accuracy point)"
+    return verifier
+
+
+def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_photos=100, verifier=None):
     import keras_facemargin as kfm
     from keras_facemargin.evaluation.verification import kfold_verification, pair_scores
     from keras_facemargin.face_verifier import read_image
 
-    verifier = kfm.FaceVerifier(model=name)
+    verifier = verifier or kfm.FaceVerifier(model=name)
     crops, wrong, fallback, multi = [], 0, 0, 0
     for p, d in zip(paths, dets):
         rgb, label = read_image(p)
@@ -203,6 +216,8 @@ def evaluate_face_recognition(pairs, paths, ia, ib, cache_dir, timing_photos=100
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", help="zoo names (default: every one that loads)")
+    parser.add_argument("--keras", nargs="*", default=[], help=".keras models to add (thresholds calibrated "
+                        "on the held-out CelebA identities)")
     parser.add_argument("--no-peer", action="store_true", help="skip face_recognition")
     parser.add_argument("--timing-photos", type=int, default=100)
     parser.add_argument("--json", help="write the rows to this JSON file")
@@ -220,13 +235,19 @@ def main(argv=None):
     paths, ia, ib = pairs.unique_paths()
     dets = detect_all(paths, MTCNNDetector(), default_cache_dir())
     rows = []
-    for name in args.models or kfm.list_models():
+    for name in (args.models if args.models is not None else kfm.list_models()):
         try:
             kfm.load(name)
         except (PretrainedWeightsError, ValueError) as err:
             print(f"{name}: not loadable offline ({str(err)[:120]}...)", flush=True)
             continue
         row = evaluate_model(name, pairs, paths, ia, ib, dets, timing_photos=args.timing_photos)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for path in args.keras:
+        row = evaluate_model(Path(path).name, pairs, paths, ia, ib, dets, timing_photos=args.timing_photos,
+                             verifier=keras_file_verifier(path, _data_dir()))
+        row["model"] = str(path)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not args.no_peer:
