@@ -10,7 +10,8 @@ from keras_facemargin.backbones import IResNet
 from keras_facemargin.pretrained import (MODELS, PretrainedWeightsError, expected_weights_path, list_models,
                                          load)
 
-NAMES = ["arcface_celeba_mbf", "arcface_mobilefacenet", "arcface_r100", "arcface_r50", "kappaface_r100", "kappaface_r50"]
+NAMES = ["arcface_celeba_mbf", "arcface_mobilefacenet", "arcface_r100", "arcface_r50", "dlib_resnet_v1",
+         "kappaface_r100", "kappaface_r50"]
 TINY = {"stage_blocks": (1, 1, 1, 1), "stage_filters": (8, 8, 16, 16)}
 
 
@@ -51,9 +52,14 @@ def test_registry_lists_the_named_models_with_provenance():
     assert kfm.list_models() == NAMES and kfm.load is load
     for name in NAMES:
         info = MODELS[name]
-        assert info["backbone"] in kfm.backbones.BACKBONE_PRESETS
         assert info["reported_source"] and info["license"] and info["training_set"]
         assert info["weights_url"] is None  # nothing is downloaded
+        assert info["crop"]["kind"] in ("arcface", "dlib_chip") and len(info["crop"]["template"]) == 5
+        if info.get("source"):  # converted from a dependency's file: its hash, checked before reading
+            assert len(info["source"]["sha256"]) == 64 and info["source"]["format"] == "dlib"
+            assert info["input_size"] == (150, 150) and info["embedding_dim"] == 128
+            continue
+        assert info["backbone"] in kfm.backbones.BACKBONE_PRESETS
         if name == "arcface_celeba_mbf":  # shipped: a hash of the packaged file (tests/test_shipped_model.py)
             assert len(info["sha256"]) == 64
             continue
