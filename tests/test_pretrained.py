@@ -203,10 +203,19 @@ def _module_names():
     return names
 
 
-def test_registry_never_lists_a_url_without_a_hash():
-    for name, info in MODELS.items():
-        if info["weights_url"] is not None:
-            assert info["sha256"] and len(info["sha256"]) == 64, f"{name}: weights_url without sha256"
+def test_a_url_without_a_hash_is_never_downloaded(homes, monkeypatch):
+    import keras
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("get_file must not be called for an unhashed URL")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    monkeypatch.setitem(MODELS, "unhashed", dict(MODELS["arcface_r50"], weights_url="https://example.invalid/w.h5",
+                                                  sha256=None))
+    with pytest.raises(PretrainedWeightsError, match="no sha256"):
+        load("unhashed")
+    for name, info in MODELS.items():  # and the shipped registry lists none
+        assert name == "unhashed" or info["weights_url"] is None or len(info["sha256"] or "") == 64, name
 
 
 @pytest.mark.parametrize("weights_file", ["tiny_test.pth", "tiny_test.onnx", "tiny_test.keras"])

@@ -287,6 +287,9 @@ def _resolve(name, info, weights):
             return _check_hash(candidate, name, info)
     if info["weights_url"] is None:
         raise PretrainedWeightsError(f"No weights for {name!r}: {info['status']} {_how_to(name, info)}")
+    if not info["sha256"]:
+        raise PretrainedWeightsError(f"Refusing to download the weights of {name!r} from {info['weights_url']}: "
+                                     f"the registry gives no sha256 to check them against. {_how_to(name, info)}")
     import keras
 
     cache_dir = _keras_home()
