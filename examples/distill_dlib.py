@@ -8,7 +8,9 @@ candidates and the 50 held-out identities of ``keras_facemargin.inference.calibr
 
 Loss (``--mode``):
 
-* ``distill``: embedding-level distillation only, ``1 - cos(student, teacher)`` (unit vectors);
+* ``distill``: embedding-level distillation only, ``1 - cos(student, teacher)``, the teacher's
+  unit embeddings centred on their training-set mean (`center_teacher`; ``--no-center-teacher``
+  distils onto the raw ones);
 * ``distill_arcface`` / ``distill_kappaface``: ``margin softmax + --distill-weight * distillation``
   with ArcFace / KappaFace (memory buffer, updated by ``callbacks.KappaUpdater``) on the labels;
 * ``arcface``: ArcFace only (the recipe of the shipped ``arcface_celeba_mbf``, at 112 px).
@@ -49,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--embedding-dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (tests)")
+    p.add_argument("--no-center-teacher", dest="center_teacher", action="store_false",
+                   help="distil onto dlib's raw unit embeddings instead of centred ones (see module docstring)")
     return p.parse_args(argv)
 
 
@@ -96,6 +100,20 @@ def teacher_embeddings(images, out_dir):
     np.save(tmp, emb)
     os.replace(tmp, cache)
     return emb
+
+
+def center_teacher(teacher):
+    """Unit teacher embeddings minus their mean over the training images, renormalised.
+
+    dlib's descriptors are not centred: any two faces have a cosine near 0.8 and the identity lives
+    in the small residual. Distilling ``1 - cos`` onto the raw vectors rewards the shared mean
+    direction (measured: a student at cosine 0.92 to the raw teacher verified held-out pairs at
+    75.5% against the teacher's 97.9%); onto centred vectors the target is the residual itself.
+    """
+    import numpy as np
+
+    centred = teacher - teacher.mean(axis=0, keepdims=True)
+    return (centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def build_student(args):
@@ -186,6 +204,8 @@ def main(argv=None):
     print(f"training: {len(labels)} images, {num_classes} identities; held out: {len(held)} identities", flush=True)
     teacher = teacher_embeddings(images, out.parent if out.parent != Path("") else out) \
         if args.mode != "arcface" else np.zeros((len(labels), 128), np.float32)
+    if args.mode != "arcface" and args.center_teacher:
+        teacher = center_teacher(teacher)
     backbone = build_student(args)
     print(f"student: {backbone.count_params():,} parameters", flush=True)
     model = build_training_model(args, backbone, num_classes, counts, len(labels))

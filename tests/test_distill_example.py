@@ -45,3 +45,17 @@ def test_training_model_per_mode(distill, mode, outputs):
         assert tuple(out["distill"].shape) == (4,)
     if "logits" in outputs:
         assert tuple(out["logits"].shape) == (4, 5)
+
+
+def test_centred_teacher_is_the_renormalised_residual(distill):
+    rng = np.random.default_rng(1)
+    common = rng.normal(size=128)
+    t = common + 0.3 * rng.normal(size=(50, 128))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    got = distill.center_teacher(t.astype("f4"))
+    ref = t - t.mean(0)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    raw_cos = (t @ t.T)[np.triu_indices(50, 1)].mean()
+    centred_cos = (got @ got.T)[np.triu_indices(50, 1)].mean()
+    assert raw_cos > 0.8 and abs(centred_cos) < 0.05  # the shared direction is gone
