@@ -106,7 +106,37 @@ def keras_file_verifier(path, data_dir):
     return verifier
 
 
-def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_photos=100, verifier=None):
+def tflite_int8_row(verifier, crops, emb, pairs, ia, ib):
+    """The same LFW crops through a full-int8 TFLite export (calibrated on 200 CelebA training images,
+    never LFW): 10-fold accuracy, verdict accuracy at the same threshold, cosine to Keras."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from package_model import celeba_calibration_images
+
+    from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
+    from keras_facemargin.export import TFLiteEmbedder, export_tflite
+    from keras_facemargin.face_verifier import _normalize
+
+    calib = celeba_calibration_images(_data_dir(), verifier.image_size[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "int8.tflite"
+        export_tflite(verifier.embedder, path, "int8", _normalize(calib, verifier.normalization))
+        runner = TFLiteEmbedder(path)
+        q = np.concatenate([embed_images(runner, _normalize(crops[i:i + 256], verifier.normalization), batch_size=64,
+                                         flip=True, normalize=False) for i in range(0, len(crops), 256)])
+        size = path.stat().st_size
+    scores = pair_scores(q[ia], q[ib])
+    res = kfold_verification(scores, pairs.is_same, folds=pairs.fold, far_targets=[1e-3])
+    cos = np.sum(q * emb, axis=1)
+    return {"accuracy": 100 * res.accuracy_mean, "accuracy_std": 100 * res.accuracy_std,
+            "tar_at_far_1e-3": 100 * res.tar_at_far[1e-3],
+            "verdict_accuracy": 100 * float(np.mean((scores > verifier.threshold) == pairs.is_same)),
+            "min_cosine_to_keras": float(cos.min()), "mean_cosine_to_keras": float(cos.mean()), "bytes": size}
+
+
+def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_photos=100, verifier=None,
+                   tflite_int8=False):
     import keras_facemargin as kfm
     from keras_facemargin.evaluation.verification import kfold_verification, pair_scores
     from keras_facemargin.face_verifier import read_image
@@ -128,6 +158,7 @@ def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_
     scores = pair_scores(emb[ia], emb[ib])
     res = kfold_verification(scores, pairs.is_same, folds=pairs.fold, far_targets=[1e-3])
     verdict = float(np.mean((scores > verifier.threshold) == pairs.is_same))
+    int8 = tflite_int8_row(verifier, np.stack(crops), emb, pairs, ia, ib) if tflite_int8 else None
     # photos per second, end to end, one photo at a time (read, detect, align, embed)
     sample = list(paths[:timing_photos])
     verifier.embed(sample[0])
@@ -144,7 +175,8 @@ def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_
             "verdict_accuracy": 100 * verdict, "photos_per_second": pps,
             "embed_images_per_second": len(crops) * 2 / embed_s,
             "wrong_picks": wrong, "multi_face_photos": multi, "face_policy": verifier.face_policy,
-            "no_face_fallbacks": fallback, "photos": len(paths), "crop": verifier.crop["kind"]}
+            "no_face_fallbacks": fallback, "photos": len(paths), "crop": verifier.crop["kind"],
+            "tflite_int8": int8}
 
 
 def _pkg_resources_shim():
@@ -219,6 +251,7 @@ def main(argv=None):
     parser.add_argument("--keras", nargs="*", default=[], help=".keras models to add (thresholds calibrated "
                         "on the held-out CelebA identities)")
     parser.add_argument("--no-peer", action="store_true", help="skip face_recognition")
+    parser.add_argument("--tflite-int8", action="store_true", help="also measure a full-int8 TFLite export")
     parser.add_argument("--timing-photos", type=int, default=100)
     parser.add_argument("--json", help="write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -241,12 +274,13 @@ def main(argv=None):
         except (PretrainedWeightsError, ValueError) as err:
             print(f"{name}: not loadable offline ({str(err)[:120]}...)", flush=True)
             continue
-        row = evaluate_model(name, pairs, paths, ia, ib, dets, timing_photos=args.timing_photos)
+        row = evaluate_model(name, pairs, paths, ia, ib, dets, timing_photos=args.timing_photos,
+                             tflite_int8=args.tflite_int8)
         rows.append(row)
         print(json.dumps(row), flush=True)
     for path in args.keras:
         row = evaluate_model(Path(path).name, pairs, paths, ia, ib, dets, timing_photos=args.timing_photos,
-                             verifier=keras_file_verifier(path, _data_dir()))
+                             verifier=keras_file_verifier(path, _data_dir()), tflite_int8=args.tflite_int8)
         row["model"] = str(path)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -263,6 +297,13 @@ def main(argv=None):
         print(f"| {r['model']} | {r['crop']} | {r['accuracy']:.2f} ± {r['accuracy_std']:.2f} | {r['tar_at_far_1e-3']:.2f} "
               f"| {r['verdict_accuracy']:.2f} ({r['threshold']:.4f}) | {r['photos_per_second']:.1f} "
               f"| {r.get('wrong_picks', '-')} |")
+    for r in rows:
+        q = r.get("tflite_int8")
+        if q:
+            print(f"{r['model']} TFLite int8 ({q['bytes'] / 1e6:.2f} MB): LFW {q['accuracy']:.2f} ± {q['accuracy_std']:.2f} "
+                  f"(Keras {r['accuracy']:.2f}), TAR@FAR=1e-3 {q['tar_at_far_1e-3']:.2f}, default verdict "
+                  f"{q['verdict_accuracy']:.2f}, cosine to Keras min {q['min_cosine_to_keras']:.4f} / mean "
+                  f"{q['mean_cosine_to_keras']:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
