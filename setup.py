@@ -63,7 +63,7 @@ setup(
     ],
     extras_require=EXTRAS,
     entry_points={
-        "console_scripts": ["keras-facemargin-demo=keras_facemargin.demo:main"],
+        "console_scripts": ["keras-facemargin-demo=keras_facemargin.demo:cli"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

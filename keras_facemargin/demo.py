@@ -139,5 +139,15 @@ def main(argv=None):
     return run(parse_args(argv))
 
 
+def cli(argv=None):
+    """Console entry point (``keras-facemargin-demo``): runs `main` and exits 0 on success.
+
+    ``main`` returns the results dict; a console script's return value becomes the exit status, so
+    returning it made a successful run exit 1.
+    """
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

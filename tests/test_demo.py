@@ -49,3 +49,9 @@ def test_demo_runs_heads_without_scale_or_margin(tmp_path, loss):
          "--pairs", "100", "--batch-size", "16", "--output", str(tmp_path / loss)]
     )
     assert np.isfinite(results["history"]["loss"][0])
+
+
+def test_console_entry_point_exits_zero(monkeypatch):
+    # the console script's return value is its exit status: main()'s results dict made it exit 1
+    monkeypatch.setattr(demo, "main", lambda argv=None: {"verification": {}})
+    assert demo.cli([]) == 0
