@@ -39,7 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _data_dir():
-    return Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    from keras_facemargin.export.parity import default_data_dir
+
+    return default_data_dir()
 
 
 def detect_all(paths, detector, cache_dir, progress=True):
@@ -111,14 +113,12 @@ def tflite_int8_row(verifier, crops, emb, pairs, ia, ib):
     never LFW): 10-fold accuracy, verdict accuracy at the same threshold, cosine to Keras."""
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from package_model import celeba_calibration_images
-
     from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
     from keras_facemargin.export import TFLiteEmbedder, export_tflite
     from keras_facemargin.face_verifier import _normalize
+    from keras_facemargin.inference.calibrate import training_sample
 
-    calib = celeba_calibration_images(_data_dir(), verifier.image_size[0])
+    calib = training_sample(_data_dir(), verifier.image_size[0])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "int8.tflite"
         export_tflite(verifier.embedder, path, "int8", _normalize(calib, verifier.normalization))

@@ -114,17 +114,14 @@ def training_roots(args):
 
 
 def holdout_identities(args):
-    """`--holdout` colour identities with >= 20 images, fixed by a seed independent of `--seed`."""
-    import numpy as np
+    """`--holdout` colour identities with >= 20 images, fixed by a seed independent of `--seed`
+    (`keras_facemargin.inference.calibrate.heldout_identities`: the identities the thresholds use)."""
+    from keras_facemargin.inference.calibrate import heldout_identities
 
     root = Path(args.data_dir) / "celeba_identities" / "color_arcface112"
     if args.holdout <= 0 or not root.is_dir():
         return []
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and len(list(d.iterdir())) >= 20)
-    excluded = set(exclusions(args))
-    names = [n for n in names if n not in excluded]
-    rng = np.random.default_rng(12345)
-    return sorted(rng.choice(names, size=min(args.holdout, len(names)), replace=False).tolist())
+    return heldout_identities(args.data_dir, count=args.holdout, exclude=exclusions(args))
 
 
 def exclusions(args):

@@ -56,24 +56,6 @@ def lfw_images(lfw, size, align):
     return pairs, ia, ib, images
 
 
-def celeba_calibration_images(data_dir, size, count=200, seed=0):
-    """int8 calibration images: CelebA training identities (never LFW, never the held-out identities)."""
-    import cv2
-    import numpy as np
-
-    from keras_facemargin.data import read_identity_list
-    from keras_facemargin.inference.calibrate import heldout_identities
-
-    root = Path(data_dir) / "celeba_identities" / "color_arcface112"
-    skip = set(heldout_identities(data_dir)) | set(read_identity_list(root.parent / "lfw_overlap_candidates.tsv"))
-    files = sorted(f for d in root.iterdir() if d.is_dir() and d.name not in skip for f in d.glob("*.jpg"))
-    rng = np.random.default_rng(seed)
-    pick = [files[i] for i in rng.choice(len(files), size=min(count, len(files)), replace=False)]
-    imgs = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in pick]
-    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[0] != size else im
-                     for im in imgs])
-
-
 def _lfw(fn, data):
     from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
 
@@ -127,7 +109,9 @@ def main(argv=None):
 
         images = data["center"][3]
         ref = embed_images(embedder, images, flip=False)
-        calib = celeba_calibration_images(args.data_dir, size)
+        from keras_facemargin.inference.calibrate import training_sample
+
+        calib = training_sample(args.data_dir, size)
         report["tflite"] = {}
         for quant in ("float16", "int8"):
             path = Path(args.output) / f"{args.name}_{quant}.tflite"

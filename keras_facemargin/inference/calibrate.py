@@ -31,20 +31,22 @@ import numpy as np
 from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, align_face
 from keras_facemargin.evaluation._far import floor_threshold
 
-__all__ = ["HELD_OUT_COUNT", "HELD_OUT_SEED", "heldout_identities", "crop_from_arcface112", "thresholds_from_scores",
-           "calibrate_verifier", "load_heldout"]
+__all__ = ["HELD_OUT_COUNT", "HELD_OUT_SEED", "heldout_identities", "training_sample", "crop_from_arcface112",
+           "thresholds_from_scores", "calibrate_verifier", "load_heldout"]
 
 #: Colour identities (>= 20 images) held out of every CelebA training of this package.
 HELD_OUT_COUNT = 50
 HELD_OUT_SEED = 12345
 
 
-def heldout_identities(data_dir, count=HELD_OUT_COUNT, seed=HELD_OUT_SEED):
+def heldout_identities(data_dir, count=HELD_OUT_COUNT, seed=HELD_OUT_SEED, exclude=None):
     """The held-out CelebA identity names (sorted): `count` colour identities with >= 20 images,
-    LFW-overlap candidates excluded, drawn with `seed`.
+    the `exclude`d ones left out, drawn with `seed`.
 
     Args:
         data_dir: the folder holding ``celeba_identities/`` (``$KFM_DATA_DIR``).
+        exclude: identity names never held out; default the LFW-overlap candidates
+            (``celeba_identities/lfw_overlap_candidates.tsv``).
 
     Raises:
         FileNotFoundError: no ``celeba_identities/color_arcface112`` under `data_dir`.
@@ -58,11 +60,41 @@ def heldout_identities(data_dir, count=HELD_OUT_COUNT, seed=HELD_OUT_SEED):
     root = Path(data_dir) / "celeba_identities" / "color_arcface112"
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not found (expected the celeba_identities folder of KFM_DATA_DIR)")
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and len(list(d.iterdir())) >= 20)
-    excluded = set(read_identity_list(Path(data_dir) / "celeba_identities" / "lfw_overlap_candidates.tsv"))
-    names = [n for n in names if n not in excluded]
+    if exclude is None:
+        exclude = read_identity_list(Path(data_dir) / "celeba_identities" / "lfw_overlap_candidates.tsv")
+    excluded = set(exclude)
+    names = [n for n in sorted(d.name for d in root.iterdir() if d.is_dir() and len(list(d.iterdir())) >= 20)
+             if n not in excluded]
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(names, size=min(count, len(names)), replace=False).tolist())
+
+
+def training_sample(data_dir, size, count=200, seed=0):
+    """`count` uint8 ``(size, size, 3)`` images of CelebA *training* identities (neither held out nor
+    LFW-overlap candidates): the int8 calibration images of the exports (never LFW).
+
+    Example::
+
+        calib = training_sample("../shared/data", 112)
+    """
+    import cv2
+
+    from keras_facemargin.data import read_identity_list
+    from keras_facemargin.data.image_header import read_image_file
+
+    root = Path(data_dir) / "celeba_identities" / "color_arcface112"
+    skip = set(heldout_identities(data_dir)) | set(read_identity_list(root.parent / "lfw_overlap_candidates.tsv"))
+    files = sorted(f for d in root.iterdir() if d.is_dir() and d.name not in skip for f in d.glob("*.jpg"))
+    rng = np.random.default_rng(seed)
+    pick = [files[i] for i in rng.choice(len(files), size=min(count, len(files)), replace=False)]
+    imgs = []
+    for f in pick:
+        img, why = read_image_file(f)  # the package's capped decoder
+        if img is None:
+            raise ValueError(f"{f}: {why}")
+        imgs.append(img)
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[0] != size else im
+                     for im in imgs])
 
 
 def crop_from_arcface112(image112, crop):
@@ -160,9 +192,9 @@ def calibrate_verifier(verifier, data_dir, fars=(1e-2, 1e-3, 1e-4), identities=N
     images, labels, names = load_heldout(data_dir, identities)
     crops = np.stack([crop_from_arcface112(im, verifier.crop) for im in images])
     if crops.shape[1:3] != verifier.image_size:
-        import cv2
+        from keras_facemargin.face_verifier import _resize
 
-        crops = np.stack([cv2.resize(c, verifier.image_size[::-1], interpolation=cv2.INTER_AREA) for c in crops])
+        crops = np.stack([_resize(c, verifier.image_size) for c in crops])
     emb = verifier.embed_crops(crops)
     scores = emb @ emb.T
     iu = np.triu_indices(len(labels), 1)

@@ -415,7 +415,9 @@ def cache_dir():
 
         cache_dir() / "dlib_resnet_v1-55533b28a95800a5.weights.h5"
     """
-    return Path(os.environ.get("KFM_CACHE_DIR") or Path("~/.cache/keras_facemargin").expanduser()).expanduser()
+    from keras_facemargin.data.lfw import default_cache_dir
+
+    return default_cache_dir()  # the one KFM_CACHE_DIR rule (the LFW crop cache uses it too)
 
 
 def source_path(name):
