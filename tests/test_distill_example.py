@@ -1,18 +1,14 @@
 """examples/distill_dlib.py: the distillation term against NumPy, and the training model of each mode."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def distill():
-    path = Path(__file__).resolve().parents[1] / "examples" / "distill_dlib.py"
-    spec = importlib.util.spec_from_file_location("distill_dlib", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/distill_dlib.py")
     module.CosineDistance = module._register()
     return module
 

@@ -1,17 +1,13 @@
 """Small pure pieces of the examples."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def celeba_lfw():
-    path = Path(__file__).resolve().parents[1] / "examples" / "celeba_lfw.py"
-    spec = importlib.util.spec_from_file_location("celeba_lfw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/celeba_lfw.py")
     return module
 
 

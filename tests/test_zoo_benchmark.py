@@ -1,18 +1,14 @@
 """benchmarks/zoo_lfw.py: its face-choice reference and fallback (the LFW runs themselves are benchmarks)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def zoo():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_lfw.py"
-    spec = importlib.util.spec_from_file_location("zoo_lfw", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/zoo_lfw.py")
     return module
 
 
