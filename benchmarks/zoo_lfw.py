@@ -46,7 +46,7 @@ def _data_dir():
 
 def detect_all(paths, detector, cache_dir, progress=True):
     """Every MTCNN detection of every photo, cached: list of lists of dicts (box, confidence, landmarks)."""
-    from keras_facemargin.face_verifier import read_image
+    from keras_facemargin.inference.verifier import read_image
 
     key = hashlib.sha256(json.dumps([detector.cache_settings(), [str(p) for p in paths]]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"lfw_detections_{key}.npz"
@@ -115,7 +115,7 @@ def tflite_int8_row(verifier, crops, emb, pairs, ia, ib):
 
     from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
     from keras_facemargin.export import TFLiteEmbedder, export_tflite
-    from keras_facemargin.face_verifier import _normalize
+    from keras_facemargin.inference.verifier import _normalize
     from keras_facemargin.inference.calibrate import training_sample
 
     calib = training_sample(_data_dir(), verifier.image_size[0])
@@ -139,7 +139,7 @@ def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_
                    tflite_int8=False):
     import keras_facemargin as kfm
     from keras_facemargin.evaluation.verification import kfold_verification, pair_scores
-    from keras_facemargin.face_verifier import read_image
+    from keras_facemargin.inference.verifier import read_image
 
     verifier = verifier or kfm.FaceVerifier(model=name)
     crops, wrong, fallback, multi = [], 0, 0, 0
@@ -166,7 +166,7 @@ def evaluate_model(name, pairs, paths, ia, ib, dets, threshold_key=None, timing_
     for p in sample:
         try:
             verifier.embed(p)
-        except kfm.face_verifier.NoFaceError:
+        except kfm.errors.NoFaceError:
             pass
     pps = len(sample) / (time.perf_counter() - t)
     return {"model": name, "accuracy": 100 * res.accuracy_mean, "accuracy_std": 100 * res.accuracy_std,

@@ -29,4 +29,4 @@ from keras_facemargin import layers  # noqa: E402,F401
 from keras_facemargin import training  # noqa: E402,F401
 from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
 from keras_facemargin.pretrained import list_models, load, model_info  # noqa: E402,F401
-from keras_facemargin.face_verifier import FaceVerifier  # noqa: E402,F401
+from keras_facemargin.inference.verifier import FaceVerifier  # noqa: E402,F401

@@ -38,6 +38,8 @@ Example::
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "UntrustedFileError",
     "BadRecordError",
@@ -52,6 +54,19 @@ __all__ = [
     "MegaFaceFileError",
     "WeightsFileError",
     "DlibFileError",
+    "FaceVerifierError",
+    "ConfigurationError",
+    "ImageReadError",
+    "NoFaceError",
+    "MultipleFacesError",
+    "GalleryError",
+    "SampleBudgetError",
+    "NonFiniteLossError",
+    "DataSourceError",
+    "PretrainedWeightsError",
+    "ClassShardingError",
+    "ParityError",
+    "UnsafeBinError",
 ]
 
 
@@ -182,3 +197,94 @@ class DlibFileError(WeightsFileError):
     def __init__(self, file, offset, detail):
         self.offset = int(offset)
         WeightsFileError.__init__(self, file, detail, f"byte offset {self.offset}")
+
+
+class FaceVerifierError(ValueError):
+    """Base of the outcomes that are not a verdict (see the module docstring).
+
+    Attributes:
+        reason: short machine-readable reason (``"no_face"``, ``"unreadable"``, ...).
+        file: the image / gallery path concerned (``"<array>"`` for arrays, ``None`` if none).
+        detail: human-readable explanation.
+        exit_code: the CLIs' process exit code for this outcome.
+    """
+
+    exit_code = 2
+
+    def __init__(self, reason, detail, file=None, **extra):
+        self.reason = reason
+        self.detail = detail
+        self.file = None if file is None else str(file)
+        self.extra = extra
+        super().__init__(f"{self.file}: {detail}" if self.file else detail)
+
+    def to_dict(self) -> dict:
+        """``{"status": "error", "error": reason, "file", "message", ...}`` (JSON-friendly)."""
+        return {"status": "error", "error": self.reason, "file": self.file, "message": str(self), **self.extra}
+
+
+class ConfigurationError(FaceVerifierError):
+    """No model, no threshold for the requested FAR, or another setup problem (exit code 2)."""
+
+
+class ImageReadError(FaceVerifierError):
+    """The input is not a readable image: ``reason`` is ``not_found``, ``not_an_image`` or ``unreadable``."""
+
+    exit_code = 5
+
+
+class _ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """`ImageReadError` with ``reason="not_found"``; also a ``FileNotFoundError``."""
+
+    def __init__(self, reason, detail, file=None, **extra):
+        ImageReadError.__init__(self, reason, detail, file, **extra)
+
+
+class NoFaceError(FaceVerifierError):
+    """No face was detected in the image (exit code 3)."""
+
+    exit_code = 3
+
+
+class MultipleFacesError(FaceVerifierError):
+    """Several faces and ``face_policy="error"`` (exit code 4); ``extra["faces"]`` lists them."""
+
+    exit_code = 4
+
+
+class GalleryError(FaceVerifierError):
+    """A gallery file that is not one, is damaged, or belongs to another model (exit code 6)."""
+
+    exit_code = 6
+
+
+class SampleBudgetError(ValueError):
+    """The global batch holds more distinct classes than `PartialFC` samples (`num_sample`)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised by `NaNGuard` when the training loss becomes NaN or infinite."""
+
+
+class DataSourceError(ValueError):
+    """A training-data path or option that is not what the trainer can read (names the path)."""
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights are unavailable, unreachable or fail their hash check."""
+
+
+class ClassShardingError(ValueError):
+    """The heads cannot be split over the devices (class count not divisible, head already built)."""
+
+
+class ParityError(AssertionError):
+    """An exported model is further from Keras than its threshold allows."""
+
+
+class UnsafeBinError(BinSetError, pickle.UnpicklingError):
+    """A ``.bin`` pickle references a global or opcode the restricted unpickler does not admit.
+
+    A :class:`~keras_facemargin.errors.BinSetError` (a ``ValueError``) and a
+    ``pickle.UnpicklingError``.
+    """

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_facemargin.data.align import estimate_transform, transform_points
-from keras_facemargin.face_verifier import ConfigurationError, _check_crop
+from keras_facemargin.inference.verifier import ConfigurationError, _check_crop
 from keras_facemargin.pretrained.registry import get_model_info
 
 

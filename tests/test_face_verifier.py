@@ -21,7 +21,7 @@ import keras
 
 from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, select_face
 from keras_facemargin.evaluation.verification import embed_images, pair_scores, tar_at_far
-from keras_facemargin.face_verifier import (
+from keras_facemargin.inference.verifier import (
     ConfigurationError,
     FaceVerifier,
     GalleryError,
@@ -31,7 +31,7 @@ from keras_facemargin.face_verifier import (
     calibrate_thresholds,
     far_key,
 )
-from keras_facemargin.face_gallery import Gallery
+from keras_facemargin.inference.gallery import Gallery
 from keras_facemargin.pretrained import loader, registry
 
 REPO = Path(__file__).resolve().parents[1]

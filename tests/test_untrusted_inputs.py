@@ -100,7 +100,7 @@ def test_mutated_writer_outputs_are_accepted_or_typed(results, reader):
 def test_image_header_size_reads_every_admitted_format():
     import cv2
 
-    from keras_facemargin.data.image_header import check_image_bytes, image_header_size
+    from keras_facemargin.utils.images import check_image_bytes, image_header_size
 
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for ext, fmt in ((".jpg", "jpeg"), (".png", "png"), (".bmp", "bmp"), (".webp", "webp")):

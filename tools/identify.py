@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         parser.error(f"--top-k must be positive, got {args.top_k}")
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from keras_facemargin.face_gallery import Gallery
+    from keras_facemargin.inference.gallery import Gallery
 
     try:
         verifier = build_verifier(args)

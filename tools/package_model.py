@@ -96,7 +96,7 @@ def main(argv=None):
     report["lfw"] = {align: _lfw(embedder, data[align]) for align in ("center", "mtcnn")}
     print("LFW:", json.dumps(report["lfw"]), flush=True)
 
-    from keras_facemargin.face_verifier import FaceVerifier
+    from keras_facemargin.inference.verifier import FaceVerifier
     from keras_facemargin.inference.calibrate import calibrate_verifier
 
     cal = calibrate_verifier(FaceVerifier(embedder, threshold=0.5), args.data_dir)

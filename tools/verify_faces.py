@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def build_verifier(args):
     """A FaceVerifier from the shared --model / --weights / --threshold / --far / --face-policy options."""
     from keras_facemargin.data.align import MTCNNDetector
-    from keras_facemargin.face_verifier import FaceVerifier
+    from keras_facemargin.inference.verifier import FaceVerifier
 
     # the default detector is created on first use (errors about the model come first)
     detector = MTCNNDetector(min_confidence=args.min_confidence) if args.min_confidence > 0 else None
@@ -70,7 +70,7 @@ def emit_error(error) -> int:
     Verifier outcomes (no face, several faces, unreadable, gallery mismatch) carry their own dict and
     code; a model or argument problem (weights, missing file, bad value) is a configuration error, 2.
     """
-    from keras_facemargin.face_verifier import FaceVerifierError
+    from keras_facemargin.inference.verifier import FaceVerifierError
     from keras_facemargin.pretrained.loader import PretrainedWeightsError
 
     if isinstance(error, FaceVerifierError):

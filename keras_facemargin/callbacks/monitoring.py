@@ -5,6 +5,7 @@ import time
 
 import keras
 import numpy as np
+from keras_facemargin.errors import NonFiniteLossError  # noqa: F401  (re-exported)
 
 
 def current_lr(optimizer, step=None):
@@ -53,10 +54,6 @@ class ThroughputLogger(keras.callbacks.Callback):
         if logs is not None:
             logs["lr"] = self._lr
             logs["images_per_second"] = self._steps * self.global_batch_size / max(elapsed, 1e-9)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised by `NaNGuard` when the training loss becomes NaN or infinite."""
 
 
 class NaNGuard(keras.callbacks.Callback):

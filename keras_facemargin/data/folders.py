@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordReport, check_on_error
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.pipeline import _check_common
 from keras_facemargin.data.recordio import (
     _check_pipeline_args,

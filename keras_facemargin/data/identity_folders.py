@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
 from keras_facemargin.errors import ImageFileError
 
 __all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "CombinedIdentityData", "load_identity_folder",

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from keras_facemargin.data.align import MTCNNDetector, align_face, select_face
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
 from keras_facemargin.errors import ImageFileError, PairsFileError
 
 __all__ = [

@@ -85,7 +85,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.errors import RecordIOError, RecordIORecordError
 from keras_facemargin.data.pipeline import _check_common, normalize_images
 
@@ -827,7 +827,7 @@ def decode_image_into(data, out, resize: bool, max_pixels=DEFAULT_MAX_IMAGE_PIXE
     """Decode encoded image ``data`` (uint8 array/bytes) as RGB into ``out`` (H, W, 3).
 
     The header is checked first (JPEG/PNG/BMP/WebP, at most ``max_pixels`` pixels; see
-    :mod:`keras_facemargin.data.image_header`).
+    :mod:`keras_facemargin.utils.images`).
 
     Returns ``None`` on success, else a reason string (undecodable / over the cap / wrong size).
     """

@@ -71,9 +71,10 @@ from keras_facemargin.data.recordio import (
     build_decoded_pipeline,
     decode_image_into,
 )
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.tfrecord import decode_example, index_tfrecord_file
 from keras_facemargin.errors import ImageFileError, TFRecordError, TFRecordRecordError, UntrustedFileError
+from keras_facemargin.errors import DataSourceError  # noqa: F401  (re-exported)
 
 __all__ = ["DATA_KINDS", "MERGE_MODES", "DataSourceError", "detect_data_kind", "open_source",
            "read_identity_list", "load_training_set", "TrainingSet"]
@@ -86,10 +87,6 @@ _EXPECTED = ("an insightface RecordIO folder (train.rec + train.idx [+ property]
              "TFRecord files (a .tfrecord file, a glob such as 'out/train-*.tfrecord', or a folder "
              "of *.tfrecord files), or an image-folder tree root/<identity>/<image>.jpg")
 _MAX_EXAMPLES = 10
-
-
-class DataSourceError(ValueError):
-    """A training-data path or option that is not what the trainer can read (names the path)."""
 
 
 def _is_glob(path):

@@ -51,7 +51,7 @@ import tensorflow as tf
 from tensorflow.python.lib.io import tf_record
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error  # noqa: F401
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
 from keras_facemargin.data.pipeline import _check_common
 from keras_facemargin.data.recordio import (
     _check_pipeline_args,

@@ -51,7 +51,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from keras_facemargin.data.image_header import (
+from keras_facemargin.utils.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_image_bytes,
     check_max_pixels,
@@ -66,6 +66,7 @@ from keras_facemargin.evaluation.verification import (
     kfold_verification,
     pair_scores,
 )
+from keras_facemargin.errors import UnsafeBinError  # noqa: F401  (re-exported)
 
 __all__ = [
     "KNOWN_BIN_SETS",
@@ -85,14 +86,6 @@ __all__ = [
 
 #: insightface's standard ``.bin`` verification sets, in the order they are usually reported.
 KNOWN_BIN_SETS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
-
-
-class UnsafeBinError(BinSetError, pickle.UnpicklingError):
-    """A ``.bin`` pickle references a global or opcode the restricted unpickler does not admit.
-
-    A :class:`~keras_facemargin.errors.BinSetError` (a ``ValueError``) and a
-    ``pickle.UnpicklingError``.
-    """
 
 
 class _Refused(Exception):

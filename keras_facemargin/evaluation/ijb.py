@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.data.align import align_face
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
 from keras_facemargin.errors import IJBFileError, ImageFileError
 from keras_facemargin.evaluation._far import floor_threshold
 from keras_facemargin.evaluation.verification import _embed_fn, _roc, _to_numpy, tar_at_far

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
 from keras_facemargin.data.lfw import LFW_CENTER_CROP_BOX, load_lfw_images, load_lfw_pairs
 from keras_facemargin.errors import ImageFileError
 from keras_facemargin.evaluation.pair_set import PairSet, _check_image_size, _resize

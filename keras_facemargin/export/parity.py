@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from keras_facemargin.errors import ParityError  # noqa: F401  (re-exported)
 
 __all__ = ["THRESHOLDS", "ParityError", "ParityReport", "parity_images", "lfw_pair_subset",
            "measure_latency", "parity_report", "default_data_dir"]
@@ -22,10 +23,6 @@ __all__ = ["THRESHOLDS", "ParityError", "ParityReport", "parity_images", "lfw_pa
 #: Minimum cosine similarity to Keras, by route.
 THRESHOLDS = {"savedmodel": 0.9999, "onnx": 0.9999, "float32": 0.9999, "float16": 0.9999,
               "dynamic": 0.99, "int8": 0.99}
-
-
-class ParityError(AssertionError):
-    """An exported model is further from Keras than its threshold allows."""
 
 
 def default_data_dir():

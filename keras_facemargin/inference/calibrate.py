@@ -80,7 +80,7 @@ def training_sample(data_dir, size, count=200, seed=0):
     import cv2
 
     from keras_facemargin.data import read_identity_list
-    from keras_facemargin.data.image_header import read_image_file
+    from keras_facemargin.utils.images import read_image_file
 
     root = Path(data_dir) / "celeba_identities" / "color_arcface112"
     skip = set(heldout_identities(data_dir)) | set(read_identity_list(root.parent / "lfw_overlap_candidates.tsv"))
@@ -192,7 +192,7 @@ def calibrate_verifier(verifier, data_dir, fars=(1e-2, 1e-3, 1e-4), identities=N
     images, labels, names = load_heldout(data_dir, identities)
     crops = np.stack([crop_from_arcface112(im, verifier.crop) for im in images])
     if crops.shape[1:3] != verifier.image_size:
-        from keras_facemargin.face_verifier import _resize
+        from keras_facemargin.inference.verifier import _resize
 
         crops = np.stack([_resize(c, verifier.image_size) for c in crops])
     emb = verifier.embed_crops(crops)

@@ -1,6 +1,6 @@
 """Results of `keras_facemargin.FaceVerifier`: a detected and aligned face, a verdict, an identification.
 
-Each has ``to_dict()`` (JSON-friendly). Re-exported by :mod:`keras_facemargin.face_verifier`.
+Each has ``to_dict()`` (JSON-friendly). Re-exported by :mod:`keras_facemargin.inference.verifier`.
 
 Example::
 

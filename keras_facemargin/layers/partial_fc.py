@@ -19,6 +19,7 @@ from keras_facemargin.layers.magface import MagMarginDense
 from keras_facemargin.layers.softmax import SoftmaxDense
 from keras_facemargin.layers.sphereface import SphereMarginDense
 from keras_facemargin.layers.subface import SubFaceDense
+from keras_facemargin.errors import SampleBudgetError  # noqa: F401  (re-exported)
 
 # Heads whose `logits_from_cosine` uses `labels` only as column indices of `cos`
 # (no class-indexed state, no C-wide tensors): run unchanged on the sampled columns.
@@ -30,10 +31,6 @@ _COLUMN_ONLY = (
     SphereMarginDense.logits_from_cosine,
 )
 _POSITIVE_KEY = float(2**24)  # above every random key (24-bit integers, exact in float32)
-
-
-class SampleBudgetError(ValueError):
-    """The global batch holds more distinct classes than `PartialFC` samples (`num_sample`)."""
 
 
 def sample_budget(sample_rate, num_classes):

@@ -49,6 +49,7 @@ import zipfile
 from pathlib import Path
 
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
+from keras_facemargin.errors import PretrainedWeightsError  # noqa: F401  (re-exported)
 
 __all__ = ["load", "list_models", "expected_weights_path", "packaged_weights_path", "sha256_of", "cache_dir",
            "source_path",
@@ -62,10 +63,6 @@ PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
 PACKAGED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _METADATA_MEMBER = "keras_facemargin.json"  # in a .keras zip
 _METADATA_ATTR = "keras_facemargin"  # root attribute of a .weights.h5
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights are unavailable, unreachable or fail their hash check."""
 
 
 def list_models():

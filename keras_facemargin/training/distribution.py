@@ -24,6 +24,7 @@ From the command line: `python examples/train_ms1mv2.py --backend jax --shard-cl
 
 import re
 import warnings
+from keras_facemargin.errors import ClassShardingError  # noqa: F401  (re-exported)
 
 #: Variable names of a head whose first axis is the class axis, with their rank.
 CLASS_ROW_VARIABLES = {
@@ -39,10 +40,6 @@ CLASS_ROW_VARIABLES = {
 SAMPLE_ROW_VARIABLES = {"memory": 2}  # KappaMarginDense memory buffer (|D|, d)
 
 DEFAULT_AXIS = "devices"
-
-
-class ClassShardingError(ValueError):
-    """The heads cannot be split over the devices (class count not divisible, head already built)."""
 
 
 def class_heads(model_or_heads):

@@ -1,18 +1,18 @@
 """Face galleries for 1:N identification: one template per identity, saved without pickle.
 
 A :class:`Gallery` is built once from ``folder/<identity>/<images>`` with a
-:class:`~keras_facemargin.face_verifier.FaceVerifier` (each identity's template is the mean of its
+:class:`~keras_facemargin.inference.verifier.FaceVerifier` (each identity's template is the mean of its
 images' L2-normalised flip-sum embeddings, re-normalised), saved as an ``.npz`` of plain arrays
 (read back with ``allow_pickle=False``) with JSON metadata: the verifier's ``config()`` (model name,
 embedding size, input size, normalisation) and the embedding of a fixed probe image, so that a gallery
 used with another model or preprocessing raises
-:class:`~keras_facemargin.face_verifier.GalleryError` (``reason="gallery_mismatch"``) instead of
+:class:`~keras_facemargin.inference.verifier.GalleryError` (``reason="gallery_mismatch"``) instead of
 returning meaningless scores. Identification itself is
-:meth:`~keras_facemargin.face_verifier.FaceVerifier.identify`.
+:meth:`~keras_facemargin.inference.verifier.FaceVerifier.identify`.
 
 Example::
 
-    from keras_facemargin.face_gallery import Gallery
+    from keras_facemargin.inference.gallery import Gallery
     gallery = Gallery.build(verifier, "people/")    # people/alice/1.jpg, people/bob/x.png, ...
     gallery.save("people.npz")
     gallery = Gallery.load("people.npz", verifier)  # raises GalleryError for another model
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.face_verifier import FaceVerifier, FaceVerifierError, GalleryError
+from keras_facemargin.inference.verifier import FaceVerifier, FaceVerifierError, GalleryError
 
 __all__ = ["Gallery", "GALLERY_FORMAT", "GALLERY_VERSION"]
 

@@ -40,7 +40,7 @@ Example::
     verifier = kfm.FaceVerifier()                       # the shipped default model and its thresholds
     result = verifier.verify("a.jpg", "b.jpg")
     result.score, result.is_same, result.to_dict()
-    from keras_facemargin.face_gallery import Gallery
+    from keras_facemargin.inference.gallery import Gallery
     gallery = Gallery.build(verifier, "people/")        # people/<identity>/<images>
     gallery.save("people.npz")
     verifier.identify("query.jpg", gallery).identity    # a name or "unknown"
@@ -60,6 +60,9 @@ from keras_facemargin.data.align import align_face, estimate_transform, select_f
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
 from keras_facemargin.data.pipeline import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
+from keras_facemargin.errors import (  # noqa: F401  (re-exported)
+    ConfigurationError, FaceVerifierError, GalleryError, ImageReadError, MultipleFacesError, NoFaceError,
+    _ImageNotFoundError)
 
 __all__ = [
     "FaceVerifier",
@@ -90,65 +93,6 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".
 
 
 # ------------------------------------------------------------------ errors
-class FaceVerifierError(ValueError):
-    """Base of the outcomes that are not a verdict (see the module docstring).
-
-    Attributes:
-        reason: short machine-readable reason (``"no_face"``, ``"unreadable"``, ...).
-        file: the image / gallery path concerned (``"<array>"`` for arrays, ``None`` if none).
-        detail: human-readable explanation.
-        exit_code: the CLIs' process exit code for this outcome.
-    """
-
-    exit_code = 2
-
-    def __init__(self, reason, detail, file=None, **extra):
-        self.reason = reason
-        self.detail = detail
-        self.file = None if file is None else str(file)
-        self.extra = extra
-        super().__init__(f"{self.file}: {detail}" if self.file else detail)
-
-    def to_dict(self) -> dict:
-        """``{"status": "error", "error": reason, "file", "message", ...}`` (JSON-friendly)."""
-        return {"status": "error", "error": self.reason, "file": self.file, "message": str(self), **self.extra}
-
-
-class ConfigurationError(FaceVerifierError):
-    """No model, no threshold for the requested FAR, or another setup problem (exit code 2)."""
-
-
-class ImageReadError(FaceVerifierError):
-    """The input is not a readable image: ``reason`` is ``not_found``, ``not_an_image`` or ``unreadable``."""
-
-    exit_code = 5
-
-
-class _ImageNotFoundError(ImageReadError, FileNotFoundError):
-    """`ImageReadError` with ``reason="not_found"``; also a ``FileNotFoundError``."""
-
-    def __init__(self, reason, detail, file=None, **extra):
-        ImageReadError.__init__(self, reason, detail, file, **extra)
-
-
-class NoFaceError(FaceVerifierError):
-    """No face was detected in the image (exit code 3)."""
-
-    exit_code = 3
-
-
-class MultipleFacesError(FaceVerifierError):
-    """Several faces and ``face_policy="error"`` (exit code 4); ``extra["faces"]`` lists them."""
-
-    exit_code = 4
-
-
-class GalleryError(FaceVerifierError):
-    """A gallery file that is not one, is damaged, or belongs to another model (exit code 6)."""
-
-    exit_code = 6
-
-
 # ------------------------------------------------------------------- images
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"))
@@ -617,7 +561,7 @@ class FaceVerifier:
 
         Args:
             img: a path or an RGB uint8 array.
-            gallery: a :class:`keras_facemargin.face_gallery.Gallery` built with this verifier's model
+            gallery: a :class:`keras_facemargin.inference.gallery.Gallery` built with this verifier's model
                 (checked with its ``check_compatible``).
             top_k: how many candidates to return.
             threshold: override of the verifier's threshold for this call.
@@ -636,7 +580,7 @@ class FaceVerifier:
             r.identity, r.candidates[:3]
         """
         if not callable(getattr(gallery, "check_compatible", None)):
-            raise TypeError(f"`gallery` must be a keras_facemargin.face_gallery.Gallery, got {type(gallery).__name__}.")
+            raise TypeError(f"`gallery` must be a keras_facemargin.inference.gallery.Gallery, got {type(gallery).__name__}.")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
             raise ValueError(f"`top_k` must be a positive integer, got {top_k!r}.")
         gallery.check_compatible(self)

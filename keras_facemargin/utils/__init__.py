@@ -1,0 +1,10 @@
+"""Small shared helpers with no dependency on the rest of the package.
+
+* :mod:`~keras_facemargin.utils.images`: the one capped photo decoder and resizer, and the
+  package's pixel normalisation constant.
+* :mod:`~keras_facemargin.utils.keras_compat`: the only module that imports ``keras.src``.
+* :mod:`~keras_facemargin.utils.safe_pickle`: the one restricted unpickler.
+* :mod:`~keras_facemargin.utils.atomic_io`: atomic file writes.
+
+Nothing here imports another ``keras_facemargin`` package except :mod:`keras_facemargin.errors`.
+"""
