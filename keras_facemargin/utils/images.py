@@ -26,7 +26,14 @@ from collections import namedtuple
 import numpy as np
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageHeader", "image_header_size", "check_image_bytes",
-           "decode_image", "read_image_file", "check_max_pixels"]
+           "decode_image", "read_image_file", "check_max_pixels", "resize_image", "PIXEL_MEAN", "PIXEL_STD",
+           "PACKAGE_NORMALIZATION"]
+
+#: The package's input normalisation ``(x - PIXEL_MEAN) / PIXEL_STD`` (ArcFace/insightface's
+#: MXNet recipe); arcface_torch uses ``std=127.5`` (see ``keras_facemargin.pretrained``).
+PIXEL_MEAN = 127.5
+PIXEL_STD = 128.0
+PACKAGE_NORMALIZATION = {"mean": PIXEL_MEAN, "std": PIXEL_STD}
 
 #: Default cap on ``height * width`` of one encoded image (4096 x 4096; 48 MiB of RGB).
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 24
@@ -245,3 +252,24 @@ def read_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, rgb=True):
     with open(path, "rb") as f:
         data = f.read()
     return decode_image(data, max_pixels, rgb)
+
+
+def resize_image(image, size):
+    """Resize to ``size`` = ``(height, width)`` (or an int for a square); area when shrinking.
+
+    The one resizer of the package: ``cv2.INTER_AREA`` when the image shrinks in both sides,
+    ``cv2.INTER_LINEAR`` otherwise. ``size=None`` or an equal size returns ``image`` itself.
+
+    Example::
+
+        resize_image(np.zeros((150, 150, 3), np.uint8), 112).shape   # (112, 112, 3)
+    """
+    if size is None:
+        return image
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    h, w = (int(v) for v in size)
+    if image.shape[:2] == (h, w):
+        return image
+    interp = cv2.INTER_AREA if (h < image.shape[0] and w < image.shape[1]) else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
