@@ -48,6 +48,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_facemargin.utils.images import read_photo
+
 __all__ = [
     "ARCFACE_TEMPLATE_112",
     "reference_landmarks",
@@ -418,12 +420,13 @@ def _list_files(root: Path):
 
 
 def read_rgb(path):
-    """Read an image file as RGB uint8 ``(H, W, 3)``; ``None`` if OpenCV cannot decode it."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """Read a photo as RGB uint8 ``(H, W, 3)``; ``None`` when it is not a readable photo.
+
+    Goes through the package's capped photo reader (:func:`keras_facemargin.utils.images.read_photo`);
+    use that function for the reason.
+    """
+    img, _ = read_photo(path)
+    return img
 
 
 def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, detector=None,
@@ -521,8 +524,8 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
         imgs = {}
         for rel in chunk:
             try:
-                img = read_rgb(in_root / rel)
-                err = None if img is not None else "OpenCV could not decode the file"
+                img, problem = read_photo(in_root / rel)
+                err = None if problem is None else f"{problem[0]}: {problem[1]}"
             except OSError as e:
                 img, err = None, f"{type(e).__name__}: {e}"
             if img is None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, align_face
 from keras_facemargin.evaluation._far import floor_threshold
+from keras_facemargin.utils.images import read_image_file, resize_image
 
 __all__ = ["HELD_OUT_COUNT", "HELD_OUT_SEED", "heldout_identities", "training_sample", "crop_from_arcface112",
            "thresholds_from_scores", "calibrate_verifier", "load_heldout"]
@@ -77,10 +78,7 @@ def training_sample(data_dir, size, count=200, seed=0):
 
         calib = training_sample("../shared/data", 112)
     """
-    import cv2
-
     from keras_facemargin.data import read_identity_list
-    from keras_facemargin.utils.images import read_image_file
 
     root = Path(data_dir) / "celeba_identities" / "color_arcface112"
     skip = set(heldout_identities(data_dir)) | set(read_identity_list(root.parent / "lfw_overlap_candidates.tsv"))
@@ -93,8 +91,7 @@ def training_sample(data_dir, size, count=200, seed=0):
         if img is None:
             raise ValueError(f"{f}: {why}")
         imgs.append(img)
-    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) if im.shape[0] != size else im
-                     for im in imgs])
+    return np.stack([resize_image(im, size) for im in imgs])
 
 
 def crop_from_arcface112(image112, crop):
@@ -192,9 +189,8 @@ def calibrate_verifier(verifier, data_dir, fars=(1e-2, 1e-3, 1e-4), identities=N
     images, labels, names = load_heldout(data_dir, identities)
     crops = np.stack([crop_from_arcface112(im, verifier.crop) for im in images])
     if crops.shape[1:3] != verifier.image_size:
-        from keras_facemargin.inference.verifier import _resize
 
-        crops = np.stack([_resize(c, verifier.image_size) for c in crops])
+        crops = np.stack([resize_image(c, verifier.image_size) for c in crops])
     emb = verifier.embed_crops(crops)
     scores = emb @ emb.T
     iu = np.triu_indices(len(labels), 1)

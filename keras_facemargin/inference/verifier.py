@@ -20,7 +20,8 @@ Outcomes other than a verdict are typed exceptions, all subclasses of :class:`Fa
 (used by ``tools/verify_faces.py`` and ``tools/identify.py``) and a JSON-friendly ``to_dict()``:
 
 * :class:`ImageReadError` (exit 5): ``reason="not_found"`` (also a ``FileNotFoundError``),
-  ``"not_an_image"`` (a directory, or bytes in no image format) or ``"unreadable"`` (an image file
+  ``"not_an_image"`` (a directory, a FIFO, or bytes in no image format), ``"too_large"`` (over
+  ``utils.images.PHOTO_MAX_BYTES`` or ``PHOTO_MAX_PIXELS``, refused before decoding) or ``"unreadable"`` (an image file
   that does not decode: truncated or corrupt);
 * :class:`NoFaceError` (exit 3): ``"no_face"``, nothing detected (or the landmarks cannot be aligned);
 * :class:`MultipleFacesError` (exit 4): ``"multiple_faces"``, several faces with ``face_policy="error"``
@@ -53,10 +54,10 @@ import math
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from keras_facemargin.data.align import align_face, estimate_transform, select_face, transform_points
+from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo, resize_image
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
 from keras_facemargin.data.pipeline import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
@@ -87,28 +88,12 @@ logger = logging.getLogger(__name__)
 #: ``face_policy`` values: which face to use when a photo holds several.
 FACE_POLICIES = ("central", "largest", "best", "error")
 #: ``keras_facemargin.data.normalize_images``: ``(x - 127.5) / 128``.
-PACKAGE_NORMALIZATION = {"mean": 127.5, "std": 128.0}
 ALIGN_SIZE = 112  # faces are aligned to the ArcFace 112x112 template, then resized
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2")
 
 
 # ------------------------------------------------------------------ errors
 # ------------------------------------------------------------------- images
-_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"))
-
-
-def _image_format(head: bytes):
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if len(head) >= 2 and head[:1] == b"P" and head[1:2] in b"123456":
-        return "PNM"
-    return None
-
-
 def read_image(image, name=None):
     """Return an RGB uint8 ``(H, W, 3)`` image and a name for messages.
 
@@ -133,25 +118,11 @@ def read_image(image, name=None):
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         label = str(image) if name is None else str(name)
-        if not path.exists():
-            raise _ImageNotFoundError("not_found", "file not found (expected an image file)", label)
-        if path.is_dir():
-            raise ImageReadError("not_an_image", "is a directory, expected an image file", label)
-        try:
-            data = np.fromfile(str(path), dtype=np.uint8)
-        except OSError as e:
-            raise ImageReadError("unreadable", f"cannot read the file ({type(e).__name__}: {e})", label) from None
-        if data.size == 0:
-            raise ImageReadError("unreadable", "empty file (0 bytes), expected an image", label)
-        fmt = _image_format(data[:16].tobytes())
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if bgr is None:
-            if fmt is None:
-                raise ImageReadError("not_an_image", "not an image file (no JPEG/PNG/BMP/TIFF/WEBP/GIF/PNM "
-                                     f"signature; first bytes {data[:8].tobytes()!r})", label)
-            raise ImageReadError("unreadable", f"{fmt} file that cannot be decoded (truncated or corrupt, "
-                                 f"{data.size} bytes)", label)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), label
+        rgb, problem = read_photo(path)
+        if problem is not None:
+            reason, detail = problem
+            raise (_ImageNotFoundError if reason == "not_found" else ImageReadError)(reason, detail, label)
+        return rgb, label
     if isinstance(image, np.ndarray):
         label = "<array>" if name is None else str(name)
         if image.dtype != np.uint8:
@@ -167,12 +138,6 @@ def read_image(image, name=None):
     raise TypeError(f"Expected an image path (str / Path) or an RGB uint8 array, got {type(image).__name__}.")
 
 
-def _resize(crop, size):
-    h, w = size
-    if crop.shape[:2] == (h, w):
-        return crop
-    interp = cv2.INTER_AREA if crop.shape[0] > h else cv2.INTER_LINEAR
-    return cv2.resize(crop, (w, h), interpolation=interp)
 
 
 def _check_normalization(normalization, where="normalization"):
@@ -452,7 +417,7 @@ class FaceVerifier:
             M = estimate_transform(lm, size, template=template, weights=weights)
         except ValueError as e:
             raise NoFaceError("no_face", f"face {k} cannot be aligned ({e})", source) from None
-        crop = _resize(crop, self.image_size)
+        crop = resize_image(crop, self.image_size)
         scale = np.array([self.image_size[1], self.image_size[0]], np.float64) / size
         box = tuple(float(v) for v in d["box"]) if d.get("box") is not None else None
         conf = d.get("confidence")
@@ -674,7 +639,7 @@ def calibrate_thresholds(model_or_embed_fn, lfw_root, fars=(1e-2, 1e-3), align="
     images, info = load_lfw_images(paths, image_size=ALIGN_SIZE, align=align, cache_dir=cache_dir,
                                    detector=detector, progress=progress, return_info=True)
     if size != (ALIGN_SIZE, ALIGN_SIZE):
-        images = np.stack([_resize(im, size) for im in images])
+        images = np.stack([resize_image(im, size) for im in images])
     emb = np.concatenate([embed_images(fn, _normalize(images[i:i + 1024], norm), batch_size=batch_size,
                                        flip=True, normalize=False) for i in range(0, len(images), 1024)])
     scores = pair_scores(emb[ia], emb[ib])

@@ -273,3 +273,178 @@ def resize_image(image, size):
         return image
     interp = cv2.INTER_AREA if (h < image.shape[0] and w < image.shape[1]) else cv2.INTER_LINEAR
     return cv2.resize(image, (w, h), interpolation=interp)
+
+
+# ------------------------------------------------------------------ photos from users
+#: Cap on a user photo's ``height * width``: a 48-Mpx phone photo (8000x6000) and a
+#: 12000x9000 scan pass; a 16k x 16k decode bomb does not.
+PHOTO_MAX_PIXELS = 120_000_000
+#: Cap on a user photo's file size (a 4 GiB file is refused before it is read).
+PHOTO_MAX_BYTES = 256 << 20
+
+
+def _gif(b):
+    if len(b) < 10:
+        return None
+    w, h = struct.unpack_from("<HH", b, 6)
+    return ImageHeader("gif", h, w) if w > 0 and h > 0 else None
+
+
+def _pnm(b):
+    fields, i, n = [], 2, len(b)
+    while len(fields) < 2 and i < n:
+        c = b[i:i + 1]
+        if c == b"#":
+            j = b.find(b"\n", i)
+            if j < 0:
+                return None
+            i = j + 1
+        elif c.isspace():
+            i += 1
+        elif c.isdigit():
+            j = i
+            while j < n and b[j:j + 1].isdigit() and j - i < 10:
+                j += 1
+            fields.append(int(b[i:j]))
+            i = j
+        else:
+            return None
+    if len(fields) < 2 or fields[0] <= 0 or fields[1] <= 0:
+        return None
+    return ImageHeader("pnm", fields[1], fields[0])
+
+
+def _tiff(b):
+    """Width and height of a TIFF's first image (IFD0 tags 256/257), from the first 64 KiB."""
+    order = "<" if b[:2] == b"II" else ">"
+    if len(b) < 8:
+        return None
+    off = struct.unpack_from(order + "I", b, 4)[0]
+    if off + 2 > len(b):
+        return None
+    count = struct.unpack_from(order + "H", b, off)[0]
+    size = {}
+    for k in range(min(count, 4096)):
+        e = off + 2 + 12 * k
+        if e + 12 > len(b):
+            return None
+        tag, typ = struct.unpack_from(order + "HH", b, e)
+        if tag in (256, 257):
+            size[tag] = struct.unpack_from(order + ("H" if typ == 3 else "I"), b, e + 8)[0]
+    if 256 not in size or 257 not in size or size[256] <= 0 or size[257] <= 0:
+        return None
+    return ImageHeader("tiff", size[257], size[256])
+
+
+def photo_header(data):
+    """Format and size of a photo, read from its header: :func:`image_header_size`'s four formats
+    plus GIF, PNM (PBM/PGM/PPM) and TIFF; ``None`` for anything else (HDR, JPEG 2000, ...).
+
+    Example::
+
+        photo_header(open("scan.tif", "rb").read(65536))   # ImageHeader('tiff', 9000, 12000)
+    """
+    hdr = image_header_size(data)
+    if hdr is not None:
+        return hdr
+    b = _as_bytes(data, _HEAD)
+    if b[:4] in (b"GIF8",):
+        return _gif(b)
+    if b[:1] == b"P" and b[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6"):
+        return _pnm(b)
+    if b[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff(b)
+    return None
+
+
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _photo_signature(head):
+    """The format a file's first bytes announce (``None`` for none of the admitted ones)."""
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:1] == b"P" and head[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6"):
+        return "PNM"
+    return None
+
+
+def read_photo(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MAX_BYTES):
+    """Read a photo file from a user as RGB uint8, within bounded time and memory.
+
+    Refuses what is not a regular file (a directory or a FIFO is never opened for reading), files
+    over ``max_bytes``, formats other than JPEG/PNG/BMP/WebP/GIF/PNM/TIFF, and headers declaring
+    more than ``max_pixels`` pixels, before any pixel is allocated. EXIF orientation is applied.
+
+    Args:
+        path: the file.
+        max_pixels: largest ``height * width`` admitted (:data:`PHOTO_MAX_PIXELS`).
+        max_bytes: largest file size admitted (:data:`PHOTO_MAX_BYTES`).
+
+    Returns:
+        ``(image, None)``, or ``(None, (reason, detail))`` with ``reason`` one of ``"not_found"``,
+        ``"not_an_image"``, ``"unreadable"``, ``"too_large"``.
+
+    Example::
+
+        rgb, problem = read_photo("face.jpg")
+        if problem: print(*problem)
+    """
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None, ("not_found", "file not found (expected an image file)")
+    except OSError as e:
+        return None, ("unreadable", f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
+    if stat.S_ISDIR(st.st_mode):
+        return None, ("not_an_image", "is a directory, expected an image file")
+    if not stat.S_ISREG(st.st_mode):
+        return None, ("not_an_image", "is not a regular file (a FIFO, socket or device), expected an image file")
+    if st.st_size == 0:
+        return None, ("unreadable", "empty file (0 bytes), expected an image")
+    if st.st_size > max_bytes:
+        return None, ("too_large", f"file of {st.st_size:,} bytes exceeds the photo limit of {max_bytes:,} bytes")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        return None, ("unreadable", f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
+    return decode_photo(data, max_pixels)
+
+
+def decode_photo(data, max_pixels=PHOTO_MAX_PIXELS):
+    """Decode a photo's bytes after :func:`photo_header`'s format and pixel checks.
+
+    Returns:
+        as :func:`read_photo` (``(image, None)`` or ``(None, (reason, detail))``).
+    """
+    hdr = photo_header(data)
+    if hdr is None:
+        head = _as_bytes(data, 16)
+        fmt = _photo_signature(head)
+        if fmt is not None:
+            return None, ("unreadable", f"{fmt} file whose header is truncated or corrupt ({len(data)} bytes)")
+        return None, ("not_an_image", "not an image file (no JPEG/PNG/BMP/WebP/GIF/PNM/TIFF signature; "
+                                      f"first bytes {head[:8]!r})")
+    if hdr.height * hdr.width > max_pixels:
+        return None, ("too_large", f"{hdr.format} image of {hdr.width}x{hdr.height} = {hdr.height * hdr.width:,} "
+                                   f"pixels exceeds the photo limit of {max_pixels:,}")
+    if hdr.format == "png":
+        why = _png_chunk_overrun(data)
+        if why is not None:
+            return None, ("unreadable", why)
+    arr = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+    try:
+        bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        return None, ("unreadable", f"{hdr.format} file that cannot be decoded ({str(e).strip().splitlines()[-1][:200]})")
+    if bgr is None:
+        return None, ("unreadable", f"{hdr.format} file that cannot be decoded (truncated or corrupt, {len(arr)} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None
