@@ -277,7 +277,7 @@ def main(argv=None):
         if not (lfw / "pairs.txt").is_file():
             print(f"LFW not found at {lfw}: skipped.")
             break
-        r = kfm.data.lfw_verification(embedder, lfw, image_size=args.image_size, align=align, progress=False)
+        r = kfm.evaluation.lfw_verification(embedder, lfw, image_size=args.image_size, align=align, progress=False)
         result[f"lfw_{align}"] = {"accuracy_mean": r.accuracy_mean, "accuracy_std": r.accuracy_std,
                                   "tar_at_far": {str(k): v for k, v in r.tar_at_far.items()}}
         print(f"LFW ({align}): {100 * r.accuracy_mean:.2f} +- {100 * r.accuracy_std:.2f}, "

@@ -167,7 +167,7 @@ def config_from_args(args):
         return cfg
     fields = {k: v for k, v in vars(args).items() if k not in ("experiment", "resume")}
     if args.exclude_identities is not None:
-        from keras_facemargin.data.sources import read_identity_list
+        from keras_facemargin.data.training_set import read_identity_list
 
         try:
             fields["exclude_identities"] = read_identity_list(args.exclude_identities)

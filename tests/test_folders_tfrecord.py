@@ -1,6 +1,5 @@
 """Image folders, TFRecord and the converters (folder -> rec -> tfrecord round trip)."""
 
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -10,20 +9,13 @@ import pytest
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport
-from keras_facemargin.data.folders import make_folder_dataset, scan_image_folder
-from keras_facemargin.data.recordio import RecordIOReader, make_dataset
-from keras_facemargin.data.tfrecord import make_tfrecord_dataset, write_tfrecords
+from keras_facemargin.data.formats.folders import make_folder_dataset, scan_image_folder
+from keras_facemargin.data.formats.recordio import RecordIOReader, make_dataset
+from keras_facemargin.data.formats.tfrecord import make_tfrecord_dataset, write_tfrecords
+from testing import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 COUNTS = {"bob": 3, "alice": 2, "carol": 4}  # sorted: alice=0, bob=1, carol=2
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_folder(root, counts=COUNTS, fmt=".jpg", seed=0):
@@ -128,7 +120,7 @@ def _parse_rec_independently(d):
 def test_folder_to_rec_to_tfrecord_round_trip(tmp_path, capsys, monkeypatch):
     truth = make_folder(tmp_path / "f")  # JPEG: folder2rec stores the bytes as they are
     paths, labels, names = scan_image_folder(tmp_path / "f")
-    assert _tool("folder2rec").main([str(tmp_path / "f"), str(tmp_path / "rec")]) == 0
+    assert load_script("tools/folder2rec.py").main([str(tmp_path / "f"), str(tmp_path / "rec")]) == 0
     assert (tmp_path / "rec" / "property").read_text() == f"3,{SIZE},{SIZE}"
     s, e, ranges, images = _parse_rec_independently(tmp_path / "rec")
     assert (s, e) == (10, 13) and ranges == [(1, 3), (3, 6), (6, 10)]
@@ -140,7 +132,7 @@ def test_folder_to_rec_to_tfrecord_round_trip(tmp_path, capsys, monkeypatch):
 
     closed, close = [], RecordIOReader.close
     monkeypatch.setattr(RecordIOReader, "close", lambda self: (closed.append(self.rec_path), close(self))[1])
-    assert _tool("rec2tfrecord").main([str(tmp_path / "rec"), str(tmp_path / "tf" / "train"),
+    assert load_script("tools/rec2tfrecord.py").main([str(tmp_path / "rec"), str(tmp_path / "tf" / "train"),
                                        "--num-shards", "2"]) == 0
     assert closed == [tmp_path / "rec" / "train.rec"]  # the tool closes its reader
     files = sorted(str(p) for p in (tmp_path / "tf").glob("train-*.tfrecord"))
@@ -255,7 +247,7 @@ def test_tfrecord_crc_corrupt_record_is_a_bad_record_naming_file_and_offset(tmp_
 
 
 def test_folder2rec_refuses_mixed_sizes_undecodable_and_failed_encode(tmp_path, monkeypatch, capsys):
-    folder2rec = _tool("folder2rec")
+    folder2rec = load_script("tools/folder2rec.py")
     make_folder(tmp_path / "f")
     odd = tmp_path / "f" / "bob" / "001.jpg"  # second image of label 1
     cv2.imwrite(str(odd), np.zeros((SIZE + 4, SIZE, 3), np.uint8))

@@ -18,11 +18,10 @@ from keras_facemargin.data.identity_folders import (
 )
 from keras_facemargin.data.lfw import (
     LFW_CENTER_CROP_BOX,
-    lfw_verification,
     load_lfw_images,
     load_lfw_pairs,
 )
-from keras_facemargin.evaluation import evaluate_pairs
+from keras_facemargin.evaluation import evaluate_pairs, lfw_verification
 
 HAS_MTCNN = importlib.util.find_spec("mtcnn") is not None
 
@@ -33,14 +32,6 @@ def pixel_model(x):
 
 
 # ------------------------------------------------------------------ LFW
-@pytest.fixture(scope="module")
-def lfw_root(data_dir):
-    root = data_dir / "lfw"
-    if not (root / "pairs.txt").is_file():
-        pytest.skip(f"LFW not found at {root}")
-    return root
-
-
 def test_lfw_pairs_structure(lfw_root):
     pairs = load_lfw_pairs(lfw_root)
     a, b, same = pairs
@@ -192,6 +183,7 @@ def test_default_crops_have_arcface_geometry(data_dir, lfw_root):
         assert mean_err.max() < 6.0, (name, mean_err)
 
 
+@pytest.mark.slow
 def test_lfw_verification_matches_evaluate_pairs(lfw_root, tmp_path):
     pairs = load_lfw_pairs(lfw_root)
     res = lfw_verification(pixel_model, lfw_root, image_size=56, progress=False, far_targets=(1e-2,),
@@ -239,7 +231,7 @@ def test_celeba_counts_match_official_identity_file(celeba_root):
     for rel, lab in zip(data.paths, y):
         assert official[Path(rel).name] == names[lab]
     assert names == sorted(names)  # string order, as data.folders.scan_image_folder
-    from keras_facemargin.data.folders import scan_image_folder
+    from keras_facemargin.data.formats.folders import scan_image_folder
 
     ref_paths, ref_labels, ref_names = scan_image_folder(celeba_root / "images")
     assert ref_names == names and ref_labels.tolist() == y.tolist()

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport
-from keras_facemargin.data.recordio import RecordIOReader, make_dataset, resolve_shard
+from keras_facemargin.data.formats.recordio import RecordIOReader, make_dataset
+from keras_facemargin.data.pipeline import resolve_shard
 
 MAGIC = 0xCED7230A
 SIZE = 16
@@ -379,7 +380,7 @@ def test_multipart_record_label_beyond_int32_is_bad(tmp_path):
 
 def test_failed_open_closes_file_and_map(tmp_path, monkeypatch):
     """A malformed .idx / property / header record does not leak the .rec handle."""
-    from keras_facemargin.data import recordio
+    from keras_facemargin.data.formats.recordio import reader as recordio
 
     opened = []
 

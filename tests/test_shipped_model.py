@@ -10,12 +10,12 @@ import pytest
 import keras_facemargin as kfm
 from keras_facemargin.pretrained.loader import PretrainedWeightsError, packaged_weights_path
 from keras_facemargin.pretrained.registry import get_model_info
+from testing import DATA_DIR
 
 #: the model whose weights ship inside the package (the default model, dlib_resnet_v1, is converted
 #: from the face_recognition_models dependency instead: tests/test_dlib_resnet.py)
 SHIPPED = "arcface_celeba_mbf"
 
-DATA = Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @pytest.fixture
@@ -59,9 +59,11 @@ def test_a_tampered_file_earlier_on_the_search_path_is_refused(offline_home, mon
         kfm.load(SHIPPED)
 
 
-@pytest.mark.skipif(not (DATA / "lfw" / "pairs.txt").is_file(), reason=f"LFW not found under {DATA} (set KFM_DATA_DIR)")
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA_DIR / "lfw" / "pairs.txt").is_file(), reason=f"LFW not found under {DATA_DIR} (set KFM_DATA_DIR)")
 def test_shipped_model_reproduces_its_registry_lfw_accuracy(offline_home):
     info = get_model_info(SHIPPED)
     emb = kfm.load(SHIPPED)
-    r = kfm.data.lfw_verification(emb, DATA / "lfw", image_size=info["input_size"][0], progress=False)
+    r = kfm.evaluation.lfw_verification(emb, DATA_DIR / "lfw", image_size=info["input_size"][0], progress=False)
     assert 100 * r.accuracy_mean == pytest.approx(info["reported"]["LFW (centre crop)"], abs=0.06)

@@ -1,7 +1,6 @@
 """`--data` kinds (RecordIO, image folders, TFRecord), several roots as one label space, duplicates,
 exclusions, bad images, class counts and sample indices, and the trainer on an image folder (KappaFace)."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -11,27 +10,19 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_facemargin.data.recordio import write_recordio
+from keras_facemargin.data.formats.recordio import write_recordio
 from keras_facemargin.data.sources import (
     DataSourceError,
     detect_data_kind,
-    load_training_set,
     open_source,
-    read_identity_list,
 )
-from keras_facemargin.data.tfrecord import encode_example, write_tfrecords
+from keras_facemargin.data.training_set import load_training_set, read_identity_list
+from keras_facemargin.data.formats.tfrecord import encode_example, write_tfrecords
 from keras_facemargin.training.config import TrainConfig, get_experiment
+from testing import REPO, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 PLAIN = {"shuffle": False, "augment_flip": False, "drop_remainder": False}
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _jpeg(rng, size=SIZE):
@@ -105,8 +96,8 @@ def test_the_three_kinds_of_one_folder_agree(tmp_path):
     """folder -> tools/folder2rec.py -> RecordIO -> tools/rec2tfrecord.py -> TFRecord: same labels, counts, pixels."""
     tree = make_tree(tmp_path / "tree", {"bob": ["a.jpg", "b.jpg", "c.jpg"], "alice": ["x.jpg", "y.jpg"],
                                          "carol": ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]})
-    assert _tool("folder2rec").main([str(tree), str(tmp_path / "rec")]) == 0
-    assert _tool("rec2tfrecord").main([str(tmp_path / "rec"), str(tmp_path / "tfr" / "t"), "--num-shards", "3"]) == 0
+    assert load_script("tools/folder2rec.py").main([str(tree), str(tmp_path / "rec")]) == 0
+    assert load_script("tools/rec2tfrecord.py").main([str(tmp_path / "rec"), str(tmp_path / "tfr" / "t"), "--num-shards", "3"]) == 0
     sets = {kind: load_training_set(tmp_path / sub) for kind, sub in
             (("image_folder", "tree"), ("recordio", "rec"), ("tfrecord", "tfr"))}
     got = {}
@@ -274,7 +265,7 @@ def test_config_data_paths_round_trip(tmp_path):
 
 
 def test_example_flags(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "examples"))
+    sys.path.insert(0, str(REPO / "examples"))
     import train_ms1mv2 as example
 
     (tmp_path / "lfw.tsv").write_text("celeba_identity\tname\n6803\tMichael_Schumacher\n")
@@ -319,6 +310,7 @@ def crash_after(step):
     return CrashAfter()
 
 
+@pytest.mark.slow
 def test_trainer_on_image_folders_with_kappaface_and_resume(tmp_path):
     import tensorflow as tf
 

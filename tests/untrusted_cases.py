@@ -121,13 +121,13 @@ def seed_files(reader, d):
         write_bin(d / "x.bin", imgs, [True, False, True])
         return [d / "x.bin"]
     if reader == "recordio":
-        from keras_facemargin.data.recordio import write_recordio
+        from keras_facemargin.data.formats.recordio import write_recordio
 
         items = [(lab, _jpg(seed=i) if i % 2 else _png(seed=i)) for i, lab in enumerate([0, 0, 1, 1, 2, 2])]
         write_recordio(d, items, image_size=(SIZE, SIZE))
         return [d / "train.rec", d / "train.idx", d / "property"]
     if reader == "tfrecord":
-        from keras_facemargin.data.tfrecord import write_tfrecords
+        from keras_facemargin.data.formats.tfrecord import write_tfrecords
 
         files = write_tfrecords(d / "t", [(i, i % 3, _png(seed=i)) for i in range(6)], num_shards=2)
         return [Path(f) for f in files]
@@ -182,7 +182,8 @@ def call_reader(reader, d):
         images, same = load_bin(d / "x.bin", image_size=(SIZE, SIZE))
         return {"images": images.shape, "pairs": int(same.size), "dtype": str(same.dtype)}
     if reader == "recordio":
-        from keras_facemargin.data.recordio import RecordIOReader, RecordIORecordError, decode_image_into
+        from keras_facemargin.data.formats.recordio import RecordIOReader, RecordIORecordError
+        from keras_facemargin.data.pipeline import decode_image_into
 
         r = RecordIOReader(d)
         try:
@@ -207,7 +208,7 @@ def call_reader(reader, d):
         return summary
     if reader == "tfrecord":
         from keras_facemargin.data.errors import BadRecordReport
-        from keras_facemargin.data.tfrecord import make_tfrecord_dataset
+        from keras_facemargin.data.formats.tfrecord import make_tfrecord_dataset
 
         report = BadRecordReport(max_examples=50)
         ds = make_tfrecord_dataset(str(d / "t-*.tfrecord"), 4, image_size=SIZE, shuffle=False, shard=None,
@@ -220,7 +221,7 @@ def call_reader(reader, d):
         return {"index": idx, "labels": labels, "bad": [_ex(e) for e in report.examples], "n_bad": report.count}
     if reader == "folder":
         from keras_facemargin.data.identity_folders import load_identity_folder
-        from keras_facemargin.data.sources import load_training_set
+        from keras_facemargin.data.training_set import load_training_set
 
         data = load_identity_folder(d / "faces", image_size=SIZE, crop="none", on_error="skip", num_threads=1)
         ts = load_training_set(d / "faces", image_size=SIZE)
@@ -370,20 +371,20 @@ def _bin_cases():
 
 
 def _rec_write(d, items, **kw):
-    from keras_facemargin.data.recordio import write_recordio
+    from keras_facemargin.data.formats.recordio import write_recordio
 
     return write_recordio(d, items, image_size=(SIZE, SIZE), **kw)
 
 
 def _ir(flag_labels, label, id_, data=b""):
-    from keras_facemargin.data.recordio import _pack_payload
+    from keras_facemargin.data.formats.recordio.records import _pack_payload
 
     return _pack_payload(flag_labels, label, id_, 0, data)
 
 
 def _rec_set(d, records, idx_lines=None, prop=None):
     """Write ``train.rec`` from ``[(key, payload_bytes_or_framed)]``, its ``.idx`` and ``property``."""
-    from keras_facemargin.data.recordio import pack_record
+    from keras_facemargin.data.formats.recordio import pack_record
 
     lines = []
     with open(d / "train.rec", "wb") as f:
@@ -424,7 +425,7 @@ def _recordio_cases():
                      (3, _ir([1, 3], 0, 3)), (4, _ir([1, 3], 0, 4))])
 
     def one_record_n_keys(d, n=20_000):
-        from keras_facemargin.data.recordio import MAGIC
+        from keras_facemargin.data.formats.recordio import MAGIC
 
         body = b"".join(struct.pack("<II", MAGIC, ((1 if i == 0 else 3 if i == n - 1 else 2) << 29) | 4)
                         + (_ir(None, 0, 1)[:4] if i == 0 else b"abcd") for i in range(n))
@@ -433,7 +434,7 @@ def _recordio_cases():
         (d / "property").unlink()
 
     def parts_n_keys(d, n=20_000):
-        from keras_facemargin.data.recordio import MAGIC
+        from keras_facemargin.data.formats.recordio import MAGIC
 
         body = b"".join(struct.pack("<II", MAGIC, ((1 if i == 0 else 3 if i == n - 1 else 2) << 29) | 4) + b"abcd"
                         for i in range(n))
@@ -442,7 +443,7 @@ def _recordio_cases():
         (d / "property").unlink()
 
     def overlapping_lengths(d, n=20_000):
-        from keras_facemargin.data.recordio import MAGIC
+        from keras_facemargin.data.formats.recordio import MAGIC
 
         size = 12 * n
         body = b"".join(struct.pack("<II", MAGIC, size - 12 * i - 8) + b"abcd" for i in range(n))
@@ -496,7 +497,7 @@ def _tf_write(d, examples):
 
 
 def _tfrecord_cases():
-    from keras_facemargin.data.tfrecord import encode_example
+    from keras_facemargin.data.formats.tfrecord import encode_example
 
     png = _png()
 
@@ -674,7 +675,7 @@ def _torch_checkpoint(path):
 
 
 def _weights_seed(reader, d):
-    from keras_facemargin.pretrained.convert import write_torch_state_dict
+    from keras_facemargin.convert.pth import write_torch_state_dict
 
     if reader == "pth":
         write_torch_state_dict(tiny_iresnet_state_dict(), d / "backbone.pth")
@@ -709,7 +710,7 @@ def _repack(d):
 
 
 def _weights_reader(reader, d):
-    from keras_facemargin.pretrained.convert import read_insightface
+    from keras_facemargin.convert.insightface import read_insightface
 
     if reader == "pth":
         _repack(d)
@@ -882,7 +883,7 @@ def _deflate_bomb_entry(n_bytes):
 def _pth_cases():
     import collections
 
-    from keras_facemargin.pretrained.convert import write_torch_state_dict
+    from keras_facemargin.convert.pth import write_torch_state_dict
 
     f4 = np.arange(4, dtype="<f4").tobytes()
     mib = np.zeros(1 << 18, "<f4").tobytes()  # 1 MiB storage

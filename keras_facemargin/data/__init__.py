@@ -1,6 +1,14 @@
-"""Data: procedural synthetic faces and ``tf.data`` pipelines.
+"""Data: training sets, their on-disk formats, ``tf.data`` pipelines, face alignment and loaders.
 
-See :mod:`keras_facemargin.data.synthetic` and :mod:`keras_facemargin.data.pipeline`.
+* :mod:`~keras_facemargin.data.formats`: the on-disk formats (RecordIO, TFRecord, image folders);
+* :mod:`~keras_facemargin.data.sources` / :mod:`~keras_facemargin.data.training_set`: data roots
+  scanned and combined into one label space and pipeline;
+* :mod:`~keras_facemargin.data.pipeline`: the ``tf.data`` element contract;
+* :mod:`~keras_facemargin.data.synthetic`, :mod:`~keras_facemargin.data.identity_folders`,
+  :mod:`~keras_facemargin.data.lfw`, :mod:`~keras_facemargin.data.align`.
+
+``data`` imports nothing from :mod:`keras_facemargin.evaluation`; LFW 10-fold verification is
+:func:`keras_facemargin.evaluation.lfw_verification`.
 """
 
 from keras_facemargin.data.pipeline import (  # noqa: F401
@@ -20,14 +28,14 @@ __all__ = [
 
 # File-backed training sets (RecordIO, image folders, TFRecord) and bad-record reporting.
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport  # noqa: E402,F401
-from keras_facemargin.data.folders import make_folder_dataset, scan_image_folder  # noqa: E402,F401
-from keras_facemargin.data.recordio import (  # noqa: E402,F401
+from keras_facemargin.data.formats.folders import make_folder_dataset, scan_image_folder  # noqa: E402,F401
+from keras_facemargin.data.formats.recordio import (  # noqa: E402,F401
     RecordIOReader,
     make_dataset,
     make_recordio_dataset,
     write_recordio,
 )
-from keras_facemargin.data.tfrecord import make_tfrecord_dataset, write_tfrecords  # noqa: E402,F401
+from keras_facemargin.data.formats.tfrecord import make_tfrecord_dataset, write_tfrecords  # noqa: E402,F401
 
 __all__ += [
     "BadRecordError",
@@ -59,7 +67,8 @@ from keras_facemargin.data.identity_folders import (  # noqa: E402,F401
     load_identity_folder,
     load_identity_folders,
 )
-from keras_facemargin.data.sources import DataSourceError, load_training_set, read_identity_list  # noqa: E402,F401
+from keras_facemargin.data.sources import DataSourceError  # noqa: E402,F401
+from keras_facemargin.data.training_set import load_training_set, read_identity_list  # noqa: E402,F401
 from keras_facemargin.data.augment import FaceAugmentation  # noqa: E402,F401
 from keras_facemargin.data.lfw import (  # noqa: E402,F401
     LFW_CENTER_CROP_BOX,
@@ -87,17 +96,7 @@ __all__ += [
     "FaceAugmentation",
     "LFW_CENTER_CROP_BOX",
     "LFWPairs",
-    "lfw_verification",
     "load_lfw_images",
     "load_lfw_pairs",
 ]
 
-
-def __getattr__(name):
-    # lfw_verification is keras_facemargin.evaluation.pairs_sets.lfw_verification, re-exported
-    # lazily (data must not import evaluation at module level).
-    if name == "lfw_verification":
-        from keras_facemargin.evaluation.pairs_sets import lfw_verification
-
-        return lfw_verification
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

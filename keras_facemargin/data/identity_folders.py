@@ -4,9 +4,11 @@ Layout::
 
     root/<identity>/<image>.jpg      # e.g. celeba_align_10k/images/2880/000001.jpg (89x109)
 
-Ordering is deterministic and the same as :func:`keras_facemargin.data.folders.scan_image_folder`:
-identity folders sorted by name (string order: CelebA identity ``"10"`` precedes ``"2"``),
-files sorted by name within each; label ``c`` is the ``c``-th kept identity.
+Folders are listed by :func:`keras_facemargin.data.formats.folders.list_identity_folder`, the
+scanner behind :func:`~keras_facemargin.data.formats.folders.scan_image_folder` too: identity
+folders sorted by name (string order: CelebA identity ``"10"`` precedes ``"2"``), files sorted
+by name within each; label ``c`` is the ``c``-th kept identity. Several roots are merged by
+:func:`~keras_facemargin.data.formats.folders.merge_identity_roots` (by identity name).
 
 Crop policies (``crop=``), all followed by a resize to ``image_size``:
 
@@ -39,11 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.data.formats.folders import IMAGE_EXTENSIONS, list_identity_folder, merge_identity_roots
 from keras_facemargin.errors import ImageFileError
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file, resize_image
 
 __all__ = ["CELEBA_ARCFACE_CROP_BOX", "IdentityFolderData", "CombinedIdentityData", "load_identity_folder",
            "load_identity_folders", "list_identity_folder"]
@@ -53,7 +55,6 @@ logger = logging.getLogger(__name__)
 #: (x0, y0, x1, y1) in CelebA aligned 89x109 images; ArcFace-like geometry on average.
 CELEBA_ARCFACE_CROP_BOX = (13, 26, 75, 88)
 _CELEBA_SIZE = (89, 109)  # (W, H)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # as data.folders
 
 
 @dataclass
@@ -91,38 +92,6 @@ class IdentityFolderData:
         return len(self.class_names)
 
 
-def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
-    """``({identity: [relative paths]}, ignored)`` sorted by name (see module docstring).
-
-    Identities are the non-hidden sub-folders of ``root``; images are the files with an
-    image extension directly inside them -- the same classes, order and labels as
-    :func:`keras_facemargin.data.folders.scan_image_folder`. Everything else (files at the
-    top level, other files, nested or hidden folders) is returned in ``ignored``.
-
-    Args:
-        root: folder of identity sub-folders.
-        extensions: lower-case image suffixes.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Identity folder root not found: {root}")
-    exts = tuple(e.lower() for e in extensions)
-    ids, ignored = {}, []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
-            files = []
-            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                rel = f"{entry.name}/{sub.name}"
-                if sub.is_file() and sub.name.lower().endswith(exts):
-                    files.append(rel)
-                else:
-                    ignored.append(rel + ("/" if sub.is_dir() else ""))
-            ids[entry.name] = files
-        else:
-            ignored.append(entry.name + ("/" if entry.is_dir() else ""))
-    return ids, sorted(ignored)
-
-
 def _resolve_box(crop, w, h):
     if isinstance(crop, str):
         if crop == "auto":
@@ -155,8 +124,7 @@ def _crop_resize(img, box, size_hw):
     crop = img[y0:y1, x0:x1]
     if crop.shape[:2] == tuple(size_hw):
         return np.ascontiguousarray(crop)
-    interp = cv2.INTER_AREA if crop.shape[0] > size_hw[0] else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size_hw[1], size_hw[0]), interpolation=interp)
+    return resize_image(crop, size_hw)
 
 
 def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1, on_error: str = "raise",
@@ -339,14 +307,18 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
     numbers, the same person in every set). An image whose file name occurs under the same
     identity in an earlier root is a duplicate: it is kept once (the first root's copy) and listed
     in ``duplicates``. Labels follow the sorted union of identity names (string order), so the
-    result does not depend on the order of ``roots`` except for which copy of a duplicate is kept.
+    result does not depend on the order of ``roots`` except for which copy of a duplicate is kept
+    (the rule of :func:`~keras_facemargin.data.formats.folders.merge_identity_roots`, shared with
+    :func:`~keras_facemargin.data.training_set.load_training_set`). Rows are identity-major (all
+    images of label 0 from every root, then label 1, ...), and ``min_images`` applies after merging.
 
     Args:
         roots: one root or a sequence of roots (each a folder of ``<identity>/`` sub-folders).
         image_size, crop, on_error, num_threads, progress, max_image_pixels: as in :func:`load_identity_folder`
             (``crop="auto"`` is resolved per image, so 89x109 CelebA and 112x112 ArcFace crops mix).
-        exclude: identity names to drop from every root (e.g. :func:`keras_facemargin.data.sources.read_identity_list`
-            of LFW-overlap candidates); names not present are ignored.
+        exclude: identity names to drop from every root (e.g.
+            :func:`keras_facemargin.data.training_set.read_identity_list` of LFW-overlap candidates); names
+            not present are ignored.
         min_images: keep identities with at least this many images after merging.
 
     Returns:
@@ -372,23 +344,16 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
     parts = [load_identity_folder(r, image_size=image_size, crop=crop, on_error=on_error,
                                   num_threads=num_threads, progress=progress,
                                   max_image_pixels=max_image_pixels, exclude=exclude) for r in roots]
-    seen = {}  # (identity, file name) -> root index
-    per_id = {}  # identity -> [(root index, row in that part)]
-    duplicates, excluded = [], {}
+    excluded = {}
     for part in parts:
         for ident, n in part.excluded.items():
             excluded[ident] = excluded.get(ident, 0) + n
-    for k, part in enumerate(parts):
-        for row, rel in enumerate(part.paths):
-            ident, fname = rel.split("/", 1)
-            key = (ident, fname)
-            if key in seen:
-                duplicates.append((ident, fname, str(roots[seen[key]]), str(roots[k])))
-                continue
-            seen[key] = k
-            per_id.setdefault(ident, []).append((k, row))
+    merged = merge_identity_roots([[tuple(rel.split("/", 1)) for rel in part.paths] for part in parts])
+    per_id = merged.members  # identity -> [(root index, row in that part)]
+    duplicates = [(ident, fname, str(roots[first[0]]), str(roots[again[0]]))
+                  for ident, fname, first, again in merged.duplicates]
     names, dropped = [], {}
-    for ident in sorted(per_id):
+    for ident in merged.names:
         if len(per_id[ident]) < min_images:
             dropped[ident] = len(per_id[ident])
         else:

@@ -1,4 +1,4 @@
-"""LFW (deep-funneled) pairs, images and end-to-end 10-fold verification.
+"""LFW (deep-funneled) pairs and face crops.
 
 Layout expected under ``root`` (see ``shared/data/README.md``)::
 
@@ -22,14 +22,14 @@ Face crops (``align=``):
   7,701 images of the 6,000 pairs took 277 s on a busy machine, no image without a face,
   1,034 with several faces), so results are cached as ``.npz`` under ``cache_dir``.
 
-:func:`lfw_verification` (the protocol) lives in :mod:`keras_facemargin.evaluation.pairs_sets`
-and is re-exported here (lazily: ``data`` does not import ``evaluation`` at module level).
+The 10-fold protocol on these pairs is :func:`keras_facemargin.evaluation.lfw_verification`
+(``data`` imports nothing from ``evaluation``).
 
 Example::
 
     pairs = load_lfw_pairs(root)                      # 6000 pairs, fold k = pairs 600k..600k+599
-    result = lfw_verification(model, root)            # VerificationResult
-    print(format_table({"my model": result}))
+    paths, ia, ib = pairs.unique_paths()
+    images = load_lfw_images(paths, 112)              # uint8 (7701, 112, 112, 3) centre crops
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from keras_facemargin.data.align import MTCNNDetector, align_face, select_face
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file, resize_image
 from keras_facemargin.errors import ImageFileError, PairsFileError
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "parse_pairs",
     "load_lfw_pairs",
     "load_lfw_images",
-    "lfw_verification",
     "default_cache_dir",
     "PairsFileError",
 ]
@@ -268,8 +267,7 @@ def _crop_resize(img, box, image_size):
     crop = img[y0:y1, x0:x1]
     if crop.shape[0] == image_size[0] and crop.shape[1] == image_size[1]:
         return np.ascontiguousarray(crop)
-    shrink = crop.shape[0] > image_size[0]
-    return cv2.resize(crop, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return resize_image(crop, image_size)
 
 
 def _check_box(crop):
@@ -412,12 +410,3 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
         os.replace(tmp, cache_file)
     return (images, info) if return_info else images
 
-
-def __getattr__(name):
-    # ``lfw_verification`` (the protocol, not data) lives in keras_facemargin.evaluation.pairs_sets;
-    # it is re-exported here lazily so that data does not import evaluation at module level.
-    if name == "lfw_verification":
-        from keras_facemargin.evaluation.pairs_sets import lfw_verification
-
-        return lfw_verification
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

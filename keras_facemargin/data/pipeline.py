@@ -12,6 +12,12 @@ memory buffer). Pipelines shuffle *indices* and gather/render whole batches, so
 per-step cost does not depend on the image buffer size. Shuffling and flipping
 are deterministic given ``seed``; both change from epoch to epoch.
 
+File-backed sets (:mod:`keras_facemargin.data.formats` and
+:class:`~keras_facemargin.data.training_set.TrainingSet`) share one tail,
+:func:`build_decoded_pipeline`: chunks of sample indices are decoded with OpenCV inside
+``tf.numpy_function`` (:func:`decode_image_into`), failures dropped, then rebatched, flipped
+and normalised in TF; :func:`resolve_shard` turns a ``shard`` argument into disjoint shards.
+
 Example::
 
     ds = make_training_dataset(images_uint8, labels, batch_size=64, seed=0)
@@ -23,7 +29,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["normalize_images", "make_training_dataset", "make_synthetic_training_dataset"]
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image, resize_image
+
+__all__ = ["normalize_images", "make_training_dataset", "make_synthetic_training_dataset",
+           "build_decoded_pipeline", "decode_image_into", "resolve_shard"]
 
 
 def normalize_images(images):
@@ -211,3 +220,165 @@ def make_synthetic_training_dataset(faces, identities=None, batch_size: int = 64
 
     return _build(n, labels.astype(np.int32), fetch, int(batch_size), shuffle, seed, augment_flip,
                   drop_remainder, repeat)
+
+
+# --------------------------------------------------------------------------- file-backed pipelines
+def decode_image_into(data, out, resize: bool, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
+    """Decode encoded image ``data`` (uint8 array/bytes) as RGB into ``out`` (H, W, 3).
+
+    The header is checked first (JPEG/PNG/BMP/WebP, at most ``max_pixels`` pixels; see
+    :mod:`keras_facemargin.utils.images`); with ``resize`` an image of another size is resized
+    by :func:`~keras_facemargin.utils.images.resize_image` (area when shrinking, else linear).
+
+    Returns ``None`` on success, else a reason string (undecodable / over the cap / wrong size).
+    """
+    img, why = decode_image(data, max_pixels)
+    if img is None:
+        return why
+    h, w = out.shape[:2]
+    if img.shape[:2] != (h, w):
+        if not resize:
+            return f"image is {img.shape[0]}x{img.shape[1]}, expected {h}x{w}"
+        img = resize_image(img, (h, w))
+    out[...] = img
+    return None
+
+
+def resolve_shard(shard):
+    """Turn a ``shard`` argument into ``(num_shards, shard_index)`` or ``None``.
+
+    Args:
+        shard: ``None`` (no sharding); ``"auto"`` (one shard per worker when a
+            multi-worker strategy is in scope: ``MultiWorkerMirroredStrategy``
+            or a ``TF_CONFIG`` cluster; single-machine ``MirroredStrategy``
+            needs none); a ``tf.distribute.InputContext`` (from
+            ``distribute_datasets_from_function``); or ``(num_shards, index)``.
+
+    Example::
+
+        resolve_shard((2, 1))  # -> (2, 1)
+    """
+    if shard is None:
+        return None
+    if isinstance(shard, tf.distribute.InputContext):
+        n, i = shard.num_input_pipelines, shard.input_pipeline_id
+    elif isinstance(shard, str):
+        if shard != "auto":
+            raise ValueError(f"`shard` must be None, 'auto', an InputContext or (num_shards, "
+                             f"index), got {shard!r}.")
+        if not tf.distribute.has_strategy():
+            return None
+        resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+        if resolver is None or not resolver.cluster_spec().as_dict():
+            return None
+        spec = resolver.cluster_spec().as_dict()
+        n_chief = len(spec.get("chief", []))
+        n = n_chief + len(spec.get("worker", []))
+        if resolver.task_type == "chief":
+            i = 0
+        elif resolver.task_type == "worker":
+            i = n_chief + int(resolver.task_id)
+        else:
+            return None
+    else:
+        try:
+            n, i = (int(v) for v in shard)
+        except (TypeError, ValueError):
+            raise ValueError(f"`shard` must be None, 'auto', an InputContext or (num_shards, "
+                             f"index), got {shard!r}.") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"Invalid shard ({n}, {i}): need num_shards >= 1 and 0 <= index < num_shards.")
+    return None if n == 1 else (n, i)
+
+
+def _apply_shard_options(ds, shard):
+    opts = tf.data.Options()
+    # Explicit shards must not be sharded again by the strategy; otherwise shard by element.
+    opts.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if shard else tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(opts)
+
+
+# Plain graph code: no AutoGraph conversion needed (also keeps tracing independent of the source file).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+def build_decoded_pipeline(source, load_chunk, image_hw, batch_size, shuffle, seed, augment_flip,
+                           drop_remainder, repeat, num_parallel_calls, chunk_size, shard,
+                           shuffle_buffer=None):
+    """Shared tail of the file-backed pipelines (RecordIO, folders, TFRecord).
+
+    Args:
+        source: dataset of ``(index int64, label int32, *extra)`` (already sharded).
+        load_chunk: NumPy function ``load_chunk(index, *extra) -> (uint8 (k, H, W, 3), bool ok (k,))``
+            applied to chunks of ``chunk_size`` elements inside ``tf.numpy_function``;
+            samples with ``ok == False`` are dropped before the final batching.
+        image_hw: ``(H, W)``.
+        shuffle_buffer: shuffle buffer (default: the whole source when its size is known).
+
+    Returns:
+        The contract dataset, prefetched.
+    """
+    h, w = image_hw
+    seed = int(seed)
+    if shuffle:
+        card = int(source.cardinality())
+        buf = shuffle_buffer if shuffle_buffer else (card if card > 0 else 10000)
+        source = source.shuffle(int(buf), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        source = source.repeat()
+    ds = source.batch(int(chunk_size))
+
+    @_no_autograph
+    def _load(idx, lab, *extra):
+        images, ok = tf.numpy_function(load_chunk, [idx, *extra], [tf.uint8, tf.bool],
+                                       stateful=False)
+        images.set_shape([None, h, w, 3])
+        ok.set_shape([None])
+        return images, idx, lab, ok
+
+    @_no_autograph
+    def _ok(images, idx, lab, ok):
+        return ok
+
+    @_no_autograph
+    def _drop_ok(images, idx, lab, ok):
+        return images, idx, lab
+
+    ds = ds.map(_load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.unbatch().filter(_ok).map(_drop_ok)
+    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    # One fresh random int64 per batch (different every epoch, deterministic given seed).
+    rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, rand))
+    flip_seed = tf.constant(seed % (2**31), tf.int64)
+
+    @_no_autograph
+    def _finish(batch, r):
+        images, idx, lab = batch
+        if augment_flip:
+            u = tf.random.stateless_uniform([tf.shape(idx)[0]], seed=tf.stack([r, flip_seed]))
+            images = tf.where((u < 0.5)[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        lab = tf.cast(lab, tf.int32)
+        return {"images": normalize_images(images), "labels": lab,
+                "index": tf.cast(idx, tf.int32)}, lab
+
+    ds = ds.map(_finish, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return _apply_shard_options(ds.prefetch(tf.data.AUTOTUNE), shard)
+
+
+def _check_pipeline_args(chunk_size, num_parallel_calls, image_size):
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    if num_parallel_calls != tf.data.AUTOTUNE and (
+            not isinstance(num_parallel_calls, (int, np.integer)) or num_parallel_calls < 1):
+        raise ValueError(f"`num_parallel_calls` must be tf.data.AUTOTUNE or a positive integer, "
+                         f"got {num_parallel_calls!r}.")
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (int(image_size), int(image_size))
+    hw = tuple(int(v) for v in image_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"`image_size` must be a positive int or (height, width), got {image_size!r}.")
+    return hw

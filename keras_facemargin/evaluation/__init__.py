@@ -32,6 +32,7 @@ from keras_facemargin.evaluation.bin_sets import (  # noqa: E402,F401
     load_bin,
     load_verification_set,
 )
+from keras_facemargin.evaluation.pairs_sets import lfw_verification  # noqa: E402,F401
 from keras_facemargin.evaluation.plots import plot_roc  # noqa: E402,F401
 
 __all__ += [
@@ -43,5 +44,6 @@ __all__ += [
     "find_verification_sets",
     "load_bin",
     "load_verification_set",
+    "lfw_verification",
     "plot_roc",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from keras_facemargin.utils.images import resize_image
 
 
 @dataclass
@@ -52,7 +53,6 @@ class PairSet:
         return self.images[self.index_a], self.images[self.index_b], self.is_same
 
 
-
 def _check_image_size(image_size):
     if image_size is None:
         return None
@@ -67,9 +67,6 @@ def _check_image_size(image_size):
     return h, w
 
 
-def _resize(img, size):
-    if size is None or img.shape[:2] == tuple(size):
-        return img
-    h, w = size
-    interp = cv2.INTER_AREA if (h < img.shape[0] and w < img.shape[1]) else cv2.INTER_LINEAR
-    return cv2.resize(img, (w, h), interpolation=interp)
+#: The package's one resizer (``keras_facemargin.utils.images.resize_image``); the loaders of
+#: :mod:`~keras_facemargin.evaluation.bin_sets` import it from here under this name.
+_resize = resize_image

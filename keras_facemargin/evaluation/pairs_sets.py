@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, read_image_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, read_image_file, resize_image
 from keras_facemargin.data.lfw import LFW_CENTER_CROP_BOX, load_lfw_images, load_lfw_pairs
 from keras_facemargin.errors import ImageFileError
-from keras_facemargin.evaluation.pair_set import PairSet, _check_image_size, _resize
+from keras_facemargin.evaluation.pair_set import PairSet, _check_image_size
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
 
 __all__ = ["load_lfw_folder", "parse_cfp_protocol", "load_cfp_folder", "read_images"]
@@ -93,7 +93,7 @@ def read_images(paths, image_size=(112, 112), crop=None, num_threads=4):
                 raise ValueError(f"{path}: crop {c} exceeds the image size {w}x{h}.")
             top, left = (h - c) // 2, (w - c) // 2
             img = img[top:top + c, left:left + c]
-        return _resize(img, size)
+        return resize_image(img, size)
 
     paths = list(paths)
     if not paths:

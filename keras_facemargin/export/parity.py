@@ -51,7 +51,7 @@ def parity_images(image_size, num_images=64, data_dir=None, seed=0):
 
         images, source = parity_images((112, 112), 64)
     """
-    import cv2
+    from keras_facemargin.utils.images import resize_image
 
     h, w = (image_size, image_size) if np.isscalar(image_size) else (int(image_size[0]), int(image_size[1]))
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -65,7 +65,7 @@ def parity_images(image_size, num_images=64, data_dir=None, seed=0):
             pick = sorted(rng.choice(len(files), size=min(num_images, len(files)), replace=False))
             images = load_lfw_images([files[i] for i in pick], image_size=max(h, w), progress=False)
             if h != w:
-                images = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+                images = np.stack([resize_image(im, (h, w)) for im in images])
             return images, f"LFW centre crops ({len(images)} images from {lfw})"
     from keras_facemargin.export.tflite import representative_images
 

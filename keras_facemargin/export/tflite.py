@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_facemargin.utils.images import resize_image
+
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 __all__ = ["QUANTIZATIONS", "export_tflite", "representative_images", "TFLiteEmbedder"]
@@ -50,7 +52,7 @@ def representative_images(image_size, directory=None, num_images=128, seed=0):
                                seed=seed)
         images = faces.to_arrays()[0][:num_images]
         if h < 32:
-            images = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+            images = np.stack([resize_image(im, (h, w)) for im in images])
         return images
     directory = Path(directory)
     if not directory.is_dir():
@@ -66,7 +68,7 @@ def representative_images(image_size, directory=None, num_images=128, seed=0):
         if img is None:
             raise ValueError(f"Cannot decode representative image {files[i]}.")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        out.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
+        out.append(resize_image(img, (h, w)))
     return np.stack(out)
 
 

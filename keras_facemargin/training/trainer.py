@@ -177,7 +177,7 @@ def _synthetic_data(config, num_workers):
 
 def _file_data(config, num_workers):
     from keras_facemargin.data.errors import BadRecordReport
-    from keras_facemargin.data.sources import load_training_set
+    from keras_facemargin.data.training_set import load_training_set
 
     ts = load_training_set(config.data, merge_identities=config.merge_identities,
                            exclude_identities=config.exclude_identities, image_size=config.image_size)

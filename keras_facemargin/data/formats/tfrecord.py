@@ -18,7 +18,7 @@ with ``on_error="skip"``, only its complete records are read. The pipeline then
 interleaves ``(file, record number)`` pairs of the (shuffled) files; each chunk of them is
 read by offset with TensorFlow's CRC-checked random-access record reader and parsed in
 Python (:func:`decode_example`), shuffled in a buffer, then decoded with the shared OpenCV
-chunk decoder of :mod:`keras_facemargin.data.recordio` (same contract, same bad-record
+chunk decoder of :func:`keras_facemargin.data.pipeline.build_decoded_pipeline` (same contract, same bad-record
 handling; image headers are checked against ``max_image_pixels`` first).
 
 What ``on_error="skip"`` covers -- every problem a file's bytes can have -- each reported
@@ -52,8 +52,8 @@ from tensorflow.python.lib.io import tf_record
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error  # noqa: F401
 from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
-from keras_facemargin.data.pipeline import _check_common
-from keras_facemargin.data.recordio import (
+from keras_facemargin.data.pipeline import (
+    _check_common,
     _check_pipeline_args,
     build_decoded_pipeline,
     decode_image_into,
@@ -284,7 +284,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, image_size=None, shuffle: bo
             in a ``tf.errors`` exception carrying its message).
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
             shard, report, chunk_size: as in
-            :func:`keras_facemargin.data.recordio.make_dataset`. Shards are whole
+            :func:`keras_facemargin.data.formats.recordio.make_dataset`. Shards are whole
             files when there are at least as many files as shards, else records.
 
     Returns:

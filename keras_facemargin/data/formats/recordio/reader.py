@@ -1,73 +1,18 @@
-"""insightface / MXNet RecordIO training sets, read without MXNet.
-
-Layout (``faces_emore`` = MS1MV2, MS1MV3, Glint360K, CASIA ``faces_webface``)::
-
-    <dir>/train.rec   concatenated records
-    <dir>/train.idx   text, one line per record: "<key>\\t<byte offset in train.rec>"
-    <dir>/property    text "num_classes,height,width" (optional for reading)
-
-Record (dmlc/MXNet RecordIO), all integers little-endian::
-
-    uint32 magic = 0xced7230a
-    uint32 lrec  = cflag << 29 | length        # length = payload bytes (< 2**29)
-    payload[length], then zero padding to a multiple of 4 bytes
-
-``cflag`` is 0 for a whole record. The writer splits a payload wherever the
-magic appears at a 4-byte-aligned position: parts are written with
-``cflag`` 1 (first), 2 (middle), 3 (last) and the magic itself is dropped, so
-the payload is the parts joined by the 4 magic bytes. This reader rejoins them.
-
-Payload (``mx.recordio.pack``)::
-
-    IRHeader "<IfQQ": uint32 flag, float32 label, uint64 id, uint64 id2
-    if flag > 0: float32 labels[flag]   (header.label is then 0)
-    encoded image bytes (JPEG in insightface sets)
-
-Keys in ``faces_emore``:
-
-* key 0, the header record: ``flag = 2``, ``labels = (S, E)``. Image records
-  are keys ``1 .. S-1``; identity records are keys ``S .. E-1``.
-* image record: ``flag = 0``, ``label`` = class id (a float holding an integer);
-  ``id`` = its key. (Some sets store ``flag >= 1`` labels; the class is
-  ``labels[0]``, as in insightface's ``MXFaceDataset``.)
-* identity record ``S + c``: ``flag = 2``, ``labels = (a, b)``: the images of
-  class ``c`` are keys ``a .. b-1``.
-
-Without a header record (``flag == 0`` at key 0, or no key 0) every key of
-the ``.idx`` is an image record, in file order.
+"""Random-access, validating reader of insightface RecordIO sets (no MXNet needed).
 
 The training *sample index* (``index`` in the pipeline elements, KappaFace's
 memory slot) is the position of an image in :attr:`RecordIOReader.keys`:
 ``0 .. num_images-1``, stable across epochs and independent of corrupt
 records (a skipped record's index is simply never produced).
 
-Reading in ``tf.data`` (:func:`make_dataset`): the file is memory-mapped and a
-vectorised NumPy scan of all record headers (no image decode) validates every
-record up front and yields each image's byte offset and length. Sample
-indices are sharded, shuffled and cut into chunks of ``chunk_size``; one
-``tf.numpy_function`` call per chunk slices the images out of the map and
-decodes them with OpenCV (which releases the GIL, so the parallel ``map``
-uses every core), writing into one preallocated uint8 array; one Python call
-per chunk rather than per image keeps GIL-bound overhead small. OpenCV is used rather than
-``tf.io.decode_jpeg`` because (a) a failed decode is *counted* and skipped
-(TF decode errors can only be dropped uncounted with ``ignore_errors`` or
-abort the epoch), (b) it decodes with the accurate integer IDCT, bit-identical
-to ``tf.io.decode_jpeg(dct_method="INTEGER_ACCURATE")`` and to the
-OpenCV-based decoding of insightface's own ``MXFaceDataset``, and was faster
-than that TF mode here (single core, 112x112: ~9k vs ~6.6k images/s); TF's
-default fast IDCT differs by up to ~12 grey levels. On 2 shared CPU cores the
-whole pipeline ran at ~0.8x a bare ``list_files -> decode_jpeg`` folder
-pipeline given the same flip + normalise work
-(``benchmarks/pipeline_throughput.py``).
-Decoded images are unbatched, failures filtered out, rebatched (so batches
-stay full), flipped and normalised in TF.
+Every record's framing, header, label and image signature is checked by a vectorised scan
+of the memory-mapped headers (:meth:`RecordIOReader.scan`, no image decode).
 
 Example::
 
-    reader = RecordIOReader("faces_emore")
-    reader.num_images, reader.num_classes, reader.class_counts()[:5]
-    ds = make_dataset("faces_emore", batch_size=128, seed=0)
-    inputs, labels = next(iter(ds))   # {"images", "labels", "index"}, labels
+    r = RecordIOReader("faces_emore")
+    label, jpeg = r.read(r.keys[0])
+    counts = r.class_counts()
 """
 
 from __future__ import annotations
@@ -77,43 +22,27 @@ import mmap
 import os
 import struct
 import warnings
-from collections import namedtuple
 from pathlib import Path
 
-import cv2
 import numpy as np
-import tensorflow as tf
 
-from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.data.errors import BadRecordError
+from keras_facemargin.data.formats.recordio.records import (
+    _IR_FORMAT,
+    _IR_SIZE,
+    _LEN_MASK,
+    _MAGIC_BYTES,
+    MAGIC,
+    IRHeader,
+    _has_image_signature,
+)
 from keras_facemargin.errors import RecordIOError, RecordIORecordError
-from keras_facemargin.data.pipeline import _check_common, normalize_images
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels
 
-__all__ = [
-    "IRHeader",
-    "RecordIOReader",
-    "make_dataset",
-    "make_recordio_dataset",
-    "write_recordio",
-    "pack_record",
-    "resolve_shard",
-    "MAGIC",
-    "RecordIOError",
-    "RecordIORecordError",
-    "DEFAULT_MIN_MAX_CLASSES",
-]
+__all__ = ["RecordIOReader", "RecordIOError", "RecordIORecordError", "DEFAULT_MIN_MAX_CLASSES"]
 
 #: ``max_classes`` default: this many, or the number of ``.idx`` entries when larger.
 DEFAULT_MIN_MAX_CLASSES = 1 << 20
-
-MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
-_LEN_MASK = (1 << 29) - 1
-_IR_FORMAT = "<IfQQ"
-_IR_SIZE = struct.calcsize(_IR_FORMAT)  # 24
-
-IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
-IRHeader.__doc__ = """MXNet image-record header. ``label`` is a float, or a float32 array when ``flag > 0``."""
 
 # Scan reason codes.
 _OK, _TRUNC, _MAGIC_BAD, _CFLAG, _SHORT, _IMAGE, _LABEL, _OVERLAP = range(8)
@@ -123,129 +52,6 @@ _IDX_BYTES = np.zeros(256, bool)
 _IDX_BYTES[list(b"0123456789+- \t\r\n")] = True
 
 
-def _has_image_signature(head: bytes) -> bool:
-    """JPEG, PNG, BMP or WebP signature at the start of ``head``."""
-    return (head[:3] == b"\xff\xd8\xff" or head[:4] == b"\x89PNG" or head[:2] == b"BM"
-            or head[:4] == b"RIFF")
-
-
-# --------------------------------------------------------------------------- writing
-def pack_record(payload: bytes) -> bytes:
-    """Frame ``payload`` as one MXNet RecordIO record (split into parts as MXNet does).
-
-    Args:
-        payload: record payload (IRHeader + labels + image bytes).
-
-    Returns:
-        The bytes to append to a ``.rec`` file (a multiple of 4 bytes long).
-
-    Example::
-
-        rec = pack_record(struct.pack("<IfQQ", 0, 3.0, 1, 0) + jpeg_bytes)
-    """
-    if len(payload) > _LEN_MASK:
-        raise ValueError(f"Record payload of {len(payload)} bytes exceeds the 2**29-1 limit.")
-    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == _MAGIC_BYTES]
-    out = []
-    start = 0
-    for n, i in enumerate(cuts):
-        out.append((1 if n == 0 else 2, payload[start:i]))
-        start = i + 4
-    out.append((3 if cuts else 0, payload[start:]))
-    chunks = []
-    for cflag, part in out:
-        chunks.append(struct.pack("<II", MAGIC, (cflag << 29) | len(part)))
-        chunks.append(part)
-        chunks.append(b"\0" * (-len(part) % 4))
-    return b"".join(chunks)
-
-
-def _pack_payload(flag_labels, label, id_, id2, data=b""):
-    if flag_labels is None:
-        return struct.pack(_IR_FORMAT, 0, float(label), int(id_), int(id2)) + data
-    lab = np.asarray(flag_labels, np.float32).ravel()
-    return struct.pack(_IR_FORMAT, lab.size, 0.0, int(id_), int(id2)) + lab.tobytes() + data
-
-
-def write_recordio(out_dir, items, image_size=None, num_classes=None, progress=None) -> dict:
-    """Write an insightface ``faces_emore``-layout RecordIO set.
-
-    Writes ``train.rec``, ``train.idx`` and ``property`` with the header record
-    (key 0), image records (keys ``1..N``) and identity records (keys
-    ``N+1..N+C``), readable by :class:`RecordIOReader` and by insightface's
-    ``MXFaceDataset`` / ``mx.recordio.MXIndexedRecordIO``.
-
-    Args:
-        out_dir: output folder (created).
-        items: iterable of ``(label, encoded_image_bytes)`` with labels grouped
-            by class in non-decreasing order (insightface identities are
-            contiguous key ranges).
-        image_size: ``(height, width)`` written to ``property``; required.
-        num_classes: number of classes (default: last label + 1). Classes
-            without images get an empty identity range.
-        progress: optional callable ``progress(n)`` called after each image
-            (e.g. ``tqdm.update``).
-
-    Returns:
-        ``{"num_images", "num_classes", "counts"}``.
-
-    Example::
-
-        write_recordio("out", [(0, jpg_a), (0, jpg_b), (1, jpg_c)], image_size=(112, 112))
-    """
-    if image_size is None or len(tuple(image_size)) != 2:
-        raise ValueError(f"`image_size` must be (height, width), got {image_size!r}.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    counts = []
-    idx_lines = []
-    key = 0
-    with open(out_dir / "train.rec", "wb") as f:
-        # Header placeholder; the header record has a fixed size, rewritten at the end.
-        f.write(pack_record(_pack_payload([0.0, 0.0], 0, 0, 0)))
-        idx_lines.append("0\t0")
-        prev = -1
-        for label, data in items:
-            label = int(label)
-            if label < prev:
-                raise ValueError(
-                    f"`items` must be grouped by class in non-decreasing label order; got label "
-                    f"{label} after {prev} (image key {key + 1})."
-                )
-            if label < 0:
-                raise ValueError(f"Labels must be >= 0, got {label}.")
-            data = bytes(data)
-            if not _has_image_signature(data[:4]):
-                raise ValueError(f"Image of key {key + 1} (label {label}) is not an encoded image.")
-            while len(counts) <= label:
-                counts.append(0)
-            counts[label] += 1
-            prev = label
-            key += 1
-            idx_lines.append(f"{key}\t{f.tell()}")
-            f.write(pack_record(_pack_payload(None, label, key, 0, data)))
-            if progress is not None:
-                progress(1)
-        n = key
-        c = len(counts) if num_classes is None else int(num_classes)
-        if c < len(counts):
-            raise ValueError(f"`num_classes` ({c}) is smaller than the largest label + 1 ({len(counts)}).")
-        counts += [0] * (c - len(counts))
-        start = 1
-        for cls in range(c):
-            key += 1
-            idx_lines.append(f"{key}\t{f.tell()}")
-            f.write(pack_record(_pack_payload([start, start + counts[cls]], 0, key, 0)))
-            start += counts[cls]
-        f.seek(0)
-        f.write(pack_record(_pack_payload([n + 1, n + 1 + c], 0, 0, 0)))
-    (out_dir / "train.idx").write_text("\n".join(idx_lines) + "\n")
-    h, w = (int(v) for v in image_size)
-    (out_dir / "property").write_text(f"{c},{h},{w}")
-    return {"num_images": n, "num_classes": c, "counts": np.asarray(counts, np.int64)}
-
-
-# --------------------------------------------------------------------------- reading
 def _resolve_paths(path):
     p = Path(path)
     if p.is_dir():
@@ -820,280 +626,3 @@ class RecordIOReader:
         if length >= 0:
             return np.frombuffer(self._mm, np.uint8, length, int(sc["image_offset"][pos]))
         return np.frombuffer(self.read(int(self.keys[pos]))[1], np.uint8)
-
-
-# --------------------------------------------------------------------------- decoding
-def decode_image_into(data, out, resize: bool, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
-    """Decode encoded image ``data`` (uint8 array/bytes) as RGB into ``out`` (H, W, 3).
-
-    The header is checked first (JPEG/PNG/BMP/WebP, at most ``max_pixels`` pixels; see
-    :mod:`keras_facemargin.utils.images`).
-
-    Returns ``None`` on success, else a reason string (undecodable / over the cap / wrong size).
-    """
-    img, why = decode_image(data, max_pixels)
-    if img is None:
-        return why
-    h, w = out.shape[:2]
-    if img.shape[:2] != (h, w):
-        if not resize:
-            return f"image is {img.shape[0]}x{img.shape[1]}, expected {h}x{w}"
-        interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-        img = cv2.resize(img, (w, h), interpolation=interp)
-    out[...] = img
-    return None
-
-
-def resolve_shard(shard):
-    """Turn a ``shard`` argument into ``(num_shards, shard_index)`` or ``None``.
-
-    Args:
-        shard: ``None`` (no sharding); ``"auto"`` (one shard per worker when a
-            multi-worker strategy is in scope: ``MultiWorkerMirroredStrategy``
-            or a ``TF_CONFIG`` cluster; single-machine ``MirroredStrategy``
-            needs none); a ``tf.distribute.InputContext`` (from
-            ``distribute_datasets_from_function``); or ``(num_shards, index)``.
-
-    Example::
-
-        resolve_shard((2, 1))  # -> (2, 1)
-    """
-    if shard is None:
-        return None
-    if isinstance(shard, tf.distribute.InputContext):
-        n, i = shard.num_input_pipelines, shard.input_pipeline_id
-    elif isinstance(shard, str):
-        if shard != "auto":
-            raise ValueError(f"`shard` must be None, 'auto', an InputContext or (num_shards, "
-                             f"index), got {shard!r}.")
-        if not tf.distribute.has_strategy():
-            return None
-        resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
-        if resolver is None or not resolver.cluster_spec().as_dict():
-            return None
-        spec = resolver.cluster_spec().as_dict()
-        n_chief = len(spec.get("chief", []))
-        n = n_chief + len(spec.get("worker", []))
-        if resolver.task_type == "chief":
-            i = 0
-        elif resolver.task_type == "worker":
-            i = n_chief + int(resolver.task_id)
-        else:
-            return None
-    else:
-        try:
-            n, i = (int(v) for v in shard)
-        except (TypeError, ValueError):
-            raise ValueError(f"`shard` must be None, 'auto', an InputContext or (num_shards, "
-                             f"index), got {shard!r}.") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"Invalid shard ({n}, {i}): need num_shards >= 1 and 0 <= index < num_shards.")
-    return None if n == 1 else (n, i)
-
-
-def _apply_shard_options(ds, shard):
-    opts = tf.data.Options()
-    # Explicit shards must not be sharded again by the strategy; otherwise shard by element.
-    opts.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF if shard else tf.data.experimental.AutoShardPolicy.DATA)
-    return ds.with_options(opts)
-
-
-# Plain graph code: no AutoGraph conversion needed (also keeps tracing independent of the source file).
-_no_autograph = tf.autograph.experimental.do_not_convert
-
-
-def build_decoded_pipeline(source, load_chunk, image_hw, batch_size, shuffle, seed, augment_flip,
-                           drop_remainder, repeat, num_parallel_calls, chunk_size, shard,
-                           shuffle_buffer=None):
-    """Shared tail of the file-backed pipelines (RecordIO, folders, TFRecord).
-
-    Args:
-        source: dataset of ``(index int64, label int32, *extra)`` (already sharded).
-        load_chunk: NumPy function ``load_chunk(index, *extra) -> (uint8 (k, H, W, 3), bool ok (k,))``
-            applied to chunks of ``chunk_size`` elements inside ``tf.numpy_function``;
-            samples with ``ok == False`` are dropped before the final batching.
-        image_hw: ``(H, W)``.
-        shuffle_buffer: shuffle buffer (default: the whole source when its size is known).
-
-    Returns:
-        The contract dataset, prefetched.
-    """
-    h, w = image_hw
-    seed = int(seed)
-    if shuffle:
-        card = int(source.cardinality())
-        buf = shuffle_buffer if shuffle_buffer else (card if card > 0 else 10000)
-        source = source.shuffle(int(buf), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        source = source.repeat()
-    ds = source.batch(int(chunk_size))
-
-    @_no_autograph
-    def _load(idx, lab, *extra):
-        images, ok = tf.numpy_function(load_chunk, [idx, *extra], [tf.uint8, tf.bool],
-                                       stateful=False)
-        images.set_shape([None, h, w, 3])
-        ok.set_shape([None])
-        return images, idx, lab, ok
-
-    @_no_autograph
-    def _ok(images, idx, lab, ok):
-        return ok
-
-    @_no_autograph
-    def _drop_ok(images, idx, lab, ok):
-        return images, idx, lab
-
-    ds = ds.map(_load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.unbatch().filter(_ok).map(_drop_ok)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
-    # One fresh random int64 per batch (different every epoch, deterministic given seed).
-    rand = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, rand))
-    flip_seed = tf.constant(seed % (2**31), tf.int64)
-
-    @_no_autograph
-    def _finish(batch, r):
-        images, idx, lab = batch
-        if augment_flip:
-            u = tf.random.stateless_uniform([tf.shape(idx)[0]], seed=tf.stack([r, flip_seed]))
-            images = tf.where((u < 0.5)[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        lab = tf.cast(lab, tf.int32)
-        return {"images": normalize_images(images), "labels": lab,
-                "index": tf.cast(idx, tf.int32)}, lab
-
-    ds = ds.map(_finish, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return _apply_shard_options(ds.prefetch(tf.data.AUTOTUNE), shard)
-
-
-def _check_pipeline_args(chunk_size, num_parallel_calls, image_size):
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
-    if num_parallel_calls != tf.data.AUTOTUNE and (
-            not isinstance(num_parallel_calls, (int, np.integer)) or num_parallel_calls < 1):
-        raise ValueError(f"`num_parallel_calls` must be tf.data.AUTOTUNE or a positive integer, "
-                         f"got {num_parallel_calls!r}.")
-    if image_size is None:
-        return None
-    if isinstance(image_size, (int, np.integer)):
-        image_size = (int(image_size), int(image_size))
-    hw = tuple(int(v) for v in image_size)
-    if len(hw) != 2 or min(hw) < 1:
-        raise ValueError(f"`image_size` must be a positive int or (height, width), got {image_size!r}.")
-    return hw
-
-
-def make_dataset(path, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 augment_flip: bool = True, drop_remainder: bool = True, repeat: bool = False,
-                 num_parallel_calls=tf.data.AUTOTUNE, on_error: str = "skip", shard="auto",
-                 image_size=None, report: BadRecordReport | None = None,
-                 chunk_size: int = 32, max_image_pixels=None) -> tf.data.Dataset:
-    """Training ``tf.data`` pipeline over an insightface RecordIO set.
-
-    Yields the package contract ``({"images", "labels", "index"}, labels)``
-    (see :mod:`keras_facemargin.data.pipeline`); ``index`` is the position in
-    :attr:`RecordIOReader.keys`.
-
-    Args:
-        path: folder with ``train.rec``/``train.idx``/``property``, a ``.rec``
-            path, or a :class:`RecordIOReader`.
-        batch_size: images per batch (per worker when sharded).
-        shuffle: reshuffle sample indices every epoch (seeded).
-        seed: seed for shuffling and flips.
-        augment_flip: random horizontal flip with probability 0.5.
-        drop_remainder: drop the last incomplete batch.
-        repeat: repeat indefinitely.
-        num_parallel_calls: parallelism of the decode ``map``.
-        on_error: ``"skip"`` bad records (counted in ``report``, logged) or
-            ``"raise"`` a :class:`BadRecordError` naming the file and offset:
-            at construction for records the header scan rejects, during
-            iteration (wrapped in a ``tf.errors`` exception carrying the same
-            message) for images that fail to decode.
-        shard: ``"auto"``, ``None``, ``(num_shards, index)`` or a
-            ``tf.distribute.InputContext`` (see :func:`resolve_shard`); shards
-            are disjoint sets of sample indices.
-        image_size: ``(height, width)`` to resize to; default: the ``property``
-            size (images of another size are bad records), else the first image's.
-        report: a :class:`BadRecordReport` to count into (default: a new one,
-            also attached to the returned dataset as ``.bad_records``).
-        chunk_size: images decoded per ``numpy_function`` call.
-        max_image_pixels: largest ``height * width`` decoded (read from each image's header
-            first); default: the reader's ``max_image_pixels``.
-
-    Returns:
-        ``tf.data.Dataset``.
-
-    Raises:
-        OSError: missing / unreadable files. ValueError: bad arguments. RecordIOError: a
-        malformed set (see :class:`RecordIOReader`). RecordIORecordError (a
-        :class:`BadRecordError`) with ``on_error="raise"``.
-
-    Example::
-
-        report = BadRecordReport()
-        ds = make_dataset("faces_emore", 128, seed=0, report=report)
-        model.fit(ds, epochs=20)
-        print(report.summary())
-    """
-    check_on_error(on_error)
-    reader = path if isinstance(path, RecordIOReader) else RecordIOReader(path)
-    hw = _check_pipeline_args(chunk_size, num_parallel_calls, image_size)
-    resize = hw is not None
-    cap = reader.max_image_pixels if max_image_pixels is None else check_max_pixels(max_image_pixels)
-    report = BadRecordReport() if report is None else report
-    sc = reader.scan()
-    if sc["bad"]:
-        if on_error == "raise":
-            first = sc["bad"][0]
-            raise RecordIORecordError(first.file, first.offset, first.reason,
-                                 f"{first.detail}; {len(sc['bad'])} bad record(s) in total")
-        for pos, err in zip(sc["bad_positions"], sc["bad"]):
-            report.add_error(err, key=int(reader.keys[pos]), log=False)
-        report.log_summary()
-    positions = np.flatnonzero(sc["valid"]).astype(np.int64)
-    if positions.size == 0:
-        raise RecordIOError(reader.rec_path, "no valid image records")
-    if hw is None:
-        hw = reader.image_size
-    if hw is None:
-        probe, why = decode_image(reader._image_view(int(positions[0])), cap)
-        if probe is None:
-            raise RecordIORecordError(reader.rec_path, int(reader._image_offsets[positions[0]]),
-                                      "bad_image", f"{why} (the first image is used to infer the image size)")
-        hw = probe.shape[:2]
-    shard_spec = resolve_shard(shard)
-    if shard_spec:
-        positions = positions[shard_spec[1]::shard_spec[0]]
-    _check_common(positions.size, batch_size, drop_remainder, seed)
-    rec_path = str(reader.rec_path)
-    img_offsets = reader._image_offsets
-    keys = reader.keys
-
-    def load_chunk(idx):
-        out = np.empty((idx.size, hw[0], hw[1], 3), np.uint8)
-        ok = np.ones(idx.size, bool)
-        for k, i in enumerate(idx):
-            try:
-                why = decode_image_into(reader._image_view(int(i)), out[k], resize, cap)
-            except BadRecordError as e:
-                why = e.detail or e.reason
-            if why is not None:
-                err = RecordIORecordError(rec_path, int(img_offsets[i]), "bad_image", why)
-                if on_error == "raise":
-                    raise err
-                report.add_error(err, key=int(keys[i]))
-                ok[k] = False
-        return out, ok
-
-    source = tf.data.Dataset.from_tensor_slices(
-        (positions, sc["labels"][positions].astype(np.int32)))
-    ds = build_decoded_pipeline(source, load_chunk, hw, batch_size, shuffle, seed, augment_flip,
-                                drop_remainder, repeat, num_parallel_calls, chunk_size, shard_spec)
-    ds.bad_records = report
-    ds.reader = reader
-    return ds
-
-
-make_recordio_dataset = make_dataset
-"""Alias of :func:`make_dataset` (unambiguous when imported from :mod:`keras_facemargin.data`)."""
