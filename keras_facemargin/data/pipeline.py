@@ -29,34 +29,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image, resize_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image, normalize_images, resize_image
 
 __all__ = ["normalize_images", "make_training_dataset", "make_synthetic_training_dataset",
            "build_decoded_pipeline", "decode_image_into", "resolve_shard"]
-
-
-def normalize_images(images):
-    """Map pixel values ``[0, 255]`` to float32 ``(x - 127.5) / 128`` (ArcFace convention).
-
-    The single place where input normalisation is defined; used by the
-    pipelines and by :mod:`keras_facemargin.evaluation`.
-
-    Args:
-        images: uint8 (or any real dtype holding 0..255 values) NumPy array or TF tensor.
-
-    Returns:
-        float32 array / tensor of the same shape and kind as the input.
-
-    Example::
-
-        normalize_images(np.array([0, 255], np.uint8))  # -> [-0.99609375, 0.99609375]
-    """
-    if tf.is_tensor(images):
-        return (tf.cast(images, tf.float32) - 127.5) / 128.0
-    arr = np.asarray(images)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"`images` must have a numeric dtype, got {arr.dtype}.")
-    return ((arr.astype(np.float32) - np.float32(127.5)) / np.float32(128.0)).astype(np.float32)
 
 
 def _check_common(num_samples, batch_size, drop_remainder, seed):

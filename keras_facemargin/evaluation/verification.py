@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from keras_facemargin.data.pipeline import normalize_images
+from keras_facemargin.utils.images import normalize_images
 from keras_facemargin.evaluation._far import floor_threshold
 
 __all__ = [

@@ -218,7 +218,7 @@ def parity_report(keras_model, candidate, route, path, images, images_source="",
         report = parity_report(embedder, TFLiteEmbedder(p), "int8", p, images)
         print(report); report.raise_if_failed()
     """
-    from keras_facemargin.data.pipeline import normalize_images
+    from keras_facemargin.utils.images import normalize_images
 
     threshold = THRESHOLDS[route] if threshold is None else float(threshold)
     x = normalize_images(np.asarray(images))

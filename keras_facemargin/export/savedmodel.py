@@ -17,8 +17,10 @@ from pathlib import Path
 
 import keras
 
-NORM_MEAN = 127.5
-NORM_STD = 128.0
+from keras_facemargin.utils.images import PIXEL_MEAN, PIXEL_STD
+
+NORM_MEAN = PIXEL_MEAN  # the package normalisation (utils.images)
+NORM_STD = PIXEL_STD
 
 __all__ = ["as_embedder", "load_embedder", "export_savedmodel", "SavedModelEmbedder"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.utils.images import resize_image
+from keras_facemargin.utils.images import read_photo, resize_image
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -38,8 +38,6 @@ def representative_images(image_size, directory=None, num_images=128, seed=0):
 
         calib = representative_images((112, 112), "data/lfw/images", 200)
     """
-    import cv2
-
     h, w = int(image_size[0]), int(image_size[1])
     if directory is None:
         from keras_facemargin.data.synthetic import SyntheticFaces
@@ -64,10 +62,9 @@ def representative_images(image_size, directory=None, num_images=128, seed=0):
     pick = sorted(rng.choice(len(files), size=min(num_images, len(files)), replace=False))
     out = []
     for i in pick:
-        img = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f"Cannot decode representative image {files[i]}.")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img, problem = read_photo(files[i])
+        if problem is not None:
+            raise ValueError(f"{files[i]}: representative image refused ({problem[0]}: {problem[1]}).")
         out.append(resize_image(img, (h, w)))
     return np.stack(out)
 
@@ -93,7 +90,7 @@ def export_tflite(model_or_savedmodel, path, quantize="float32", representative=
     """
     import tensorflow as tf
 
-    from keras_facemargin.data.pipeline import normalize_images
+    from keras_facemargin.utils.images import normalize_images
     from keras_facemargin.export.savedmodel import export_savedmodel
 
     if quantize not in QUANTIZATIONS:

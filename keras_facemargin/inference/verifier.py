@@ -59,7 +59,7 @@ import numpy as np
 from keras_facemargin.data.align import align_face, estimate_transform, select_face, transform_points
 from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo, resize_image
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
-from keras_facemargin.data.pipeline import normalize_images
+from keras_facemargin.utils.images import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
 from keras_facemargin.errors import (  # noqa: F401  (re-exported)
     ConfigurationError, FaceVerifierError, GalleryError, ImageReadError, MultipleFacesError, NoFaceError,

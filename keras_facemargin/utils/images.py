@@ -27,13 +27,39 @@ import numpy as np
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageHeader", "image_header_size", "check_image_bytes",
            "decode_image", "read_image_file", "check_max_pixels", "resize_image", "PIXEL_MEAN", "PIXEL_STD",
-           "PACKAGE_NORMALIZATION"]
+           "PACKAGE_NORMALIZATION", "normalize_images"]
 
 #: The package's input normalisation ``(x - PIXEL_MEAN) / PIXEL_STD`` (ArcFace/insightface's
 #: MXNet recipe); arcface_torch uses ``std=127.5`` (see ``keras_facemargin.pretrained``).
 PIXEL_MEAN = 127.5
 PIXEL_STD = 128.0
 PACKAGE_NORMALIZATION = {"mean": PIXEL_MEAN, "std": PIXEL_STD}
+
+
+def normalize_images(images):
+    """Map pixel values ``[0, 255]`` to float32 ``(x - PIXEL_MEAN) / PIXEL_STD`` (ArcFace convention).
+
+    The single place where the package's input normalisation is computed; used by the pipelines,
+    :mod:`keras_facemargin.evaluation` and the verifier.
+
+    Args:
+        images: uint8 (or any real dtype holding 0..255 values) NumPy array or TF tensor.
+
+    Returns:
+        float32 array / tensor of the same shape and kind as the input.
+
+    Example::
+
+        normalize_images(np.array([0, 255], np.uint8))  # -> [-0.99609375, 0.99609375]
+    """
+    if type(images).__module__.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return (tf.cast(images, tf.float32) - PIXEL_MEAN) / PIXEL_STD
+    arr = np.asarray(images)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"`images` must have a numeric dtype, got {arr.dtype}.")
+    return ((arr.astype(np.float32) - np.float32(PIXEL_MEAN)) / np.float32(PIXEL_STD)).astype(np.float32)
 
 #: Default cap on ``height * width`` of one encoded image (4096 x 4096; 48 MiB of RGB).
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 24

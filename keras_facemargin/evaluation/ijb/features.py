@@ -66,7 +66,7 @@ def extract_ijb_features(model, root, meta: IJBMeta, image_size=112, batch_size=
     Returns:
         ``(features float32 (N, d) un-normalised, det_scores float32 (N,))``.
     """
-    from keras_facemargin.data.pipeline import normalize_images
+    from keras_facemargin.utils.images import normalize_images
 
     fn = _embed_fn(model)
     n = len(meta.names)
