@@ -4,7 +4,7 @@
 One insightface IResNet (default IResNet-50, 112x112) is built in PyTorch from the independent
 definition in ``tests/test_insightface_parity.py``, with random weights and randomised BatchNorm
 statistics and PReLU slopes. Its state dict is saved as a ``.pth`` and converted with the package's
-own converter (``keras_facemargin.pretrained.convert.convert_insightface``, the route of
+own converter (``keras_facemargin.convert.insightface.convert_insightface``, the route of
 ``tools/convert_insightface.py``), so the same weights run everywhere:
 
 * ``keras-eager``: ``embedder(x, training=False)`` op by op;
@@ -253,7 +253,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     from keras_facemargin import export
-    from keras_facemargin.pretrained.convert import convert_insightface
+    from keras_facemargin.convert.insightface import convert_insightface
 
     log(f"IResNet-{args.depth} {args.size}x{args.size}: PyTorch model with random weights ...")
     torch_model = build_torch_model(args.depth, args.size, args.seed)

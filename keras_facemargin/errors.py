@@ -18,10 +18,17 @@ names the file, the field / offset / line, and what was expected. One class per 
 :class:`MegaFaceFileError`  MegaFace feature files (``.bin``, ``.npy``) and noise lists
 :class:`WeightsFileError`   converted ``.pth`` / ``.onnx`` weights; :class:`DlibFileError` (a
                             subclass, with ``.offset``) for dlib ``.dat`` networks
-                            (:mod:`keras_facemargin.pretrained.convert` raises its subclass
-                            of the same name, with ``.node``; ``UnsafeWeightsError``, a
-                            refused pickle, and ``ExternalDataError`` derive from it)
+                            (:mod:`keras_facemargin.convert` raises the subclass
+                            :class:`WeightsConversionError`, with ``.node``;
+                            ``UnsafeWeightsError``, a refused pickle, and
+                            ``ExternalDataError`` derive from it)
 ==========================  ==============================================================
+
+Outcomes of the photo-to-verdict API are :class:`FaceVerifierError` subclasses (``reason``,
+``file``, ``exit_code``, ``to_dict()``): :class:`ConfigurationError`, :class:`ImageReadError`,
+:class:`NoFaceError`, :class:`MultipleFacesError`, :class:`GalleryError`. Training and export
+raise :class:`DataSourceError`, :class:`SampleBudgetError`, :class:`ClassShardingError`,
+:class:`NonFiniteLossError`, :class:`ParityError` and :class:`PretrainedWeightsError`.
 
 :class:`BadRecordError` (re-exported by :mod:`keras_facemargin.data.errors`) keeps its
 ``(file, offset, reason, detail)`` signature and message, so code that catches it keeps working.
@@ -54,6 +61,9 @@ __all__ = [
     "MegaFaceFileError",
     "WeightsFileError",
     "DlibFileError",
+    "WeightsConversionError",
+    "ExternalDataError",
+    "UnsafeWeightsError",
     "FaceVerifierError",
     "ConfigurationError",
     "ImageReadError",
@@ -288,3 +298,49 @@ class UnsafeBinError(BinSetError, pickle.UnpicklingError):
     A :class:`~keras_facemargin.errors.BinSetError` (a ``ValueError``) and a
     ``pickle.UnpicklingError``.
     """
+
+
+class WeightsConversionError(WeightsFileError):
+    """An insightface weights file (``.pth``/``.onnx``) or state dict that cannot be converted, or is
+    malformed or over a limit (raised by :mod:`keras_facemargin.convert`).
+
+    A :class:`WeightsFileError` (so an :class:`UntrustedFileError` and a ``ValueError``). The
+    message names the file and, for ONNX graphs, the node that does not fit; ``.source`` /
+    ``.file`` hold the file (``"<state dict>"`` for an in-memory state dict), ``.node`` the ONNX
+    node name (or None) and ``.where`` the node, archive entry or tensor.
+
+    Args:
+        message: the full message (starting with the file name when there is one).
+        source: the file (or ``"<onnx.ModelProto>"``).
+        node: the ONNX node's name.
+        where: archive entry / tensor name (defaults to ``node 'name'``).
+
+    Example::
+
+        try:
+            convert_insightface("w600k_r50.onnx")
+        except WeightsConversionError as e:
+            print(e.source, e.node, e.where)
+    """
+
+    def __init__(self, message, source=None, node=None, where=None):
+        message = str(message)
+        self.source = None if source is None else str(source)
+        self.node = node
+        file = self.source if self.source is not None else "<state dict>"
+        detail = message[len(file) + 2:] if message.startswith(file + ": ") else message
+        if where is None and node is not None:
+            where = f"node {node!r}"
+        WeightsFileError.__init__(self, file, detail, where)
+        self.args = (message,)
+
+
+class ExternalDataError(WeightsConversionError):
+    """An ONNX model keeps weights in external files and the caller did not allow reading them, or
+    an external location is unsafe (outside the model's folder, missing, or too short)."""
+
+
+class UnsafeWeightsError(WeightsConversionError, pickle.UnpicklingError):
+    """The pickle of a ``.pth`` names a global or opcode the restricted reader does not admit, or a
+    tensor view that is out of its storage's bounds, stride-0 or overlapping (never executed or
+    allocated). A :class:`WeightsConversionError` and a ``pickle.UnpicklingError``."""

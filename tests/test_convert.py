@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
+from testing import load_script, row_cosine
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from keras_facemargin.pretrained import convert  # noqa: E402
+from keras_facemargin.convert import insightface, insightface_onnx, pth  # noqa: E402
+from keras_facemargin.errors import ExternalDataError, WeightsConversionError  # noqa: E402
 
 BLOCKS, FILTERS, EMB, SIZE = (1, 2, 1, 1), (8, 8, 16, 16), 16, 32
 
@@ -160,10 +162,6 @@ def _images(n=6, seed=1):
     return rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype("float32")
 
 
-def _cosine(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def _ort(model, x_nhwc):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"input.1": np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))})[0]
@@ -177,14 +175,14 @@ def test_onnx_iresnet_converts_to_keras_with_parity(tmp_path, fuse_bn):
     onnx.save(model, str(path))
     x = _images()
     expected = _ort(model, x)
-    keras_model = convert.convert_insightface(path)
+    keras_model = insightface.convert_insightface(path)
     assert keras_model.stage_blocks == BLOCKS and keras_model.stage_filters == FILTERS
     assert keras_model.input_shape[1:] == (SIZE, SIZE, 3) and keras_model.output_shape[-1] == EMB
     got = np.asarray(keras_model(x, training=False))
     assert np.abs(expected).mean() > 0.05  # not a degenerate network
-    assert _cosine(got, expected).min() >= 0.9999
+    assert row_cosine(got, expected).min() >= 0.9999
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
-    _, info = convert.onnx_to_state_dict(model)
+    _, info = insightface_onnx.onnx_to_state_dict(model)
     assert info["fused_bn"] == (2 * sum(BLOCKS) + 4 + 1 if fuse_bn else 0)
 
 
@@ -199,23 +197,23 @@ def test_flatten_permutation_is_needed():
     wrong = dict(sd)
     # Pretend PyTorch flattened H, W, C: the converter's CHW->HWC permutation then scrambles it.
     wrong["fc.weight"] = sd["fc.weight"].reshape(EMB, c, hw, hw).transpose(0, 2, 3, 1).reshape(EMB, -1)
-    got = np.asarray(convert.iresnet_from_state_dict(wrong)(x, training=False))
-    assert _cosine(got, expected).min() < 0.99
+    got = np.asarray(insightface.iresnet_from_state_dict(wrong)(x, training=False))
+    assert row_cosine(got, expected).min() < 0.99
 
 
 def test_pth_state_dict_round_trip_without_torch(tmp_path):
     sd = random_state_dict(seed=5)
     sd["layer1.0.bn1.num_batches_tracked"] = np.array(7.0, "float32")  # ignored by the loader
     path = tmp_path / "backbone.pth"
-    convert.write_torch_state_dict(sd, path)
-    read = convert.read_torch_state_dict(path)
+    pth.write_torch_state_dict(sd, path)
+    read = pth.read_torch_state_dict(path)
     assert sorted(read) == sorted(sd)
     for key in sd:
         np.testing.assert_array_equal(read[key], sd[key])
     x = _images()
     expected = _ort(iresnet_onnx(sd), x)  # independent reference: onnxruntime on the same weights
-    got = np.asarray(convert.convert_insightface(path)(x, training=False))
-    assert _cosine(got, expected).min() >= 0.9999
+    got = np.asarray(insightface.convert_insightface(path)(x, training=False))
+    assert row_cosine(got, expected).min() >= 0.9999
 
 
 def test_pth_reader_refuses_code(tmp_path):
@@ -230,18 +228,18 @@ def test_pth_reader_refuses_code(tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (__builtin__|builtins)\.print"):
-        convert.read_torch_state_dict(path)
+        pth.read_torch_state_dict(path)
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match="not a torch zip archive"):
-        convert.read_torch_state_dict(legacy)
+        pth.read_torch_state_dict(legacy)
 
 
 def test_pth_interoperates_with_torch(tmp_path):
     torch = pytest.importorskip("torch", reason="torch not installed: torch.save/torch.load cross-check skipped")
     sd = random_state_dict(seed=6)
     ours = tmp_path / "ours.pth"
-    convert.write_torch_state_dict(sd, ours)
+    pth.write_torch_state_dict(sd, ours)
     loaded = torch.load(ours, weights_only=True)
     for key, value in sd.items():
         np.testing.assert_array_equal(loaded[key].numpy(), value)
@@ -251,7 +249,7 @@ def test_pth_interoperates_with_torch(tmp_path):
     tsd["layer1.0.conv1.weight"] = torch.from_numpy(sd["layer1.0.conv1.weight"]).transpose(0, 1).contiguous().transpose(0, 1)  # strided
     tsd["layer1.0.bn1.num_batches_tracked"] = torch.tensor(3)
     torch.save({"state_dict": {f"module.{k}": v for k, v in tsd.items()}}, theirs)
-    read = convert.read_torch_state_dict(theirs)
+    read = pth.read_torch_state_dict(theirs)
     np.testing.assert_array_equal(read["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"])
     np.testing.assert_array_equal(read["conv1.weight"], sd["conv1.weight"].astype("float16").astype("float32"))
     assert read["layer1.0.bn1.num_batches_tracked"] == 3
@@ -259,15 +257,15 @@ def test_pth_interoperates_with_torch(tmp_path):
 
 def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        convert.convert_insightface(tmp_path / "missing.onnx")
+        insightface.convert_insightface(tmp_path / "missing.onnx")
     sd = random_state_dict()
     del sd["layer2.1.bn3.running_var"]
     with pytest.raises(ValueError, match="layer2.1.bn3.running_var"):
-        convert.iresnet_from_state_dict(sd)
-    with pytest.raises(convert.WeightsFileError, match="MobileFaceNet state dict: use mobilefacenet_from_state_dict"):
-        convert.iresnet_config_from_state_dict({"layers.0.layers.0.weight": np.zeros((1, 1, 1, 1))})
-    with pytest.raises(convert.WeightsFileError, match="Not an insightface IResNet .* or MobileFaceNet"):
-        convert.backbone_from_state_dict({"weight": np.zeros((1, 1))})
+        insightface.iresnet_from_state_dict(sd)
+    with pytest.raises(WeightsConversionError, match="MobileFaceNet state dict: use mobilefacenet_from_state_dict"):
+        insightface.iresnet_config_from_state_dict({"layers.0.layers.0.weight": np.zeros((1, 1, 1, 1))})
+    with pytest.raises(WeightsConversionError, match="Not an insightface IResNet .* or MobileFaceNet"):
+        insightface.backbone_from_state_dict({"weight": np.zeros((1, 1))})
 
 
 @pytest.mark.parametrize("offset, size, stride, match", [
@@ -284,23 +282,23 @@ def test_pth_reader_refuses_out_of_bounds_tensor_views(tmp_path, offset, size, s
     import zipfile
 
     good = tmp_path / "good.pth"
-    convert.write_torch_state_dict({"w": np.arange(4, dtype="float32")}, good)
-    np.testing.assert_array_equal(convert.read_torch_state_dict(good)["w"], np.arange(4))
+    pth.write_torch_state_dict({"w": np.arange(4, dtype="float32")}, good)
+    np.testing.assert_array_equal(pth.read_torch_state_dict(good)["w"], np.arange(4))
 
     class Crafted:  # the module's own tensor reference with a patched view
         def __reduce__(self):
-            pid = ("storage", convert._FloatStorageRef, "0", "cpu", 4)
-            return (convert._rebuild_tensor_v2, (convert._Persistent(pid), offset, size, stride, False,
+            pid = ("storage", pth._FloatStorageRef, "0", "cpu", 4)
+            return (pth._rebuild_tensor_v2, (pth._Persistent(pid), offset, size, stride, False,
                                                  __import__("collections").OrderedDict()))
 
     buf = io.BytesIO()
-    convert._TorchPickler(buf, protocol=2).dump({"w": Crafted()})
+    pth._TorchPickler(buf, protocol=2).dump({"w": Crafted()})
     bad = tmp_path / "crafted.pth"
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
         for name in src.namelist():
             dst.writestr(name, buf.getvalue() if name.endswith("data.pkl") else src.read(name))
     with pytest.raises(pickle.UnpicklingError, match=match) as info:
-        convert.read_torch_state_dict(bad)
+        pth.read_torch_state_dict(bad)
     assert "crafted.pth" in str(info.value)
 
 
@@ -315,7 +313,7 @@ def test_onnx_variants_convert(tmp_path, variant):
     x = _images()
     pixels = x * 128.0 + 127.5
     expected = _ort(model, pixels if scaling else x)
-    backbone, info = convert.convert_insightface(path, return_info=True)
+    backbone, info = insightface.convert_insightface(path, return_info=True)
     got = np.asarray(backbone(x, training=False))
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
     if scaling:
@@ -334,16 +332,16 @@ def test_onnx_external_data_without_torch(tmp_path, monkeypatch):
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location="r_tiny.onnx.data", size_threshold=0)
     monkeypatch.chdir(tmp_path)  # not the model's folder
-    with pytest.raises(convert.ExternalDataError, match="r_tiny.onnx.data.*allow_external_data=True"):
-        convert.onnx_to_state_dict(path)
-    got, _ = convert.onnx_to_state_dict(path, allow_external_data=True)
-    want, _ = convert.onnx_to_state_dict(iresnet_onnx(sd))  # onnx.save made `model` external
+    with pytest.raises(ExternalDataError, match="r_tiny.onnx.data.*allow_external_data=True"):
+        insightface_onnx.onnx_to_state_dict(path)
+    got, _ = insightface_onnx.onnx_to_state_dict(path, allow_external_data=True)
+    want, _ = insightface_onnx.onnx_to_state_dict(iresnet_onnx(sd))  # onnx.save made `model` external
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
     (folder / "r_tiny.onnx.data").write_bytes(b"short")
-    with pytest.raises(convert.ExternalDataError, match="needs .* bytes"):
-        convert.onnx_to_state_dict(path, allow_external_data=True)
+    with pytest.raises(ExternalDataError, match="needs .* bytes"):
+        insightface_onnx.onnx_to_state_dict(path, allow_external_data=True)
 
 
 def test_onnx_that_is_not_a_face_network_names_the_node(tmp_path):
@@ -352,24 +350,18 @@ def test_onnx_that_is_not_a_face_network_names_the_node(tmp_path):
     relu = helper.make_node("Relu", ["683"], ["683_relu"], name="extra_relu")
     model.graph.node.append(relu)
     model.graph.output[0].name = "683_relu"
-    with pytest.raises(convert.WeightsFileError, match="'features' embedding .* feeds Relu node 'extra_relu'"):
-        convert.onnx_to_state_dict(model)
+    with pytest.raises(WeightsConversionError, match="'features' embedding .* feeds Relu node 'extra_relu'"):
+        insightface_onnx.onnx_to_state_dict(model)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all \xff\xfe")
-    with pytest.raises(convert.WeightsFileError, match="junk.onnx: not a readable ONNX model"):
-        convert.convert_insightface(junk)
+    with pytest.raises(WeightsConversionError, match="junk.onnx: not a readable ONNX model"):
+        insightface.convert_insightface(junk)
 
 
 def test_convert_tool_records_the_normalization(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     from keras_facemargin.pretrained.loader import read_normalization
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "convert_insightface.py"
-    spec = importlib.util.spec_from_file_location("convert_insightface_tool", tool)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/convert_insightface.py")
     sd = random_state_dict(seed=11)
     path = tmp_path / "r_tiny.onnx"
     onnx.save(iresnet_onnx(sd), str(path))
@@ -399,14 +391,14 @@ def test_training_checkpoint_reads_only_the_backbone(tmp_path, monkeypatch):
                 "state_optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1}]},
                 "state_lr_scheduler": {"last_epoch": 10, "base_lrs": [0.1]}}, path)
     read = []
-    real = convert._LazyStorage.array
-    monkeypatch.setattr(convert._LazyStorage, "array", lambda self: read.append(self.numel) or real(self))
-    got, info = convert.read_torch_checkpoint(path)
+    real = pth._LazyStorage.array
+    monkeypatch.setattr(pth._LazyStorage, "array", lambda self: read.append(self.numel) or real(self))
+    got, info = pth.read_torch_checkpoint(path)
     assert info["key"] == "state_dict_backbone" and sorted(got) == sorted(sd)
     assert 300 * EMB not in read and 3 not in read  # PartialFC / momentum storages untouched
     assert any("'state_dict_softmax_fc' (1 tensors (weight (300, 16)): the PartialFC" in n for n in info["notes"])
     np.testing.assert_array_equal(got["conv1.weight"], backbone["conv1.weight"].float().numpy())
     np.testing.assert_array_equal(got["fc.weight"], sd["fc.weight"])
     torch.save({"epoch": 2, "optimizer": {"x": torch.ones(2)}}, tmp_path / "no_backbone.pt")
-    with pytest.raises(convert.WeightsFileError, match="without a backbone state dict.*'optimizer'"):
-        convert.read_torch_checkpoint(tmp_path / "no_backbone.pt")
+    with pytest.raises(WeightsConversionError, match="without a backbone state dict.*'optimizer'"):
+        pth.read_torch_checkpoint(tmp_path / "no_backbone.pt")

@@ -21,10 +21,14 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from torch import nn  # noqa: E402
 
-from keras_facemargin.pretrained import convert  # noqa: E402
+from keras_facemargin.convert import insightface  # noqa: E402
+from keras_facemargin.errors import ExternalDataError, WeightsConversionError  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
-                                        "ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"),
+    pytest.mark.slow,
+    pytest.mark.xdist_group("insightface_parity"),  # the module's converted cases are built once
+]
 TOL = 1e-4
 N_IMAGES = 8
 
@@ -291,7 +295,7 @@ def test_converted_model_matches_pytorch(cases, arch, route, tmp_path, monkeypat
     case = cases(arch)
     path, ref, kwargs = export(case, route)
     monkeypatch.chdir(tmp_path)  # external data must be found next to the model, not in the cwd
-    backbone, info = convert.convert_insightface(path, return_info=True, **kwargs)
+    backbone, info = insightface.convert_insightface(path, return_info=True, **kwargs)
     for attr, value in ARCHS[arch][2].items():
         assert getattr(backbone, attr) == value, attr
     assert info["normalization"] == {"mean": 127.5, "std": 127.5}
@@ -319,8 +323,8 @@ def test_converted_model_matches_pytorch(cases, arch, route, tmp_path, monkeypat
 
 def test_external_data_is_refused_unless_allowed_and_stays_in_the_model_folder(cases, tmp_path):
     path, _, _ = export(cases("r18"), "dynamo")
-    with pytest.raises(convert.ExternalDataError, match="allow_external_data=True") as err:
-        convert.convert_insightface(path)
+    with pytest.raises(ExternalDataError, match="allow_external_data=True") as err:
+        insightface.convert_insightface(path)
     assert "model.onnx.data" in str(err.value) and str(path) in str(err.value)
     # a graph pointing outside its folder is refused even when external data is allowed
     model = onnx.load(str(path), load_external_data=False)
@@ -331,8 +335,8 @@ def test_external_data_is_refused_unless_allowed_and_stays_in_the_model_folder(c
     evil = tmp_path / "evil" / "model.onnx"
     evil.parent.mkdir()
     onnx.save(model, str(evil))
-    with pytest.raises(convert.ExternalDataError, match="outside the model's folder"):
-        convert.convert_insightface(evil, allow_external_data=True)
+    with pytest.raises(ExternalDataError, match="outside the model's folder"):
+        insightface.convert_insightface(evil, allow_external_data=True)
 
 
 def test_a_graph_that_does_not_fit_names_the_node(cases, tmp_path):
@@ -344,6 +348,6 @@ def test_a_graph_that_does_not_fit_names_the_node(cases, tmp_path):
             a.ints[:] = [2, 2]
     bad = tmp_path / "bad.onnx"
     onnx.save(model, str(bad))
-    with pytest.raises(convert.WeightsFileError, match="strides") as err:
-        convert.convert_insightface(bad)
+    with pytest.raises(WeightsConversionError, match="strides") as err:
+        insightface.convert_insightface(bad)
     assert err.value.node == conv.name and conv.name in str(err.value) and "bad.onnx" in str(err.value)

@@ -9,6 +9,7 @@ import keras_facemargin as kfm
 from keras_facemargin.backbones import IResNet
 from keras_facemargin.pretrained import (MODELS, PretrainedWeightsError, expected_weights_path, list_models,
                                          load)
+from testing import load_script
 
 NAMES = ["arcface_celeba_mbf", "arcface_mobilefacenet", "arcface_r100", "arcface_r50", "dlib_resnet_v1",
          "kappaface_r100", "kappaface_r50", "mbf_dlib_distill"]
@@ -164,7 +165,8 @@ def test_download_with_hash_verification(homes, tiny_entry, monkeypatch):
 
 
 def test_pth_weights_converted_on_the_fly(homes, tmp_path, monkeypatch):
-    from keras_facemargin.pretrained.convert import keras_layer_name, write_torch_state_dict
+    from keras_facemargin.convert.insightface import keras_layer_name
+    from keras_facemargin.convert.pth import write_torch_state_dict
 
     # A state dict in insightface names taken from a Keras tiny IResNet: the round trip must agree.
     backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
@@ -277,17 +279,6 @@ def test_with_package_normalization_is_exact(tmp_path):
     np.testing.assert_allclose(np.asarray(reloaded((pixels - 127.5) / 127.5, training=False)), own, atol=1e-5)
 
 
-def _tool(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tools_use_the_models_normalization(tmp_path, monkeypatch, capsys):
     """eval_verification / eval_ijb / export feed a converted model its own normalisation;
     --normalize overrides what the file records."""
@@ -308,7 +299,7 @@ def test_tools_use_the_models_normalization(tmp_path, monkeypatch, capsys):
     real = evaluation.evaluate_verification_sets
     monkeypatch.setattr(evaluation, "evaluate_verification_sets",
                         lambda m, *a, **k: seen.append(m) or real(m, *a, progress=False, **k))
-    tool = _tool("eval_verification")
+    tool = load_script("tools/eval_verification.py")
     assert tool.main(["--model", str(model), "--data", str(tmp_path / "tiny.bin")]) == 0
     assert "(x - 127.5) / 127.5 (recorded in the model file)" in capsys.readouterr().err
     assert "input_normalization" in [layer.name for layer in seen[-1].layers]
@@ -321,10 +312,10 @@ def test_tools_use_the_models_normalization(tmp_path, monkeypatch, capsys):
         raise ValueError("stopped after capturing the model")
 
     monkeypatch.setattr(ijb, "evaluate_ijb", stop)
-    assert _tool("eval_ijb").main(["--model", str(model), "--data", str(tmp_path)]) == 2
+    assert load_script("tools/eval_ijb.py").main(["--model", str(model), "--data", str(tmp_path)]) == 2
     assert "input_normalization" in [layer.name for layer in seen[-1].layers]
     monkeypatch.setattr(export, "export_model", stop)
-    assert _tool("export").main(["--model", str(model), "--format", "onnx", "--no-check"]) == 2
+    assert load_script("tools/export.py").main(["--model", str(model), "--format", "onnx", "--no-check"]) == 2
     assert "input_normalization" in [layer.name for layer in seen[-1].layers]
-    assert _tool("export").main(["--model", str(model), "--format", "onnx", "--normalize", "128"]) == 2
+    assert load_script("tools/export.py").main(["--model", str(model), "--format", "onnx", "--normalize", "128"]) == 2
     assert seen[-1] == str(model)  # the package's own normalisation: the file is exported as it is

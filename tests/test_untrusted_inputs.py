@@ -32,6 +32,7 @@ MAX_PEAK_MB = 512
 EXAMPLES = 40
 SEED = 12
 TIMEOUT_S = 420
+pytestmark = pytest.mark.xdist_group("untrusted_inputs")  # the cases' subprocess runs once per module
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,14 @@ def _crafted(results, reader):
     return [r for r in results if r.get("kind") == "crafted" and r["reader"] == reader]
 
 
+@pytest.mark.slow
 def test_memory_ceiling_is_in_force(results):
     limit = [r for r in results if r.get("kind") == "limit"][0]
     assert limit["control"] == "MemoryError", limit
     assert limit["rlimit_as_mb"] <= limit["vm_size_mb"] + HEADROOM_MB + 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader", untrusted_cases.READERS)
 def test_crafted_inputs_are_typed_bounded_and_name_the_file(results, reader):
     got = _crafted(results, reader)
@@ -89,6 +92,7 @@ def test_crafted_inputs_are_typed_bounded_and_name_the_file(results, reader):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader", untrusted_cases.READERS)
 def test_mutated_writer_outputs_are_accepted_or_typed(results, reader):
     rec = [r for r in results if r.get("kind") == "mutation" and r["reader"] == reader][0]
@@ -116,7 +120,7 @@ def test_image_header_size_reads_every_admitted_format():
 
 
 def test_recordio_close_after_a_bad_record_scan_releases_the_map(tmp_path):
-    from keras_facemargin.data.recordio import RecordIOReader
+    from keras_facemargin.data.formats.recordio import RecordIOReader
 
     untrusted_cases.seed_files("recordio", tmp_path)
     raw = bytearray((tmp_path / "train.rec").read_bytes())
@@ -144,26 +148,26 @@ def test_bin_pickle_allowlist_is_documented():
 
 
 def test_pth_pickle_allowlist_is_documented():
-    from keras_facemargin.pretrained import convert
+    from keras_facemargin.convert import pth
 
     storages = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
-    assert set(convert.PTH_PICKLE_ALLOWLIST) == {
+    assert set(pth.PTH_PICKLE_ALLOWLIST) == {
         "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
         *(f"torch.{s}Storage" for s in storages)}
-    doc = " ".join(convert.read_torch_checkpoint.__doc__.split())
+    doc = " ".join(pth.read_torch_checkpoint.__doc__.split())
     for name in ("collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
                  *(f"{s}Storage" for s in storages)):
         assert name in doc, name
-    for target in convert._PTH_GLOBALS.values():  # stand-ins of this module, never torch / collections
-        assert getattr(target, "__module__", convert.__name__) == convert.__name__
+    for target in pth._PTH_GLOBALS.values():  # stand-ins of this module, never torch / collections
+        assert getattr(target, "__module__", pth.__name__) == pth.__name__
 
 
 def test_pth_zip_caps_are_keywords(tmp_path):
     import pickle
     import zipfile
 
-    from keras_facemargin.errors import UntrustedFileError
-    from keras_facemargin.pretrained import convert
+    from keras_facemargin.convert import pth
+    from keras_facemargin.errors import ExternalDataError, UnsafeWeightsError, UntrustedFileError, WeightsConversionError
 
     path = tmp_path / "zeros.pth"
     n = 1 << 19  # 2 MiB of float32 zeros, deflated to a few KiB
@@ -171,17 +175,17 @@ def test_pth_zip_caps_are_keywords(tmp_path):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("archive/data.pkl", pkl)
         z.writestr("archive/data/0", bytes(4 * n))
-    with pytest.raises(convert.WeightsFileError, match="zeros.pth: .*archive/data/0.*max_entry_bytes") as err:
-        convert.read_torch_state_dict(path)
+    with pytest.raises(WeightsConversionError, match="zeros.pth: .*archive/data/0.*max_entry_bytes") as err:
+        pth.read_torch_state_dict(path)
     assert isinstance(err.value, UntrustedFileError) and err.value.where == "archive/data/0"
-    with pytest.raises(convert.WeightsFileError, match="max_ratio=16"):
-        convert.read_torch_state_dict(path, max_entry_bytes=8 << 20)
-    with pytest.raises(convert.WeightsFileError, match="max_total_bytes"):
-        convert.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4, max_total_bytes=1 << 20)
-    sd = convert.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4)
+    with pytest.raises(WeightsConversionError, match="max_ratio=16"):
+        pth.read_torch_state_dict(path, max_entry_bytes=8 << 20)
+    with pytest.raises(WeightsConversionError, match="max_total_bytes"):
+        pth.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4, max_total_bytes=1 << 20)
+    sd = pth.read_torch_state_dict(path, max_entry_bytes=8 << 20, max_ratio=1e4)
     assert sd["w"].shape == (n,) and not sd["w"].any()
-    assert issubclass(convert.UnsafeWeightsError, pickle.UnpicklingError)
-    assert issubclass(convert.ExternalDataError, convert.WeightsFileError)
+    assert issubclass(UnsafeWeightsError, pickle.UnpicklingError)
+    assert issubclass(ExternalDataError, WeightsConversionError)
 
 
 def test_onnx_external_data_is_never_read_from_the_current_directory(tmp_path, monkeypatch):
@@ -192,7 +196,8 @@ def test_onnx_external_data_is_never_read_from_the_current_directory(tmp_path, m
     import onnx
     import onnx.external_data_helper
 
-    from keras_facemargin.pretrained import convert
+    from keras_facemargin.convert.insightface_onnx import onnx_to_state_dict
+    from keras_facemargin.errors import ExternalDataError
 
     cwd, models = tmp_path / "cwd", tmp_path / "models"
     cwd.mkdir()
@@ -215,8 +220,8 @@ def test_onnx_external_data_is_never_read_from_the_current_directory(tmp_path, m
         (d / "w.bin").unlink(missing_ok=True)  # only ./w.bin (the current directory's) exists
         path = d / "r.onnx"
         for allow in (False, True):
-            with pytest.raises(convert.ExternalDataError, match="r.onnx"):
-                convert.onnx_to_state_dict(path, allow_external_data=allow)
-            with pytest.raises(convert.ExternalDataError):
-                convert.onnx_to_state_dict(onnx.load(str(path), load_external_data=False), allow_external_data=allow)
+            with pytest.raises(ExternalDataError, match="r.onnx"):
+                onnx_to_state_dict(path, allow_external_data=allow)
+            with pytest.raises(ExternalDataError):
+                onnx_to_state_dict(onnx.load(str(path), load_external_data=False), allow_external_data=allow)
     assert not [f for f in opened if f.endswith("w.bin")], opened

@@ -17,7 +17,8 @@ see :mod:`keras_facemargin.evaluation.verification`.
 Security: a pickle can execute arbitrary code when loaded. :func:`load_bin` first walks the
 opcodes in pure Python (memo indices must be the next free or an already-set slot; no
 persistent ids, extension codes, class instantiation, out-of-band buffers, dicts or sets),
-then unpickles with a restricted unpickler whose only globals are those of
+then unpickles with the restricted unpickler of :mod:`keras_facemargin.utils.safe_pickle`
+whose only globals are those of
 :data:`BIN_PICKLE_ALLOWLIST` -- numpy's array reconstruction (``_reconstruct``,
 ``ndarray``, ``dtype``, ``_frombuffer``, ``scalar``) and ``_codecs.encode`` -- and each of
 them resolves to a stand-in of this module, **not** to numpy or ``_codecs``: bool arrays are
@@ -42,7 +43,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -67,6 +67,7 @@ from keras_facemargin.evaluation.verification import (
     pair_scores,
 )
 from keras_facemargin.errors import UnsafeBinError  # noqa: F401  (re-exported)
+from keras_facemargin.utils.safe_pickle import PicklePolicy, RestrictedUnpickler, scan_pickle
 
 __all__ = [
     "KNOWN_BIN_SETS",
@@ -233,67 +234,30 @@ BIN_PICKLE_ALLOWLIST = tuple(sorted(f"{m}.{n}" for m, n in _ALLOWED_GLOBALS))
 _REFUSED_OPCODES = frozenset(["PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4", "INST", "OBJ", "NEWOBJ",
                               "NEWOBJ_EX", "NEXT_BUFFER", "READONLY_BUFFER", "EMPTY_DICT", "DICT",
                               "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET"])
-_PUT_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
-_GET_OPS = frozenset(["GET", "BINGET", "LONG_BINGET"])
 
 
-def _prescan_pickle(data, source):
-    """Walk the opcodes (pure Python, bounded by the file) before the C unpickler runs.
-
-    Refuses opcodes outside the allowlist and memo indices that are not the next free slot or a
-    slot already set (a ``LONG_BINPUT 2**31`` would make the C unpickler allocate a 16 GiB memo).
-
-    Returns:
-        the number of opcodes.
-    """
-    import pickletools
-
-    memo_size = 0
-    count = 0
-    try:
-        for op, arg, pos in pickletools.genops(data):
-            count += 1
-            name = op.name
-            if name in _REFUSED_OPCODES:
-                raise UnsafeBinError(source, f"pickle opcode {name} is not admitted (a verification .bin "
-                                     "holds only image bytes and booleans)", f"byte offset {pos}")
-            if name in _PUT_OPS:
-                if not (isinstance(arg, int) and 0 <= arg <= memo_size):
-                    raise BinSetError(source, f"pickle memo index {arg} is out of range (expected at most "
-                                      f"{memo_size}, the next free slot)", f"byte offset {pos}")
-                memo_size += arg == memo_size
-            elif name == "MEMOIZE":
-                memo_size += 1
-            elif name in _GET_OPS and not (isinstance(arg, int) and 0 <= arg < memo_size):
-                raise BinSetError(source, f"pickle memo reference {arg} to an unset slot (expected < "
-                                  f"{memo_size})", f"byte offset {pos}")
-            if name == "STOP":
-                break
-    except BinSetError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pickletools raises ValueError and friends on junk
-        raise BinSetError(source, f"not a readable pickle ({type(e).__name__}: {e})") from None
-    return count
+def _pickle_error(source, refusal):
+    """The `BinSetError` for a refusal of the restricted unpickler (`UnsafeBinError`: not admitted)."""
+    where = None if refusal.pos is None else f"byte offset {refusal.pos}"
+    if refusal.kind == "opcode":
+        return UnsafeBinError(source, f"pickle opcode {refusal.value} is not admitted (a verification .bin "
+                              "holds only image bytes and booleans)", where)
+    if refusal.kind == "global":
+        module, name = refusal.value
+        return UnsafeBinError(
+            source,
+            f"refusing to load global '{module}.{name}' from the pickle; a verification .bin holds "
+            "only image bytes and booleans (only numpy bool-array reconstruction is admitted). The "
+            "file is not an insightface .bin or was tampered with.")
+    if refusal.kind == "unreadable":
+        return BinSetError(source, f"not a readable pickle ({type(refusal.value).__name__}: {refusal.value})")
+    return (UnsafeBinError if refusal.unsafe else BinSetError)(source, refusal.detail, where)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source):
-        super().__init__(file, encoding="bytes")
-        self._source = source
-
-    def find_class(self, module, name):  # noqa: D401 - pickle API
-        module, name = _text(module), _text(name)
-        obj = _ALLOWED_GLOBALS.get((module, name))
-        if obj is None:
-            raise UnsafeBinError(
-                self._source,
-                f"refusing to load global '{module}.{name}' from the pickle; a verification .bin holds "
-                "only image bytes and booleans (only numpy bool-array reconstruction is admitted). The "
-                "file is not an insightface .bin or was tampered with.")
-        return obj
-
-    def persistent_load(self, pid):  # pragma: no cover - refused by the pre-scan already
-        raise UnsafeBinError(self._source, "persistent ids are not admitted")
+# Memo indices must be the next free or an already-set slot; BUILD sets the state of the numpy
+# stand-ins only; Python 2 strings stay bytes.
+_BIN_PICKLE = PicklePolicy(admitted=_ALLOWED_GLOBALS, error=_pickle_error, refused_opcodes=_REFUSED_OPCODES,
+                           check_memo=True, build_types=(_Dtype, _PendingArray), encoding="bytes")
 
 
 @dataclass
@@ -398,9 +362,9 @@ def load_bin(path, image_size=(112, 112), max_image_pixels=DEFAULT_MAX_IMAGE_PIX
         raise FileNotFoundError(f"verification .bin not found: {source}")
     with open(source, "rb") as f:
         data = f.read()
-    _prescan_pickle(data, source)
+    scan_pickle(data, _BIN_PICKLE, source)
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), source).load()
+        obj = RestrictedUnpickler(data, _BIN_PICKLE, source).load()
     except BinSetError:
         raise
     except _Refused as exc:

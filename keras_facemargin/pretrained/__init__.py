@@ -1,4 +1,7 @@
-"""Pretrained model zoo (`load`, `list_models`, the registry) and insightface weight conversion.
+"""Pretrained model zoo: `load`, `list_models` and the registry of named models.
+
+Weights of other frameworks (insightface ``.onnx`` / ``.pth``, dlib ``.dat``) are converted by
+:mod:`keras_facemargin.convert`, which `load` calls.
 
 Example::
 

@@ -4,7 +4,7 @@ Where the weights of ``load(name)`` come from, in order:
 
 1. ``weights=PATH``: a backbone ``.weights.h5``, a ``.keras`` model, or an insightface IResNet /
    MobileFaceNet ``.onnx`` / ``.pth`` / ``checkpoint_gpu_0.pt`` (converted on the fly with
-   `keras_facemargin.pretrained.convert`);
+   `keras_facemargin.convert.insightface`);
 2. ``$KERAS_FACEMARGIN_HOME/<weights_file>``;
 3. the Keras cache ``$KERAS_HOME/keras_facemargin/<weights_file>`` (default ``~/.keras``);
 4. a download of ``weights_url`` with ``keras.utils.get_file(..., file_hash=sha256,
@@ -329,7 +329,7 @@ def load(name, include_head=False, weights=None, normalization=None, allow_exter
         ValueError: unknown name (lists the known ones), bad `normalization`.
         PretrainedWeightsError: no weights available / download failed / hash mismatch; the
             message names the model, the expected path and the expected sha256.
-        keras_facemargin.pretrained.convert.WeightsFileError: an `.onnx` / `.pth` that does not
+        keras_facemargin.errors.WeightsConversionError: an `.onnx` / `.pth` that does not
             convert (names the file and node).
 
     Example::
@@ -377,7 +377,7 @@ def _build_and_load(name, info, path, override, include_head, allow_external_dat
         raise ValueError(f"include_head=True for {name!r} needs weights=<FaceRecognizer .keras file>; "
                          f"{path} holds backbone weights only (no margin head).")
     if suffix in (".onnx", ".pth", ".pt"):
-        from keras_facemargin.pretrained.convert import convert_insightface
+        from keras_facemargin.convert.insightface import convert_insightface
 
         backbone, conv = convert_insightface(path, image_size=info["input_size"],
                                              allow_external_data=allow_external_data, return_info=True)
