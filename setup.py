@@ -27,7 +27,7 @@ EXTRAS = {
     "torch-parity": ["torch==2.13.0", "onnxscript>=0.2", "onnxsim>=0.4"],
 }
 # The tests exercise every optional route, so they need every extra but the GPU one.
-EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"] + [
+EXTRAS["test"] = ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100"] + [
     req for name in ("onnx", "tflite", "align", "plots", "backends", "torch-parity", "dlib-reference") for req in EXTRAS[name]
 ]
 EXTRAS["test"] = sorted(set(EXTRAS["test"]), key=EXTRAS["test"].index)
@@ -63,7 +63,10 @@ setup(
     ],
     extras_require=EXTRAS,
     entry_points={
-        "console_scripts": ["keras-facemargin-demo=keras_facemargin.demo:cli"],
+        "console_scripts": [
+            "kfm=keras_facemargin.cli:main",  # also `python -m keras_facemargin`
+            "keras-facemargin-demo=keras_facemargin.demo:cli",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -11,28 +11,35 @@ Public API::
     kfm.data, kfm.evaluation, kfm.training, kfm.export, kfm.inference, kfm.errors
 
 Importing the package sets no backend and imports no TensorFlow of its own: ``layers`` and
-``backbones`` are imported at once (so that ``.keras`` files naming them reload under
-``safe_mode=True``), every other subpackage on first use. ``docs/architecture.md`` maps the layout.
+``backbones`` and ``models`` are imported at once (so that ``.keras`` files naming their classes
+reload under ``safe_mode=True``), every other subpackage on first use. TensorFlow's start-up banner
+is filtered out of stderr (:mod:`keras_facemargin.utils.tf_logs`). ``docs/architecture.md`` maps the layout.
 """
 
 import importlib as _importlib
 
 __version__ = "0.2.0"
 
+from keras_facemargin.utils.tf_logs import import_keras_filtered as _import_keras_filtered
+
+_import_keras_filtered()  # TensorFlow's start-up banner stays out of stderr (KFM_TF_LOGS=1 keeps it)
+
 from keras_facemargin import backbones  # noqa: E402,F401  (registers the backbones' serialisable classes)
 from keras_facemargin import layers  # noqa: E402,F401  (registers the heads)
+from keras_facemargin import models  # noqa: E402,F401  (registers FaceRecognizer)
 
-_SUBPACKAGES = ("callbacks", "cli", "convert", "data", "errors", "evaluation", "export", "inference", "models",
+_SUBPACKAGES = ("callbacks", "cli", "convert", "data", "errors", "evaluation", "export", "inference",
                 "pretrained", "training", "utils")
 _ATTRIBUTES = {
-    "FaceRecognizer": "keras_facemargin.models",
     "FaceVerifier": "keras_facemargin.inference.verifier",
     "load": "keras_facemargin.pretrained",
     "list_models": "keras_facemargin.pretrained",
     "model_info": "keras_facemargin.pretrained",
 }
 
-__all__ = ["__version__", "backbones", "layers", *_SUBPACKAGES, *_ATTRIBUTES]
+from keras_facemargin.models import FaceRecognizer  # noqa: E402,F401
+
+__all__ = ["__version__", "backbones", "layers", "models", "FaceRecognizer", *_SUBPACKAGES, *_ATTRIBUTES]
 
 
 def __getattr__(name):

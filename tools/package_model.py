@@ -1,135 +1,25 @@
+#!/usr/bin/env python
 """Package a trained run as a shipped model: weights file, sha256, LFW accuracy, thresholds, TFLite parity.
 
-What it does, for the ``model.keras`` of an ``examples/celeba_lfw.py`` (or trainer) run:
-
-1. saves the backbone's weights as ``keras_facemargin/pretrained/weights/<name>.weights.h5``
-   (the package data that ``keras_facemargin.load(name)`` reads) and prints its sha256;
-2. measures LFW View 2 (6,000 pairs, 10 folds, flip-sum) with the centre crop and with MTCNN
-   5-point alignment;
-3. calibrates the `FaceVerifier` thresholds (FAR 1e-2, 1e-3, 1e-4 and the balanced-accuracy
-   point) on the held-out CelebA identities (:mod:`keras_facemargin.inference.calibrate`; never LFW);
-4. exports TFLite float16 and int8 (``keras_facemargin.export``; int8 calibrated on 200 CelebA
-   training images, never LFW) and measures the same LFW protocol through each interpreter, with
-   the minimum cosine to Keras on the LFW images;
-5. writes everything to ``<output>/<name>.json`` (the numbers the registry entry records).
+A thin wrapper kept for old commands; the command is ``kfm package`` (installed with the package,
+see ``kfm package --help``). This file runs ``kfm package --output <checkout>/pretrained ...`` so
+that the report lands in the checkout's ``pretrained/`` folder, as it always did.
 
     python tools/package_model.py runs/real_faces/<run>/model.keras --name arcface_celeba_mbf
 """
 
-import argparse
-import hashlib
-import json
 import os
 import sys
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = os.environ.get("KFM_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="a FaceRecognizer .keras file, or a backbone .keras file")
-    p.add_argument("--name", required=True, help="registry name of the shipped model")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder holding lfw/")
-    p.add_argument("--weights-dir", default=str(ROOT / "keras_facemargin" / "pretrained" / "weights"))
-    p.add_argument("--output", default=str(ROOT / "pretrained"))
-    p.add_argument("--skip-tflite", action="store_true")
-    return p.parse_args(argv)
-
-
-def lfw_images(lfw, size, align):
-    """The 7,701 distinct LFW pair images (MTCNN crops aligned at 112, as FaceVerifier, then resized)."""
-    import cv2
-    import numpy as np
-
-    from keras_facemargin.data.lfw import load_lfw_images, load_lfw_pairs
-
-    pairs = load_lfw_pairs(lfw)
-    paths, ia, ib = pairs.unique_paths()
-    if align == "center":
-        return pairs, ia, ib, load_lfw_images(paths, image_size=size, align="center", progress=False)
-    images = load_lfw_images(paths, image_size=112, align="mtcnn", progress=False)
-    if size != 112:
-        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
-    return pairs, ia, ib, images
-
-
-def _lfw(fn, data):
-    from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
-
-    pairs, ia, ib, images = data
-    emb = embed_images(fn, images)
-    r = kfold_verification(pair_scores(emb[ia], emb[ib]), pairs.is_same, folds=pairs.fold)
-    return {"accuracy_mean": round(100 * r.accuracy_mean, 2), "accuracy_std": round(100 * r.accuracy_std, 2),
-            "tar_at_far_1e-3": round(100 * r.tar_at_far.get(1e-3, float("nan")), 2)}
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # a source checkout
+from keras_facemargin.cli import main as kfm  # noqa: E402
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    import keras
-    import numpy as np
-
-    import keras_facemargin  # noqa: F401  (registers the serializable classes)
-    from keras_facemargin.evaluation.verification import embed_images
-
-    lfw = Path(args.data_dir) / "lfw"
-    if not (lfw / "pairs.txt").is_file():
-        sys.exit(f"LFW not found: {lfw}/pairs.txt (set --data-dir or KFM_DATA_DIR).")
-    from keras_facemargin.export.savedmodel import as_embedder
-
-    model = keras.saving.load_model(args.model, compile=False)
-    backbone = getattr(model, "backbone", model)
-    embedder = as_embedder(model)
-    size = int(backbone.input_shape[1])
-    wdir = Path(args.weights_dir)
-    wdir.mkdir(parents=True, exist_ok=True)
-    wfile = wdir / f"{args.name}.weights.h5"
-    backbone.save_weights(wfile)
-    sha = hashlib.sha256(wfile.read_bytes()).hexdigest()
-    report = {"name": args.name, "source_model": str(args.model), "weights_file": wfile.name, "sha256": sha,
-              "bytes": wfile.stat().st_size, "backbone_config": backbone.get_config(), "input_size": size,
-              "parameters": int(backbone.count_params())}
-    print(f"{wfile}: {report['bytes']} bytes, sha256 {sha}", flush=True)
-    data = {align: lfw_images(lfw, size, align) for align in ("center", "mtcnn")}
-    report["lfw"] = {align: _lfw(embedder, data[align]) for align in ("center", "mtcnn")}
-    print("LFW:", json.dumps(report["lfw"]), flush=True)
-
-    from keras_facemargin.inference.verifier import FaceVerifier
-    from keras_facemargin.inference.calibrate import calibrate_verifier
-
-    cal = calibrate_verifier(FaceVerifier(embedder, threshold=0.5), args.data_dir)
-    report["thresholds"] = cal["thresholds"]
-    report["calibration"] = {k: cal[k] for k in ("tar", "far", "num_genuine", "num_impostor", "set")}
-    print("thresholds:", json.dumps(cal["thresholds"]), flush=True)
-
-    if not args.skip_tflite:
-        from keras_facemargin.export import TFLiteEmbedder, export_tflite
-
-        images = data["center"][3]
-        ref = embed_images(embedder, images, flip=False)
-        from keras_facemargin.inference.calibrate import training_sample
-
-        calib = training_sample(args.data_dir, size)
-        report["tflite"] = {}
-        for quant in ("float16", "int8"):
-            path = Path(args.output) / f"{args.name}_{quant}.tflite"
-            export_tflite(embedder, path, quant, calib if quant == "int8" else None)
-            runner = TFLiteEmbedder(path)
-            emb = embed_images(runner, images, flip=False)
-            cos = np.sum(ref * emb, axis=1) / np.maximum(
-                np.linalg.norm(ref, axis=1) * np.linalg.norm(emb, axis=1), 1e-12)
-            report["tflite"][quant] = {"bytes": path.stat().st_size, "min_cosine": float(cos.min()),
-                                       "mean_cosine": float(cos.mean()),
-                                       "lfw_center": _lfw(runner, data["center"]),
-                                       "lfw_mtcnn": _lfw(runner, data["mtcnn"])}
-            path.unlink()  # measured, not shipped: tools/export.py makes it again
-            print(f"TFLite {quant}:", json.dumps(report["tflite"][quant]), flush=True)
-    out = Path(args.output) / f"{args.name}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out}")
+    return kfm(["package", "--output", os.path.join(ROOT, "pretrained"), *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""TensorFlow's start-up banner, filtered out of stderr when the package first imports Keras.
+
+TensorFlow >= 2.19 writes absl lines at import ("All log messages before absl::InitializeLog()",
+"oneDNN custom operations are on", "This TensorFlow binary is optimized to use ...") whatever
+``TF_CPP_MIN_LOG_LEVEL`` says (tensorflow/tensorflow#100442). :func:`import_keras_filtered` imports
+Keras with the process's stderr (file descriptor 2) captured, then writes back every captured
+line that is not one of those banner lines: warnings and errors still reach the user.
+``KFM_TF_LOGS=1`` turns the filter off.
+
+Example::
+
+    from keras_facemargin.utils.tf_logs import import_keras_filtered
+    import_keras_filtered()          # then `import keras` is silent
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+#: Lines TensorFlow prints at every start, independent of what the program does.
+BANNER = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called|oneDNN custom operations are on|"
+    r"cpu_feature_guard\.cc|This TensorFlow binary is optimized|To enable the following instructions|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|"
+    r"TF-TRT Warning|Could not find cuda drivers|cuda_executor|Unable to register cuBLAS")
+
+
+def import_keras_filtered() -> None:
+    """Import Keras (and TensorFlow when it is the backend) without TensorFlow's start-up banner.
+
+    A no-op when Keras is already imported, when ``KFM_TF_LOGS=1``, or when file descriptor 2
+    cannot be duplicated. Lines that are not banner lines are written back to stderr, and an
+    import error propagates after stderr is restored.
+    """
+    if "keras" in sys.modules or os.environ.get("KFM_TF_LOGS") == "1":
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        import keras  # noqa: F401
+
+        return
+    with tempfile.TemporaryFile() as capture:
+        try:
+            os.dup2(capture.fileno(), 2)
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not BANNER.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
