@@ -27,7 +27,7 @@ other size -> scaled by ``size / 112`` (an extension; insightface asserts instea
 
 Landmarks come from a landmarks file (:func:`parse_landmarks_file`) or from the
 ``mtcnn`` package (:class:`MTCNNDetector`, optional dependency ``mtcnn==1.0.0``).
-:func:`align_folder` (used by ``tools/align_faces.py``) aligns a whole
+:func:`align_folder` (used by ``kfm align``) aligns a whole
 ``<identity>/<image>`` tree and reports every file as aligned, no_face or unreadable.
 
 Example::

@@ -14,7 +14,7 @@ Crop policies (``crop=``), all followed by a resize to ``image_size``:
 
 * ``"auto"`` (default): ``"celeba_arcface"`` for images with CelebA's aligned aspect
   (W/H = 89/109, e.g. 89x109 or 178x218), the whole image for square images (e.g.
-  output of ``tools/align_faces.py``), else ``"center_square"``.
+  output of ``kfm align``), else ``"center_square"``.
 * ``"celeba_arcface"``: :data:`CELEBA_ARCFACE_CROP_BOX` ``(13, 26, 75, 88)`` in 89x109
   coordinates (scaled to the actual size): the mean, over 320 random images, of the
   region that MTCNN 5-point alignment maps onto the 112x112 ArcFace crop (per-coordinate

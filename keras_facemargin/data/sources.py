@@ -5,7 +5,7 @@ Kinds (:func:`detect_data_kind`), tried in this order:
 * ``"recordio"``: an insightface RecordIO folder (``train.rec`` + ``train.idx`` [+ ``property``]),
   or a ``.rec`` / ``.idx`` path;
 * ``"tfrecord"``: TFRecord files of the :mod:`keras_facemargin.data.formats.tfrecord` schema (as
-  written by ``tools/rec2tfrecord.py``): a ``.tfrecord`` file, a glob (``"out/train-*.tfrecord"``)
+  written by ``kfm data rec2tfrecord``): a ``.tfrecord`` file, a glob (``"out/train-*.tfrecord"``)
   or a folder holding ``*.tfrecord`` files;
 * ``"image_folder"``: a tree ``root/<identity>/<image>.jpg|png|...`` (same classes, order and
   file selection as :func:`keras_facemargin.data.formats.folders.scan_image_folder`).

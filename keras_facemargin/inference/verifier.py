@@ -17,7 +17,7 @@ thresholds apply):
 
 Outcomes other than a verdict are typed exceptions, all subclasses of :class:`FaceVerifierError` (a
 ``ValueError``) with ``reason``, ``file`` (the image concerned, ``"<array>"`` for arrays), ``exit_code``
-(used by ``tools/verify_faces.py`` and ``tools/identify.py``) and a JSON-friendly ``to_dict()``:
+(used by ``kfm verify`` and ``kfm identify``) and a JSON-friendly ``to_dict()``:
 
 * :class:`ImageReadError` (exit 5): ``reason="not_found"`` (also a ``FileNotFoundError``),
   ``"not_an_image"`` (a directory, a FIFO, or bytes in no image format), ``"too_large"`` (over

@@ -29,7 +29,7 @@ converted weights are cached as ``$KFM_CACHE_DIR/<name>-<sha256[:16]>.weights.h5
 Input normalisation follows the model. The embedder `load` returns takes images normalised the
 way *that model* was trained, ``(x - mean) / std`` with ``embedder.normalization`` (a dict
 ``{"mean", "std"}``), taken from, in order: the ``normalization=`` argument; what the weights file
-records (a file written by ``tools/convert_insightface.py``, see `write_normalization`, or the input
+records (a file written by ``kfm convert``, see `write_normalization`, or the input
 scaling baked into an ONNX graph); the registry entry. arcface_torch models use
 ``(x - 127.5) / 127.5``, this package ``(x - 127.5) / 128`` (`PACKAGE_NORMALIZATION`, what
 ``keras_facemargin.data.normalize_images``, the evaluation and the exporters feed).
@@ -390,7 +390,7 @@ def _build_and_load(name, info, path, override, include_head, allow_external_dat
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"weights file {path} for {name!r}: expected .weights.h5, .keras, .onnx or .pth.")
     backbone = get_backbone(info["backbone"], embedding_dim=info["embedding_dim"],
-                            image_shape=tuple(info["input_size"]) + (3,), **info.get("backbone_kwargs", {}))
+                            image_size=tuple(info["input_size"]), **info.get("backbone_kwargs", {}))
     try:
         backbone.load_weights(path)
     except Exception as err:
@@ -459,7 +459,7 @@ def _load_dlib(name, info, weights):
             f"({src['file']} of {src['package']!r}); not converted. Reinstall the package or pass the right file.")
     cached = cache_dir() / f"{name}-{digest[:16]}.weights.h5"
     if cached.is_file():
-        model = DlibResNet(image_shape=tuple(info["input_size"]) + (3,))
+        model = DlibResNet(image_size=tuple(info["input_size"]))
         try:
             model.load_weights(cached)
             return as_embedder(model)

