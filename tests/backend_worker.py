@@ -111,6 +111,7 @@ def check_head(name):
     emb, labels, extra, cot = head_inputs(head)
     ntv = [v.value for v in head.non_trainable_variables]
     initial = {v.path: tolist(v.value) for v in head.non_trainable_variables}
+    weights = {v.path: tolist(v.value) for v in head.trainable_variables}  # for the NumPy references
 
     def fn(e, *tv):
         out, new_ntv, losses = head.stateless_call(
@@ -133,6 +134,8 @@ def check_head(name):
         "state": state,
         "eager_state": eager_state,
         "inference": tolist(head(emb)),
+        "inputs": {"embeddings": emb.tolist(), "labels": labels.tolist(), "cotangent": cot.tolist()},
+        "initial_weights": weights,
     }
 
 
@@ -142,15 +145,15 @@ def make_backbones():
         return _BACKBONES
     _BACKBONES.update({
         "iresnet": kfm.backbones.IResNet(
-            stage_blocks=(1, 1, 1, 1), stage_filters=(8, 8, 16, 16), image_shape=(32, 32, 3), embedding_dim=16
+            stage_blocks=(1, 1, 1, 1), stage_filters=(8, 8, 16, 16), image_size=32, embedding_dim=16
         ),
         "mobilefacenet": kfm.backbones.MobileFaceNet(
-            image_shape=(32, 32, 3), width_multiplier=0.125, blocks=(1, 1, 1, 1), embedding_dim=16
+            image_size=32, width_multiplier=0.125, blocks=(1, 1, 1, 1), embedding_dim=16
         ),
     })
     if os.environ.get("KFM_BACKENDS_FULL"):  # keras.applications' ResNet50: slow to build on JAX
         _BACKBONES["resnet50"] = kfm.backbones.KerasApplicationBackbone(
-            "ResNet50", image_shape=(32, 32, 3), embedding_dim=16
+            "ResNet50", image_size=32, embedding_dim=16
         )
     return _BACKBONES
 

@@ -46,7 +46,7 @@ def run():
     x = _data()
     keras.utils.set_random_seed(1)
     backbone = kfm.backbones.IResNet(stage_blocks=(1, 1, 1, 1), stage_filters=(8, 8, 16, 16),
-                                     image_shape=(IMAGE, IMAGE, 3), embedding_dim=16)
+                                     image_size=IMAGE, embedding_dim=16)
     counts = np.bincount(x["labels"], minlength=C)
     head = kfm.layers.KappaMarginDense(C, class_counts=counts, num_samples=N, scale=8.0, buffer_alpha=0.3)
     model = kfm.FaceRecognizer(backbone, head)

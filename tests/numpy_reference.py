@@ -51,6 +51,12 @@ def kappa_reference(features, labels, class_counts, dim, T=0.4, gamma=0.7, facto
     for f, y in zip(features, labels):
         sums[y] += f
         n[y] += 1
+    return kappa_reference_from_sums(sums, n, class_counts, dim, T, gamma, factor)
+
+
+def kappa_reference_from_sums(sums, n, class_counts, dim, T=0.4, gamma=0.7, factor=1.05):
+    """kappa and psi from per-class sums ``(C, d)`` of unit features and their counts ``(C,)`` (every class seen)."""
+    sums, n = np.asarray(sums, np.float64), np.asarray(n, np.float64)
     r = np.linalg.norm(sums, axis=1) / n  # eq. 6
     kappa = r * (dim - r**2) / (1 - r**2)  # eq. 3
     z = (kappa - kappa.mean()) / kappa.std()  # eq. 8-10 (population std)

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,8 +19,8 @@ from keras_facemargin.data.align import (
     select_face,
     transform_points,
 )
+from testing import REPO, load_script
 
-REPO = Path(__file__).resolve().parents[1]
 HAS_MTCNN = importlib.util.find_spec("mtcnn") is not None
 
 
@@ -194,6 +193,7 @@ def _make_raw_folder(root):
     return lm
 
 
+@pytest.mark.slow
 def test_align_faces_cli_reports_every_file(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "aligned"
     lm = _make_raw_folder(raw)
@@ -218,9 +218,7 @@ def test_align_faces_cli_reports_every_file(tmp_path):
     assert len(dots) == 5 and d.min(1).max() < 1.0
     assert not (out / "bob").exists() or not any((out / "bob").iterdir())
     # --strict turns "not everything aligned" into exit status 1 (in-process: saves a TF start-up)
-    spec = importlib.util.spec_from_file_location("align_faces_tool", REPO / "tools" / "align_faces.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/align_faces.py")
     argv = ["--input", str(raw), "--output", str(tmp_path / "o2"), "--landmarks", str(lmf), "--no-progress"]
     assert tool.main(argv + ["--strict"]) == 1
     assert tool.main(argv + ["--report", str(tmp_path / "r.json")]) == 0

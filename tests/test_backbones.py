@@ -21,19 +21,19 @@ TINY = {
     "iresnet": lambda **kw: IResNet(
         stage_blocks=(1, 1, 1, 1),
         stage_filters=(8, 8, 16, 16),
-        image_shape=(32, 32, 3),
+        image_size=32,
         embedding_dim=16,
         **kw,
     ),
     "mobilefacenet": lambda **kw: MobileFaceNet(
-        image_shape=(32, 32, 3),
+        image_size=32,
         width_multiplier=0.125,
         blocks=(1, 1, 1, 1),
         embedding_dim=16,
         **kw,
     ),
     "resnet50": lambda **kw: KerasApplicationBackbone(
-        "ResNet50", image_shape=(32, 32, 3), embedding_dim=16, **kw
+        "ResNet50", image_size=32, embedding_dim=16, **kw
     ),
 }
 
@@ -150,7 +150,7 @@ def test_iresnet_spatial_sequence_112():
 @pytest.mark.parametrize("size, final", [(32, 2), (40, 3), (112, 7)])
 def test_mobilefacenet_gdc_kernel_follows_feature_map(size, final):
     model = MobileFaceNet(
-        image_shape=(size, size, 3), width_multiplier=0.125, blocks=(1, 1, 1, 1)
+        image_size=size, width_multiplier=0.125, blocks=(1, 1, 1, 1)
     )
     assert tuple(model.get_layer("sep_prelu").output.shape[1:3]) == (final, final)
     assert tuple(model.get_layer("head_gdc_conv").kernel_size) == (final, final)
@@ -160,7 +160,7 @@ def test_mobilefacenet_gdc_kernel_follows_feature_map(size, final):
 
 def test_mobilefacenet_residual_first_stage():
     model = MobileFaceNet(
-        image_shape=(32, 32, 3),
+        image_size=32,
         width_multiplier=0.125,
         blocks=(2, 1, 1, 1),
         embedding_dim=8,
@@ -216,6 +216,30 @@ def test_config_round_trip(kind):
     assert _weight_signature(clone) == _weight_signature(model)
 
 
+def test_configs_and_keywords_from_before_the_renames_still_build_the_same_model():
+    """`image_shape` (H, W, 3) became `image_size`, MobileFaceNet's `scale` became `outer_width_factor`:
+    saved configs load silently, the old keywords with a DeprecationWarning."""
+    import warnings
+
+    tiny = dict(width_multiplier=0.125, blocks=(1, 1, 1, 1), embedding_dim=16)
+    new = MobileFaceNet(image_size=(32, 48), outer_width_factor=1, **tiny)
+    assert new.input_shape == (None, 32, 48, 3) and new.get_config()["image_size"] == (32, 48)
+    old = {k: v for k, v in new.get_config().items() if k not in ("image_size", "outer_width_factor")}
+    old.update(image_shape=[32, 48, 3], scale=1)  # as a .keras file written before the renames holds it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = MobileFaceNet.from_config(old)
+        old_iresnet = {k: v for k, v in TINY["iresnet"]().get_config().items() if k != "image_size"}
+        iresnet = IResNet.from_config({**old_iresnet, "image_shape": (32, 32, 3)})
+    assert loaded.get_config() == new.get_config() and _weight_signature(loaded) == _weight_signature(new)
+    assert iresnet.input_shape == (None, 32, 32, 3)
+    with pytest.warns(DeprecationWarning, match="image_size"):
+        by_keyword = MobileFaceNet(image_shape=(32, 48, 3), outer_width_factor=1, **tiny)
+    with pytest.warns(DeprecationWarning, match="outer_width_factor"):
+        by_scale = MobileFaceNet(image_size=(32, 48), scale=1, **tiny)
+    assert by_keyword.get_config() == by_scale.get_config() == new.get_config()
+
+
 def test_get_config_lists_every_argument():
     import inspect
 
@@ -265,7 +289,7 @@ def test_default_model_names():
         depth=18,
         stage_blocks=(1, 1, 1, 1),
         stage_filters=(8, 8, 8, 8),
-        image_shape=(16, 16, 3),
+        image_size=16,
     )
     assert tiny18.name == "iresnet18"
     assert TINY["mobilefacenet"]().name == "mobilefacenet"
@@ -311,7 +335,7 @@ def _torch_to_keras_shape(name, shape):
 
 def test_iresnet_block_layout_matches_insightface():
     # Real stage-1/2 widths; build only.
-    model = IResNet(stage_blocks=(2, 1, 1, 1), image_shape=(32, 32, 3))
+    model = IResNet(stage_blocks=(2, 1, 1, 1), image_size=32)
     # insightface layer1.1 (no downsample) and layer2.0 (with downsample).
     reference = {
         "stage1_block1": [
@@ -352,7 +376,7 @@ def test_stride2_padding_matches_pytorch():
     model = IResNet(
         stage_blocks=(1, 1, 1, 1),
         stage_filters=(4, 4, 4, 4),
-        image_shape=(16, 16, 3),
+        image_size=16,
         embedding_dim=4,
     )
     pad = model.get_layer("stage1_block0_pad2")
@@ -421,7 +445,7 @@ def test_iresnet_parameter_counts(builder, depth):
 def test_mobilefacenet_parameter_count():
     model = MobileFaceNet()
     assert _trainable_count(model) == ref_mbf_params()
-    large = MobileFaceNet(blocks=(2, 8, 12, 4), scale=4)
+    large = MobileFaceNet(blocks=(2, 8, 12, 4), outer_width_factor=4)
     assert _trainable_count(large) == ref_mbf_params((2, 8, 12, 4), scale=4)
 
 
@@ -469,14 +493,14 @@ def test_get_backbone_with_overrides():
         "IResNet50",
         stage_blocks=(1, 1, 1, 1),
         stage_filters=(8, 8, 8, 8),
-        image_shape=(16, 16, 3),
+        image_size=16,
         embedding_dim=8,
     )
     assert isinstance(model, IResNet)
     assert model.depth == 50 and model.output_shape == (None, 8)
-    mbf = get_backbone("mobilefacenet", image_shape=(32, 32, 3), width_multiplier=0.125)
+    mbf = get_backbone("mobilefacenet", image_size=32, width_multiplier=0.125)
     assert isinstance(mbf, MobileFaceNet) and mbf.output_shape == (None, 512)
-    res = get_backbone("resnet50", image_shape=(32, 32, 3), embedding_dim=8)
+    res = get_backbone("resnet50", image_size=32, embedding_dim=8)
     assert isinstance(res, KerasApplicationBackbone)
 
 
@@ -496,6 +520,10 @@ BAD_ARGS = [
     (IResNet, {"image_shape": (112, 112, 1)}, "image_shape"),
     (IResNet, {"image_shape": (8, 8, 3)}, "image_shape"),
     (IResNet, {"image_shape": None}, "image_shape"),
+    (IResNet, {"image_size": (112, 112, 3)}, "image_size"),
+    (IResNet, {"image_size": 8}, "image_size"),
+    (IResNet, {"image_size": "112"}, "image_size"),
+    (IResNet, {"image_size": 112, "image_shape": (112, 112, 3)}, "image_size"),
     (IResNet, {"embedding_dim": 0}, "embedding_dim"),
     (IResNet, {"embedding_dim": 1.5}, "embedding_dim"),
     (IResNet, {"dropout": 1.0}, "dropout"),
@@ -504,11 +532,14 @@ BAD_ARGS = [
     (IResNet, {"stage_filters": (8, 8, 0, 8)}, "stage_filters"),
     (MobileFaceNet, {"width_multiplier": 0}, "width_multiplier"),
     (MobileFaceNet, {"blocks": (1, 2)}, "blocks"),
-    (MobileFaceNet, {"scale": 0}, "scale"),
+    (MobileFaceNet, {"outer_width_factor": 0}, "outer_width_factor"),
+    (MobileFaceNet, {"scale": 0}, "outer_width_factor"),  # the old name of outer_width_factor
     (MobileFaceNet, {"image_shape": (8, 8, 3)}, "image_shape"),
+    (MobileFaceNet, {"image_size": (8, 8)}, "image_size"),
     (MobileFaceNet, {"dropout": 2}, "dropout"),
     (KerasApplicationBackbone, {"architecture": "ResNet18"}, "architecture"),
     (KerasApplicationBackbone, {"image_shape": (16, 16, 3)}, "image_shape"),
+    (KerasApplicationBackbone, {"image_size": 16}, "image_size"),
     (KerasApplicationBackbone, {"embedding_dim": -1}, "embedding_dim"),
 ]
 
@@ -656,7 +687,7 @@ def _load_state_dict(model, sd, hw):
 def test_iresnet_matches_insightface_numpy_reference():
     blocks, filters, emb = (1, 2, 1, 1), (8, 8, 16, 16), 16
     model = IResNet(stage_blocks=blocks, stage_filters=filters,
-                    image_shape=(32, 32, 3), embedding_dim=emb)
+                    image_size=32, embedding_dim=emb)
     sd = _random_iresnet_state_dict(blocks, filters, hw=2, emb=emb)
     n_loaded = _load_state_dict(model, sd, hw=2)
     # Every weighted Keras layer received exactly one insightface tensor group.

@@ -4,17 +4,14 @@ References: a brute-force NumPy scan over every candidate threshold (balanced ac
 rule by counting), and, on the real data, a re-run of the calibration that produced the registry.
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, transform_points, estimate_transform
 from keras_facemargin.inference.calibrate import crop_from_arcface112, heldout_identities, thresholds_from_scores
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
+from testing import DATA_DIR
 
-DATA = Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _brute(genuine, impostor, fars):
@@ -74,17 +71,20 @@ def test_every_calibrated_entry_has_ordered_thresholds():
         assert "held-out CelebA" in MODELS[name]["calibration"]["set"], name
 
 
-@pytest.mark.skipif(not (DATA / "celeba_identities" / "color_arcface112").is_dir(),
+@pytest.mark.real_data
+@pytest.mark.skipif(not (DATA_DIR / "celeba_identities" / "color_arcface112").is_dir(),
                     reason="celeba_identities not found (set KFM_DATA_DIR)")
 def test_heldout_identities_exclude_lfw_overlap_and_are_stable():
     from keras_facemargin.data import read_identity_list
 
-    held = heldout_identities(DATA)
-    assert len(held) == 50 and held == sorted(held) and held == heldout_identities(DATA)
-    assert not set(held) & set(read_identity_list(DATA / "celeba_identities" / "lfw_overlap_candidates.tsv"))
+    held = heldout_identities(DATA_DIR)
+    assert len(held) == 50 and held == sorted(held) and held == heldout_identities(DATA_DIR)
+    assert not set(held) & set(read_identity_list(DATA_DIR / "celeba_identities" / "lfw_overlap_candidates.tsv"))
 
 
-@pytest.mark.skipif(not (DATA / "celeba_identities" / "color_arcface112").is_dir(),
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA_DIR / "celeba_identities" / "color_arcface112").is_dir(),
                     reason="celeba_identities not found (set KFM_DATA_DIR)")
 @pytest.mark.parametrize("name", ["dlib_resnet_v1", "mbf_dlib_distill", "arcface_celeba_mbf"])
 def test_registry_thresholds_reproduce(tmp_path, monkeypatch, name):
@@ -93,7 +93,7 @@ def test_registry_thresholds_reproduce(tmp_path, monkeypatch, name):
 
     monkeypatch.setenv("KFM_CACHE_DIR", str(tmp_path))
     info = get_model_info(name)
-    cal = calibrate_verifier(kfm.FaceVerifier(name, threshold=0.5), DATA)
+    cal = calibrate_verifier(kfm.FaceVerifier(name, threshold=0.5), DATA_DIR)
     assert cal["num_genuine"] == info["calibration"]["num_genuine"]
     assert cal["num_impostor"] == info["calibration"]["num_impostor"]
     for key, value in info["thresholds"].items():

@@ -9,6 +9,7 @@ import pytest
 from keras_facemargin import demo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, extra", [("kappaface", []), ("kappaface", ["--estimator", "momentum_encoder"]), ("arcface", [])])
 def test_demo_runs_and_reports_verification(tmp_path, loss, extra):
     out = tmp_path / "run"
@@ -17,8 +18,12 @@ def test_demo_runs_and_reports_verification(tmp_path, loss, extra):
          "--pairs", "200", "--batch-size", "16", "--output", str(out)] + extra
     )
     saved = json.loads((out / "results.json").read_text())
-    assert saved["verification"]["num_pairs"] == 200
-    assert 0.0 <= saved["verification"]["accuracy_mean"] <= 1.0
+    assert saved["verification"]["num_pairs"] == saved["verification_untrained"]["num_pairs"] == 200
+    # Training helps: the same network before training (same seed, same held-out pairs) is the reference.
+    # Measured: 0.635 untrained -> 0.835-0.845 trained for all three settings.
+    trained, untrained = saved["verification"], saved["verification_untrained"]
+    assert trained["accuracy_mean"] >= untrained["accuracy_mean"] + 0.1, (untrained, trained)
+    assert trained["auc"] > untrained["auc"] + 0.05
     assert len(saved["history"]["loss"]) == 2 and np.all(np.isfinite(saved["history"]["loss"]))
     if loss == "kappaface":
         assert "margin_mean" in saved["history"]
@@ -42,6 +47,7 @@ def test_every_registered_head_builds_from_run_options():
         layers.build_head("softmax", 5, scale=32.0)  # an explicit override must exist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["softmax", "sphereface", "subface"])
 def test_demo_runs_heads_without_scale_or_margin(tmp_path, loss):
     results = demo.main(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_launch import repo_env
+from testing import repo_env
 
 HERE = Path(__file__).parent
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def _run(estimator):

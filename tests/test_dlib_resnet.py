@@ -16,6 +16,7 @@ import pytest
 
 from keras_facemargin.errors import DlibFileError, UntrustedFileError
 from keras_facemargin.pretrained import loader
+from testing import DATA_DIR, row_cosine
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dlib_chips.npz"
 SOURCE_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
@@ -37,10 +38,6 @@ def raw_model(dat_path):
 def chips():
     with np.load(FIXTURE) as z:
         return {k: z[k] for k in z.files}
-
-
-def _cosine(a, b):
-    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_source_file_is_the_registry_one(dat_path):
@@ -69,10 +66,10 @@ def test_architecture_sizes_follow_dlib_padding_rules(raw_model, dat_path):
 def test_parity_with_dlib_descriptors_on_dlib_chips(raw_model, chips):
     ours = raw_model.predict(chips["chips"].astype(np.float32), verbose=0)
     ref = chips["descriptors"]
-    assert _cosine(ours, ref).min() >= 0.9999
+    assert row_cosine(ours, ref).min() >= 0.9999
     np.testing.assert_allclose(ours, ref, atol=2e-5)
     # not a tautology: another chip's descriptor is far away
-    assert _cosine(ours, np.roll(ref, 1, axis=0)).max() < 0.999
+    assert row_cosine(ours, np.roll(ref, 1, axis=0)).max() < 0.999
 
 
 def test_zero_extend_add_matches_numpy():
@@ -100,7 +97,7 @@ def test_load_caches_the_conversion_and_gives_unit_embeddings(tmp_path, monkeypa
     e1, e2 = embedder.predict(x, verbose=0), again.predict(x, verbose=0)
     np.testing.assert_allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(e1, e2, atol=1e-6)
-    assert _cosine(e1, chips["descriptors"][:3]).min() >= 0.9999
+    assert row_cosine(e1, chips["descriptors"][:3]).min() >= 0.9999
     assert embedder.normalization == {"mean": 0.0, "std": 1.0}
 
 
@@ -216,12 +213,14 @@ def test_huge_declared_tensor_is_refused_without_allocating(tmp_path, dat_bytes)
 
 # ------------------------------------------------------------------ live dlib, real photos
 def _lfw_photos(n):
-    root = Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "lfw"
+    root = DATA_DIR / "lfw"
     if not (root / "images").is_dir():
         pytest.skip(f"LFW not found under {root} (set KFM_DATA_DIR)")
     return sorted((root / "images").glob("*/*_0001.jpg"))[:n]
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_live_parity_with_dlib_on_lfw_photos(raw_model):
     dlib = pytest.importorskip("dlib", reason="the live parity test needs dlib (pip install dlib-bin)")
     import cv2
@@ -242,10 +241,11 @@ def test_live_parity_with_dlib_on_lfw_photos(raw_model):
         ref.append(np.array(rec.compute_face_descriptor(img, shape)))
     assert len(chips) >= 15
     ours = raw_model.predict(np.stack(chips).astype(np.float32), verbose=0)
-    assert _cosine(ours, np.array(ref)).min() >= 0.9999
+    assert row_cosine(ours, np.array(ref)).min() >= 0.9999
 
 
 # ------------------------------------------------------------------ exports and other backends
+@pytest.mark.slow
 def test_exports_keep_parity(tmp_path, raw_model, chips):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("onnxruntime")
@@ -259,7 +259,7 @@ def test_exports_keep_parity(tmp_path, raw_model, chips):
                               check=False)
         run = _runner(fmt, out)
         got = np.concatenate([run(x[i:i + 1]) for i in range(len(x))])
-        assert _cosine(got, ref).min() >= min_cos, (fmt, quantize, _cosine(got, ref))
+        assert row_cosine(got, ref).min() >= min_cos, (fmt, quantize, row_cosine(got, ref))
         del report
 
 
@@ -291,6 +291,8 @@ def _runner(fmt, path):
     return run
 
 
+@pytest.mark.backend
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_other_backends_match_dlib(backend, tmp_path, chips):
     pytest.importorskip(backend)
@@ -306,4 +308,4 @@ def test_other_backends_match_dlib(backend, tmp_path, chips):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(tmp_path / "y.npy")
     ref = chips["descriptors"][:4]
-    assert _cosine(got, ref).min() >= 0.9999
+    assert row_cosine(got, ref).min() >= 0.9999

@@ -2,7 +2,7 @@
 
 import pytest
 
-from repo_scripts import load_script
+from testing import load_script
 
 
 @pytest.fixture(scope="module")

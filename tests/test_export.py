@@ -18,7 +18,7 @@ SIZE = 32
 def model():
     """A tiny FaceRecognizer whose BN statistics come from real-looking (synthetic) images."""
     backbone = kfm.backbones.IResNet(stage_blocks=(1, 1, 1, 1), stage_filters=(8, 8, 16, 16),
-                                     image_shape=(SIZE, SIZE, 3), embedding_dim=32)
+                                     image_size=SIZE, embedding_dim=32)
     recognizer = kfm.FaceRecognizer(backbone, kfm.layers.ArcMarginDense(5))
     x = normalize_images(export.parity_images(SIZE, 64, data_dir="/nonexistent", seed=7)[0])
     for _ in range(20):  # settle BN moving statistics (as after training)
@@ -107,6 +107,7 @@ def test_parity_report_fails_loudly(model, images, tmp_path):
         noisy.raise_if_failed()
 
 
+@pytest.mark.slow
 def test_export_tool_end_to_end(model, tmp_path, data_dir):
     """tools/export.py on a .keras file with the LFW parity report and pair-accuracy change."""
     path = tmp_path / "tiny.keras"
@@ -123,7 +124,7 @@ def test_export_tool_end_to_end(model, tmp_path, data_dir):
 
 def test_onnx_grouped_convolution_mobilefacenet(images, tmp_path):
     """MobileFaceNet's grouped conv (XLA-compiled in Keras' TF backend) exports to ONNX."""
-    backbone = kfm.backbones.MobileFaceNet(image_shape=(SIZE, SIZE, 3), width_multiplier=0.125,
+    backbone = kfm.backbones.MobileFaceNet(image_size=SIZE, width_multiplier=0.125,
                                            blocks=(1, 1, 1, 1), embedding_dim=16)
     run = export.ONNXEmbedder(export.export_onnx(backbone, tmp_path / "mbf.onnx"))
     e = np.asarray(backbone(normalize_images(images), training=False), np.float64)

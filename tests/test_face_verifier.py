@@ -20,7 +20,7 @@ import pytest
 import keras
 
 from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, select_face
-from keras_facemargin.evaluation.verification import embed_images, pair_scores, tar_at_far
+from keras_facemargin.evaluation.verification import embed_images
 from keras_facemargin.inference.verifier import (
     ConfigurationError,
     FaceVerifier,
@@ -33,8 +33,8 @@ from keras_facemargin.inference.verifier import (
 )
 from keras_facemargin.inference.gallery import Gallery
 from keras_facemargin.pretrained import loader, registry
+from testing import REPO, load_script
 
-REPO = Path(__file__).resolve().parents[1]
 HAS_MTCNN = importlib.util.find_spec("mtcnn") is not None
 needs_mtcnn = pytest.mark.skipif(not HAS_MTCNN, reason="needs the mtcnn package (pip install 'mtcnn==1.0.0')")
 PEOPLE = ("George_W_Bush", "Colin_Powell", "Tony_Blair")
@@ -355,25 +355,35 @@ def test_calibrate_thresholds_on_a_small_pairs_file(model, detector, lfw_images,
     assert set(cal["thresholds"]) == {"0.5", "0.25"} and cal["num_pairs"] == 8 and cal["num_impostor"] == 4
     assert cal["rule"] == "same iff cosine > threshold" and cal["normalization"] == {"mean": 127.5, "std": 128.0}
     json.dumps(cal)
-    # independent recomputation: the cached MTCNN crops, the evaluation's flip-sum embedding, tar_at_far
-    from keras_facemargin.data.lfw import load_lfw_images, load_lfw_pairs
+    # Independent reference: the cached MTCNN crops (the data), then NumPy and the bare Keras model only --
+    # (x - 127.5) / 128, f(x) + f(flip x), cosine per pair as written above -- and a brute-force threshold
+    # search: the smallest candidate t with #{impostor > t} <= far * #impostor, TAR and FAR by counting.
+    from keras_facemargin.data.lfw import load_lfw_images
 
-    pairs = load_lfw_pairs(root)
-    paths, ia, ib = pairs.unique_paths()
-    images = load_lfw_images(paths, 112, align="mtcnn", **kw)
-    emb = embed_images(model, images, flip=True)
-    scores = pair_scores(emb[ia], emb[ib])
-    tars, thrs = tar_at_far(scores, pairs.is_same, (0.5, 0.25))
+    lines = [ln.split() for ln in (root / "pairs.txt").read_text().splitlines()[1:]]
+    sides = [((t[0], t[1]), (t[0], t[2])) if len(t) == 3 else ((t[0], t[1]), (t[2], t[3])) for t in lines]
+    same = np.array([len(t) == 3 for t in lines])
+    files = sorted({p for pair in sides for p in pair})
+    paths = [root / "images" / n / f"{n}_{int(i):04d}.jpg" for n, i in files]
+    crops = load_lfw_images(paths, 112, align="mtcnn", **kw).astype(np.float64)
+    x = ((crops - 127.5) / 128.0).astype("float32")
+    emb = model.predict(x, verbose=0) + model.predict(np.ascontiguousarray(x[:, :, ::-1]), verbose=0)
+    emb = dict(zip(files, emb.astype(np.float64)))
+    scores = np.array([emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b]) for a, b in sides])
+    genuine, impostor = scores[same], scores[~same]
     for f in (0.5, 0.25):
-        assert cal["thresholds"][far_key(f)] == pytest.approx(thrs[f], abs=1e-9)
-        assert cal["tar"][far_key(f)] == pytest.approx(tars[f])
-        assert cal["far"][far_key(f)] <= f
+        t_ref = min(t for t in np.concatenate([[-np.inf], impostor]) if np.sum(impostor > t) <= f * impostor.size)
+        t = cal["thresholds"][far_key(f)]
+        assert t == pytest.approx(t_ref, abs=1e-5)
+        assert cal["tar"][far_key(f)] == np.sum(genuine > t_ref) / genuine.size
+        assert cal["far"][far_key(f)] == np.sum(impostor > t_ref) / impostor.size <= f
     # a FaceVerifier gives the same numbers (its model, normalisation, size)
     v = FaceVerifier(model, threshold=cal["thresholds"]["0.5"], detector=detector)
     assert calibrate_thresholds(v, root, fars=(0.5, 0.25), **kw)["thresholds"] == cal["thresholds"]
 
 
 # ----------------------------------------------------------------- accuracy
+@pytest.mark.slow
 @needs_mtcnn
 def test_real_model_same_person_scores_higher(real_verifier, lfw_images):
     same = real_verifier.verify(lfw(lfw_images, "George_W_Bush", 1), lfw(lfw_images, "George_W_Bush", 2))
@@ -381,6 +391,7 @@ def test_real_model_same_person_scores_higher(real_verifier, lfw_images):
     assert same.score > diff.score
 
 
+@pytest.mark.slow
 @needs_mtcnn
 def test_real_model_identifies_lfw_people(real_verifier, lfw_images, tmp_path):
     root = tmp_path / "people"
@@ -405,13 +416,11 @@ def run_tool(tool, *args):
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(REPO / "tools"))
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"tools/{name}.py")
 
 
+@pytest.mark.slow
 @needs_mtcnn
 def test_cli_verify_faces(lfw_images, model, tmp_path, capsys):
     model_path = tmp_path / "tiny.keras"
@@ -435,6 +444,7 @@ def test_cli_verify_faces(lfw_images, model, tmp_path, capsys):
         assert (rc, err["status"], err["error"], err["file"]) == (code, "error", error, file and str(file)), err
 
 
+@pytest.mark.slow
 @needs_mtcnn
 def test_cli_identify(lfw_images, model, tmp_path, capsys):
     model_path = tmp_path / "tiny.keras"

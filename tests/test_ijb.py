@@ -280,7 +280,7 @@ def test_verify_missing_id_and_empty(method):
 
 
 def test_verify_auto_picks_gemm_when_dense_gather_when_sparse(monkeypatch):
-    import keras_facemargin.evaluation.ijb as ijb
+    import keras_facemargin.evaluation.ijb.scores as ijb
 
     calls = []
     real_gemm, real_gather = ijb._scores_gemm, ijb._scores_gather
@@ -337,7 +337,7 @@ def test_malformed_meta_files_name_file_and_line(tmp_path):
 def test_floor_far_operating_point_is_shared_and_identical():
     """verification.tar_at_far, ijb 1:N (TPIR@FPIR) and megaface_verification use one floor rule."""
     from keras_facemargin.evaluation._far import floor_far_rank, floor_threshold
-    from keras_facemargin.evaluation.ijb import _floor_threshold
+    from keras_facemargin.evaluation.ijb.identification import _floor_threshold
     from keras_facemargin.evaluation.megaface import megaface_verification
     from keras_facemargin.evaluation.verification import tar_at_far
 
@@ -364,6 +364,13 @@ def test_floor_far_operating_point_is_shared_and_identical():
     tars, thrs = tar_at_far(np.concatenate([gen, imp]), np.r_[np.ones(gen.size, bool), np.zeros(imp.size, bool)],
                             fars)
     for f in fars:
-        t = _floor_threshold(imp, f)
-        assert thrs[f] == t == mf["threshold"][f]
-        assert tars[f] == mf["tar"][f] == float(np.mean(gen > t))
+        # independent reference, by counting: the smallest impostor score t with #{impostor > t} <= f * n
+        # (exact integer comparison: f * n is a whole number here or rounds away from it)
+        ok = [t for t in np.unique(imp) if np.sum(imp > t) <= f * imp.size + 1e-9]
+        t_ref = min(ok)
+        assert np.sum(imp > t_ref) / imp.size <= f
+        lower = imp[imp < t_ref]  # the next lower score would accept too many impostors
+        assert lower.size == 0 or np.sum(imp > lower.max()) / imp.size > f
+        tar_ref = np.sum(gen > t_ref) / gen.size
+        assert _floor_threshold(imp, f) == thrs[f] == mf["threshold"][f] == t_ref
+        assert tars[f] == mf["tar"][f] == pytest.approx(tar_ref, abs=1e-12)

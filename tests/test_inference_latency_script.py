@@ -21,6 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_latency
 RUNTIMES = ("tf.function", "tflite", "torch-channels_last", "torch-contiguous")
 
 
+@pytest.mark.slow
 def test_inference_latency_script_tiny(tmp_path):
     out = tmp_path / "latency.json"
     cmd = [sys.executable, str(SCRIPT), "--depth", "18", "--size", "32", "--batch", "1", "2",

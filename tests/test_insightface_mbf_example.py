@@ -54,6 +54,7 @@ def deterministic():
     torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, deterministic):
     straight = _run(tmp_path / "straight", monkeypatch)
     assert straight is not None

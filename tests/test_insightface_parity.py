@@ -259,10 +259,11 @@ ARCHS = {
     # name: (factory, input side, keras class attributes to check)
     "r18": (lambda: IResNet((2, 2, 2, 2), map_side=2), 32, {"depth": 18, "stage_blocks": None}),
     "r50": (lambda: IResNet((3, 4, 14, 3), map_side=2), 32, {"depth": 50, "stage_blocks": None}),
-    "mbf": (lambda: MobileFaceNet(), 112, {"blocks": (1, 4, 6, 2), "scale": 2}),
+    "mbf": (lambda: MobileFaceNet(), 112, {"blocks": (1, 4, 6, 2), "outer_width_factor": 2}),
     "mbf_s1": (lambda: MobileFaceNet(num_features=128, blocks=(2, 1, 2, 1), scale=1), 112,
-               {"blocks": (2, 1, 2, 1), "scale": 1, "embedding_dim": 128}),
-    "mbf_large": (lambda: MobileFaceNet(blocks=(2, 8, 12, 4), scale=4), 112, {"blocks": (2, 8, 12, 4), "scale": 4}),
+               {"blocks": (2, 1, 2, 1), "outer_width_factor": 1, "embedding_dim": 128}),
+    "mbf_large": (lambda: MobileFaceNet(blocks=(2, 8, 12, 4), scale=4), 112,
+                  {"blocks": (2, 8, 12, 4), "outer_width_factor": 4}),
 }
 ALL = ("pth_fp32", "pth_fp16", "checkpoint", "ts_fused", "ts_unfused", "dynamo", "ort", "onnxsim")
 CASES = ([("r18", r) for r in ALL] + [("mbf", r) for r in ALL]

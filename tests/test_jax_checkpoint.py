@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 WORKER = Path(__file__).with_name("jax_checkpoint_worker.py")
+pytestmark = pytest.mark.xdist_group("jax_checkpoint")  # the two worker subprocesses run once per module
 STEPS = 3
 
 
@@ -69,6 +70,9 @@ def _names(paths):
 CASES = [("dp", 3, 3), ("shard", 3, 3), ("shard_mid", 5, 4)]
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, done, stopped_at", CASES)
 def test_resumed_run_equals_the_uninterrupted_one(runs, variant, done, stopped_at):
     out, first, resumed = runs
@@ -96,6 +100,9 @@ def test_resumed_run_equals_the_uninterrupted_one(runs, variant, done, stopped_a
     assert not np.allclose(full["model/0"], _state(out / f"{variant}.restored.npz")["model/0"])  # it trained on
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, done, stopped_at", CASES)
 def test_restore_puts_back_the_checkpoint_under_each_layout(runs, variant, done, stopped_at):
     out, first, resumed = runs
@@ -121,6 +128,9 @@ def test_restore_puts_back_the_checkpoint_under_each_layout(runs, variant, done,
     assert full == resumed[variant]["results"]["backend"]
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_checkpoints_written_and_kept(runs):
     _, first, resumed = runs
     assert first["full_dp"]["checkpoints"] == ["ckpt-3.npz", "ckpt-6.npz"]  # epoch ends only
@@ -130,6 +140,9 @@ def test_checkpoints_written_and_kept(runs):
     assert resumed["devices"] == ["cpu:0", "cpu:1"]
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(runs):
     out, _, resumed = runs
     name, message = resumed["mismatch"]

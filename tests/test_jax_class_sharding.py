@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 WORKER = Path(__file__).with_name("jax_class_sharding_worker.py")
+pytestmark = pytest.mark.xdist_group("jax_class_sharding")  # one worker subprocess for the module
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KINDS = ("arcface", "kappaface")
 
@@ -34,10 +35,16 @@ def runs(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_host_devices(runs):
     assert runs["devices"] == ["cpu:0", "cpu:1"]
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_sharded_fit_equals_unsharded(runs, kind):
     single, sharded = runs[kind]["single"], runs[kind]["sharded"]
@@ -50,6 +57,9 @@ def test_sharded_fit_equals_unsharded(runs, kind):
     assert not np.allclose(single["loss"][0], single["loss"][1])  # it trained
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_device_holds_half_of_the_kernel(runs, kind):
     single, sharded = runs[kind]["single"], runs[kind]["sharded"]
@@ -64,6 +74,9 @@ def test_each_device_holds_half_of_the_kernel(runs, kind):
     assert sharded["backbone_kernel_shards"] == [full, full]
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_kappaface_state_equal_and_sharded(runs):
     single, sharded = runs["kappaface"]["single"], runs["kappaface"]["sharded"]
     for key in ("kappa", "psi", "memory", "feature_sums", "feature_counts", "class_count_weights"):
@@ -77,17 +90,26 @@ def test_kappaface_state_equal_and_sharded(runs):
     assert (np.abs(np.asarray(single["memory"])).sum(axis=1) > 0).all()  # every sample's row written
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_num_classes_not_divisible_raises(runs):
     name, is_value_error, message = runs["errors"]["indivisible"]
     assert name == "ClassShardingError" and is_value_error
     assert "num_classes=5" in message and "device count 2" in message
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_already_built_head_raises(runs):
     name, is_value_error, message = runs["errors"]["built"]
     assert name == "ClassShardingError" and is_value_error and "already built" in message
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_odd_sample_count_replicates_the_memory_buffer_with_a_warning(runs):
     odd = runs["errors"]["odd_samples"]
     assert any("num_samples=25" in w and "replicated" in w for w in odd["warnings"])
@@ -96,6 +118,9 @@ def test_odd_sample_count_replicates_the_memory_buffer_with_a_warning(runs):
     assert odd["backbone"] is None
 
 
+@pytest.mark.backend
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_trainer_jax_shard_classes_end_to_end(runs):
     t = runs["trainer"]
     results = t["results"]

@@ -19,6 +19,8 @@ import pytest
 pytest.importorskip("jax")
 
 WORKER = Path(__file__).with_name("jax_distribution_worker.py")
+pytestmark = [pytest.mark.backend, pytest.mark.distributed, pytest.mark.slow,
+              pytest.mark.xdist_group("jax_distribution")]  # one worker subprocess for the module
 
 
 @pytest.fixture(scope="module")

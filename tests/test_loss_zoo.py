@@ -30,6 +30,7 @@ from numpy_reference_zoo import (
     sphere_logits,
     x2softmax_target,
 )
+from testing import inputs_with_angles
 
 C, D, S = 7, 6, 64.0
 COUNTS = np.array([50, 20, 10, 5, 3, 2, 1])
@@ -143,19 +144,6 @@ def _built(name, seed=0):
     return layer
 
 
-def _inputs_with_angles(kernel, labels, thetas, rng, norm_range=(0.5, 3.0)):
-    """Embeddings at exactly angle `thetas` from their class centre, norms in `norm_range`."""
-    w = kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
-    xs = []
-    for y, t in zip(labels, thetas):
-        c = w[:, y]
-        v = rng.standard_normal(D)
-        v -= v.dot(c) * c
-        v /= np.linalg.norm(v)
-        xs.append(np.cos(t) * c + np.sin(t) * v)
-    return (np.stack(xs) * rng.uniform(*norm_range, (len(labels), 1))).astype("float32")
-
-
 def _forward(layer, x, labels, training=False):
     """(logits, sum of the losses the call added) as tensors."""
     out = layer([x, labels], training=training)
@@ -169,7 +157,7 @@ def test_logits_and_extra_loss_match_reference(name):
     k = _kernel(layer).numpy()
     labels = np.array([0, C - 1, 3, 0, C - 1, 5, 2, 1])
     thetas = np.array([0.0, 1e-4, 0.7, 1.5, 2.4, np.pi - 0.3, np.pi - 1e-4, np.pi])
-    x = _inputs_with_angles(k, labels, thetas, np.random.default_rng(1), NORM_RANGE.get(name, (0.5, 3.0)))
+    x = inputs_with_angles(k, labels, thetas, np.random.default_rng(1), NORM_RANGE.get(name, (0.5, 3.0)))
     out, extra = _forward(layer, x, labels)
     out = out.numpy()
     ref, ref_extra = CASES[name][2](x.astype("float64"), k.astype("float64"), labels, layer, x.astype("float64"))
@@ -190,7 +178,7 @@ def test_gradients_match_finite_differences(name):
     rng = np.random.default_rng(4)
     labels = np.array([0, C - 1, 2, 4])
     k = _kernel(layer).numpy().astype("float64")
-    x = _inputs_with_angles(k, labels, [0.4, 1.2, 2.0, 2.9], rng, NORM_RANGE.get(name, (0.5, 3.0))).astype("float64")
+    x = inputs_with_angles(k, labels, [0.4, 1.2, 2.0, 2.9], rng, NORM_RANGE.get(name, (0.5, 3.0))).astype("float64")
     wts = rng.standard_normal((len(labels), C))
     reference = CASES[name][2]
 
@@ -216,7 +204,7 @@ def test_edges_theta_zero_and_pi_have_finite_gradients(name):
     layer = _built(name)
     k = _kernel(layer).numpy()
     labels = np.array([1, 2, 3, 4])
-    x = tf.Variable(_inputs_with_angles(k, labels, [0.0, 1e-6, np.pi - 1e-6, np.pi], np.random.default_rng(2)))
+    x = tf.Variable(inputs_with_angles(k, labels, [0.0, 1e-6, np.pi - 1e-6, np.pi], np.random.default_rng(2)))
     with tf.GradientTape() as tape:
         out, extra = _forward(layer, x, labels)
         loss = tf.reduce_sum(out) + extra
@@ -230,7 +218,7 @@ def test_zero_norm_feature_is_finite(name):
     layer = _built(name)
     k = _kernel(layer).numpy()
     labels = np.array([1, 2, 3])
-    x = _inputs_with_angles(k, labels, [0.5, 1.0, 2.0], np.random.default_rng(5), NORM_RANGE.get(name, (0.5, 3.0)))
+    x = inputs_with_angles(k, labels, [0.5, 1.0, 2.0], np.random.default_rng(5), NORM_RANGE.get(name, (0.5, 3.0)))
     x[1] = 0.0
     xt = tf.Variable(x)
     with tf.GradientTape() as tape:
@@ -268,7 +256,7 @@ def test_gradient_sign_pulls_towards_the_class_centre():
         k = _kernel(layer).numpy()
         labels = np.array([1, 4])
         norm_range = NORM_RANGE.get(name, (0.5, 3.0))
-        x = tf.Variable(_inputs_with_angles(k, labels, [1.0, 2.0], np.random.default_rng(7), norm_range))
+        x = tf.Variable(inputs_with_angles(k, labels, [1.0, 2.0], np.random.default_rng(7), norm_range))
         with tf.GradientTape() as tape:
             loss = keras.losses.sparse_categorical_crossentropy(labels, layer([x, labels]), from_logits=True)
         g = tape.gradient(loss, x).numpy()
@@ -282,7 +270,7 @@ def _batches(n, rng, kernel, norm_range=(0.5, 3.0), size=5):
     out = []
     for _ in range(n):
         labels = rng.integers(0, C, size)
-        x = _inputs_with_angles(kernel, labels, rng.uniform(0.2, 2.8, size), rng, norm_range)
+        x = inputs_with_angles(kernel, labels, rng.uniform(0.2, 2.8, size), rng, norm_range)
         out.append((x, labels))
     return out
 
@@ -309,7 +297,7 @@ def test_curricularface_hard_negatives_are_reweighted():
     layer.t.assign(1.0)
     k = _kernel(layer).numpy()
     labels = np.array([0])
-    x = _inputs_with_angles(k, labels, [1.4], np.random.default_rng(11))
+    x = inputs_with_angles(k, labels, [1.4], np.random.default_rng(11))
     cos = cosines(x, k)[0]
     out = layer([x, labels]).numpy()[0] / S
     phi = math.cos(1.4 + 0.5)
@@ -420,7 +408,7 @@ def test_kappaface_exp_target_follows_psi_and_keeps_existing_targets():
     layer = _built("kappaface_exp")
     labels = np.arange(C)
     k = _kernel(layer).numpy()
-    x = _inputs_with_angles(k, labels, np.full(C, 1.0), np.random.default_rng(17))
+    x = inputs_with_angles(k, labels, np.full(C, 1.0), np.random.default_rng(17))
     out = layer([x, labels]).numpy()[labels, labels] / S
     expected = np.cos(np.pi * (1.0 / np.pi) ** (1 - 0.3 * KAPPA_PSI))
     np.testing.assert_allclose(out, expected, atol=1e-4)
@@ -464,6 +452,7 @@ def test_keras_file_round_trip(name, tmp_path):
     np.testing.assert_allclose(loaded.predict([x, y], verbose=0), before, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_face_recognizer_fit_step_with_every_registered_head():
     rng = np.random.default_rng(19)
     data = {

@@ -13,6 +13,7 @@ from numpy_reference import (
     cosines,
     margin_logits,
 )
+from testing import inputs_with_angles
 
 C, D, S = 7, 6, 64.0
 
@@ -48,19 +49,6 @@ def _built(layer_fn, seed=0):
     return layer
 
 
-def _inputs_with_angles(kernel, labels, thetas, rng):
-    """Embeddings whose angle to their class centre is exactly `thetas`."""
-    w = kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
-    xs = []
-    for y, t in zip(labels, thetas):
-        c = w[:, y]
-        v = rng.standard_normal(D)
-        v -= v.dot(c) * c
-        v /= np.linalg.norm(v)
-        xs.append(np.cos(t) * c + np.sin(t) * v)
-    return (np.stack(xs) * rng.uniform(0.5, 3.0, (len(labels), 1))).astype("float32")
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_logits_match_reference(name):
     layer_fn, target = CASES[name]
@@ -68,7 +56,7 @@ def test_logits_match_reference(name):
     rng = np.random.default_rng(1)
     labels = np.array([0, C - 1, 3, 0, C - 1, 5, 2, 1])  # class boundaries included
     thetas = np.array([0.0, 1e-4, 0.7, 1.5, 2.4, np.pi - 0.3, np.pi - 1e-4, np.pi])
-    x = _inputs_with_angles(layer.kernel.numpy(), labels, thetas, rng)
+    x = inputs_with_angles(layer.kernel.numpy(), labels, thetas, rng)
     out = keras.ops.convert_to_numpy(layer([x, labels]))
     ref = margin_logits(x, layer.kernel.numpy(), labels, target, S)
     assert np.all(np.isfinite(out))
@@ -98,7 +86,7 @@ def test_gradients_match_finite_differences(name):
     layer = _built(layer_fn, seed=3)
     rng = np.random.default_rng(4)
     labels = np.array([0, C - 1, 2, 4])
-    x = _inputs_with_angles(layer.kernel.numpy(), labels, [0.4, 1.2, 2.0, 2.9], rng).astype("float64")
+    x = inputs_with_angles(layer.kernel.numpy(), labels, [0.4, 1.2, 2.0, 2.9], rng).astype("float64")
     wts = rng.standard_normal((len(labels), C))  # random cotangent: loss = sum(wts * logits)
 
     def ref_loss(xv, kv):
@@ -146,7 +134,7 @@ def test_gradient_sign_pushes_target_up():
     layer = _built(CASES["arcface"][0])
     rng = np.random.default_rng(5)
     labels = np.array([1, 4])
-    x = tf.Variable(_inputs_with_angles(layer.kernel.numpy(), labels, [1.0, 2.0], rng))
+    x = tf.Variable(inputs_with_angles(layer.kernel.numpy(), labels, [1.0, 2.0], rng))
     with tf.GradientTape() as tape:
         logits = layer([x, labels])
         loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)

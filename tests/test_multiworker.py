@@ -4,11 +4,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from worker_launch import run_workers
+import pytest
+from testing import run_workers
 
 HERE = Path(__file__).parent
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.xdist_group('tf_config_workers')
 def test_two_workers_end_with_identical_weights_and_kappa(tmp_path):
     outputs = run_workers(HERE / "training_script.py", lambda i: ["multiworker", str(tmp_path), "--tag", str(i)],
                           timeout=240)

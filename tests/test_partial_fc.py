@@ -29,7 +29,7 @@ from keras_facemargin.layers import (
     registry,
 )
 from keras_facemargin.layers.partial_fc import sample_budget, sample_classes
-from worker_launch import repo_env, result_of, run_workers
+from testing import repo_env, result_of, run_workers
 
 HERE = Path(__file__).parent
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -466,6 +466,8 @@ def _check_sets(out):
     assert out["b"]["sample_step"] == 4 and np.ptp(out["b"]["psi"]) > 0
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_replicas_draw_the_same_set_and_every_head_trains(tmp_path):
     proc = subprocess.run([sys.executable, str(HERE / "partial_fc_script.py"), "mirrored", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=repo_env())
@@ -477,6 +479,9 @@ def test_two_replicas_draw_the_same_set_and_every_head_trains(tmp_path):
         assert len(sets) == 2 and sets[0] == sets[1]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.xdist_group('tf_config_workers')
 def test_two_workers_draw_the_same_set_and_end_identical(tmp_path):
     outputs = run_workers(HERE / "partial_fc_script.py", lambda i: ["multiworker", str(tmp_path)])
     assert [o["replicas"] for o in outputs] == [2, 2]

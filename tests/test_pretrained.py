@@ -26,7 +26,7 @@ def homes(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_entry(monkeypatch, tmp_path):
     """A registry entry for a tiny IResNet with real weights on disk and their true sha256."""
-    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    backbone = IResNet(image_size=32, embedding_dim=16, **TINY)
     rng = np.random.default_rng(0)
     backbone.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") if "variance" not in w.path
                           else rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in backbone.weights])
@@ -169,7 +169,7 @@ def test_pth_weights_converted_on_the_fly(homes, tmp_path, monkeypatch):
     from keras_facemargin.convert.pth import write_torch_state_dict
 
     # A state dict in insightface names taken from a Keras tiny IResNet: the round trip must agree.
-    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    backbone = IResNet(image_size=32, embedding_dim=16, **TINY)
     rng = np.random.default_rng(2)
     for w in backbone.weights:
         w.assign(rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.2, w.shape))
@@ -264,7 +264,7 @@ def test_with_package_normalization_is_exact(tmp_path):
 
     from keras_facemargin.pretrained.loader import read_normalization, with_package_normalization, write_normalization
 
-    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    backbone = IResNet(image_size=32, embedding_dim=16, **TINY)
     pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3)).astype("float32")
     own = np.asarray(backbone((pixels - 127.5) / 127.5, training=False))
     wrapped = with_package_normalization(backbone, "127.5")
@@ -288,7 +288,7 @@ def test_tools_use_the_models_normalization(tmp_path, monkeypatch, capsys):
     from keras_facemargin.evaluation.bin_sets import write_bin
     from keras_facemargin.pretrained.loader import write_normalization
 
-    backbone = IResNet(image_shape=(32, 32, 3), embedding_dim=16, **TINY)
+    backbone = IResNet(image_size=32, embedding_dim=16, **TINY)
     model = tmp_path / "converted.keras"
     backbone.save(model)
     write_normalization(model, {"mean": 127.5, "std": 127.5})

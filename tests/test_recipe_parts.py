@@ -1,6 +1,5 @@
 """Pieces of the real-faces recipe: multi-root identity folders, augmentation, angle statistics."""
 
-import os
 from pathlib import Path
 
 import cv2
@@ -10,8 +9,8 @@ import tensorflow as tf
 
 from keras_facemargin.data import FaceAugmentation, load_identity_folders, make_training_dataset, read_identity_list
 from keras_facemargin.evaluation.angles import angle_statistics
+from testing import DATA_DIR
 
-DATA = Path(os.environ.get("KFM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def _write(root, ident, name, value, size=20):
@@ -64,11 +63,12 @@ def test_read_identity_list_not_utf8(tmp_path):
         read_identity_list(f)
 
 
-@pytest.mark.skipif(not (DATA / "celeba_identities" / "lfw_overlap_candidates.tsv").is_file(),
-                    reason=f"celeba_identities not found under {DATA} (set KFM_DATA_DIR)")
+@pytest.mark.real_data
+@pytest.mark.skipif(not (DATA_DIR / "celeba_identities" / "lfw_overlap_candidates.tsv").is_file(),
+                    reason=f"celeba_identities not found under {DATA_DIR} (set KFM_DATA_DIR)")
 def test_real_celeba_duplicates_match_an_independent_count():
-    ids = DATA / "celeba_identities"
-    roots = [ids / "color_arcface112", DATA / "celeba_align_10k" / "images"]
+    ids = DATA_DIR / "celeba_identities"
+    roots = [ids / "color_arcface112", DATA_DIR / "celeba_align_10k" / "images"]
     exclude = read_identity_list(ids / "lfw_overlap_candidates.tsv")
     assert len(exclude) == 156
     # independent count: (identity, file) pairs present in both roots, identity not excluded

@@ -53,6 +53,26 @@ def test_bad_field_names_the_field(field, value):
         get_experiment("ms1mv2", **{field: value})
 
 
+def test_a_head_registered_after_import_is_a_valid_loss():
+    """`TrainConfig` checks `loss` against the live head registry, not a snapshot taken at import."""
+    from keras_facemargin import layers
+    from keras_facemargin.training import config as config_module
+
+    assert "arcface_m04" not in layers.head_names()
+    with pytest.raises(ValueError, match="loss"):
+        get_experiment("synthetic", loss="arcface_m04")
+    layers.register_head("arcface_m04", layers.ArcMarginDense, margin=0.4)
+    try:
+        cfg = get_experiment("synthetic", loss="arcface_m04")
+        assert cfg.loss == "arcface_m04" and "arcface_m04" in config_module.LOSSES
+        assert TrainConfig.from_json(cfg.to_json()) == cfg
+        assert layers.build_head(cfg.loss, 10).margin == 0.4
+    finally:
+        del layers.HEADS["arcface_m04"]
+    with pytest.raises(ValueError, match="loss"):
+        get_experiment("synthetic", loss="arcface_m04")
+
+
 def _paper_lr(epoch, batch):
     # The KappaFace/ArcFace MS1MV2 schedule, written out: 0.1 until epoch 10, then /10 at 10, 18, 22.
     if epoch < 10:

@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from worker_launch import repo_env
+import pytest
+from testing import repo_env
 
 HERE = Path(__file__).parent
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_trainer_fit_under_two_replica_mirrored_strategy(tmp_path):
     env = repo_env()
     env.pop("TF_CONFIG", None)

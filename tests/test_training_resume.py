@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worker_launch import repo_env
+from testing import repo_env
 
 HERE = Path(__file__).parent
 STEPS, BATCH = 6, 16
@@ -28,6 +28,7 @@ def run_script(*args, expect_rc=0):
     return (json.loads(lines[-1][len("RESULT "):]) if lines else None), proc
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_with_the_same_state(tmp_path):
     import tensorflow as tf
 
@@ -74,6 +75,7 @@ def test_killed_mid_epoch_resumes_with_the_same_state(tmp_path):
     assert np.all(psi < 1)  # updated at the epoch ends, not left at the initial 1
 
 
+@pytest.mark.slow
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     import tensorflow as tf
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from repo_scripts import load_script
+from testing import load_script
 
 
 @pytest.fixture(scope="module")
