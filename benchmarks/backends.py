@@ -51,7 +51,7 @@ def worker(args):
         backbone = kfm.backbones.IResNet(
             stage_blocks=(2, 2, 2, 2),
             stage_filters=(16, 32, 64, 128),
-            image_shape=(size, size, 3),
+            image_size=size,
             embedding_dim=args.embedding_dim,
         )
         head = kfm.layers.build_head(name, args.classes, class_counts=counts, num_samples=n)

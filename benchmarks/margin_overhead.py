@@ -43,7 +43,7 @@ class PlainSoftmaxHead(keras.layers.Layer):
 def make_backbone(args):
     return kfm.backbones.IResNet(
         depth=18,
-        image_shape=(args.image_size, args.image_size, 3),
+        image_size=args.image_size,
         embedding_dim=args.embedding_dim,
         stage_blocks=(1, 1, 1, 1),
         stage_filters=(32, 64, 128, 256),

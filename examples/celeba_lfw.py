@@ -176,12 +176,11 @@ def holdout_pairs(images, labels, num_pairs, seed=0):
 def build_backbone(args):
     import keras_facemargin as kfm
 
-    shape = (args.image_size, args.image_size, 3)
     if args.backbone == "mobilefacenet":
-        return kfm.backbones.MobileFaceNet(image_shape=shape, embedding_dim=args.embedding_dim,
+        return kfm.backbones.MobileFaceNet(image_size=args.image_size, embedding_dim=args.embedding_dim,
                                            width_multiplier=args.width_multiplier, blocks=tuple(args.blocks),
                                            dropout=args.dropout)
-    return kfm.backbones.IResNet(depth=18, image_shape=shape, embedding_dim=args.embedding_dim,
+    return kfm.backbones.IResNet(depth=18, image_size=args.image_size, embedding_dim=args.embedding_dim,
                                  stage_blocks=tuple(args.blocks), stage_filters=tuple(args.widths),
                                  dropout=args.dropout)
 

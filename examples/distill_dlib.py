@@ -119,8 +119,8 @@ def center_teacher(teacher):
 def build_student(args):
     import keras_facemargin as kfm
 
-    return kfm.backbones.MobileFaceNet(image_shape=(112, 112, 3), embedding_dim=args.embedding_dim,
-                                       blocks=(1, 4, 6, 2), scale=1)
+    return kfm.backbones.MobileFaceNet(image_size=112, embedding_dim=args.embedding_dim,
+                                       blocks=(1, 4, 6, 2), outer_width_factor=1)
 
 
 def build_training_model(args, backbone, num_classes, counts, num_samples):

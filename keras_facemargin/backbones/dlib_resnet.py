@@ -27,6 +27,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_facemargin.backbones.embedding_head import resolve_image_size
+
 
 __all__ = ["DlibResNet", "dlib_resnet_v1_spec", "DLIB_RESNET_V1", "ChannelAffine", "ZeroExtendAdd", "DLIB_MEAN_RGB",
            "DLIB_INPUT_SCALE"]
@@ -149,7 +151,7 @@ class ZeroExtendAdd(keras.layers.Layer):
         return (a[0],) + self._target((tuple(a), tuple(b)))
 
 
-def DlibResNet(image_shape=(150, 150, 3), input_mean=DLIB_MEAN_RGB, name="dlib_resnet_v1"):
+def DlibResNet(image_size=None, input_mean=DLIB_MEAN_RGB, name="dlib_resnet_v1", **legacy):
     """dlib's face ResNet: RGB pixels ``0..255`` ``(batch, 150, 150, 3)`` -> raw 128-d descriptor.
 
     Layer names follow the op names of `dlib_resnet_v1_spec`
@@ -157,10 +159,12 @@ def DlibResNet(image_shape=(150, 150, 3), input_mean=DLIB_MEAN_RGB, name="dlib_r
     layer, ``input_normalization``, is dlib's ``(x - mean) / 256`` as a `ChannelAffine`.
 
     Args:
-        image_shape: ``(H, W, 3)``; dlib's network is trained at 150x150 (other sizes build, but the
-            weights are only meaningful at 150).
+        image_size: input size, an int or ``(H, W)``, default ``(150, 150)``; dlib's network is trained
+            at 150x150 (other sizes build, but the weights are only meaningful at 150). The old
+            ``image_shape=(H, W, 3)`` still works, with a warning.
         input_mean: the per-channel RGB means subtracted before dividing by 256.
         name: model name.
+        **legacy: ``image_shape`` only (the old spelling of ``image_size``).
 
     Returns:
         A functional `keras.Model`.
@@ -170,11 +174,12 @@ def DlibResNet(image_shape=(150, 150, 3), input_mean=DLIB_MEAN_RGB, name="dlib_r
         model = DlibResNet()
         keras_facemargin.convert.dlib.load_dlib_weights(model, "dlib_face_recognition_resnet_model_v1.dat")
     """
-    if len(image_shape) != 3 or image_shape[-1] != 3:
-        raise ValueError(f"`image_shape` must be (H, W, 3), got {image_shape!r}.")
+    image_size = resolve_image_size(image_size, legacy, (150, 150), min_size=1)
+    if legacy:
+        raise TypeError(f"DlibResNet() got unexpected keyword arguments {sorted(legacy)}.")
     if len(input_mean) != 3:
         raise ValueError(f"`input_mean` must be 3 RGB values, got {input_mean!r}.")
-    inputs = keras.Input(shape=tuple(image_shape), name="images")
+    inputs = keras.Input(shape=image_size + (3,), name="images")
     x = ChannelAffine(gamma_initializer=keras.initializers.Constant(1.0 / DLIB_INPUT_SCALE),
                       beta_initializer=keras.initializers.Constant([-m / DLIB_INPUT_SCALE for m in input_mean]),
                       name="input_normalization")(inputs)

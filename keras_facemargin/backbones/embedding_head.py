@@ -12,6 +12,7 @@ The final BatchNormalization has no trainable gamma: insightface's
 """
 
 import numbers
+import warnings
 
 import keras
 
@@ -134,6 +135,68 @@ def validate_image_shape(image_shape, min_size=16, channels=(3,)):
             f"Received: image_shape={image_shape!r}"
         )
     return tuple(int(d) for d in shape)
+
+
+def resolve_image_size(image_size, legacy, default, min_size=16, stacklevel=3):
+    """The input size `(height, width)` of a backbone, from `image_size` or the old `image_shape`.
+
+    `image_size` is the one spelling of the input size (as `TrainConfig.image_size` and the
+    presets): an int (square) or `(height, width)`. Older code and saved configs passed
+    `image_shape=(height, width, 3)`; a constructor pops it from its `**kwargs` into `legacy`
+    (a dict): from a constructor call it still works, with a `DeprecationWarning`.
+
+    Args:
+        image_size: an int, `(height, width)`, or None for `default`.
+        legacy: the constructor's `**kwargs`; an `image_shape` entry is removed from it.
+        default: the backbone's `(height, width)`.
+        min_size: smallest height/width for the backbone's total downsampling.
+        stacklevel: of the warning (the constructor's caller).
+
+    Returns:
+        `(height, width)` as ints.
+
+    Example:
+        >>> resolve_image_size(112, {}, (112, 112))
+        (112, 112)
+    """
+    if "image_shape" in legacy:
+        image_shape = legacy.pop("image_shape")
+        if image_size is not None:
+            raise ValueError("Pass `image_size` only (`image_shape` is its old spelling, (height, width, 3)). "
+                             f"Received: image_size={image_size!r}, image_shape={image_shape!r}")
+        warnings.warn("`image_shape=(height, width, 3)` is deprecated: pass `image_size=(height, width)` "
+                      "(or an int).", DeprecationWarning, stacklevel=stacklevel)
+        return validate_image_shape(image_shape, min_size=min_size)[:2]
+    if image_size is None:
+        return tuple(default)
+    size = (image_size, image_size) if _is_int(image_size) else image_size
+    try:
+        size = tuple(size)
+    except TypeError:
+        size = None
+    if size is None or len(size) != 2 or not all(_is_int(d) for d in size):
+        raise ValueError("`image_size` must be an int or a tuple (height, width) of ints. "
+                         f"Received: image_size={image_size!r}")
+    if size[0] < min_size or size[1] < min_size:
+        raise ValueError(f"`image_size` is too small: height and width must be >= {min_size} for this "
+                         f"backbone's total downsampling. Received: image_size={image_size!r}")
+    return tuple(int(d) for d in size)
+
+
+def legacy_config(config, renamed=()):
+    """A saved backbone config in today's argument names (for `from_config`).
+
+    `image_shape` (H, W, 3) becomes `image_size` (H, W); `renamed` maps other old keys to
+    new ones (MobileFaceNet's `scale` -> `outer_width_factor`). No warning: saved files
+    written before the rename are valid.
+    """
+    config = dict(config)
+    if "image_shape" in config and "image_size" not in config:
+        config["image_size"] = tuple(config.pop("image_shape"))[:2]
+    for old, new in dict(renamed).items():
+        if old in config and new not in config:
+            config[new] = config.pop(old)
+    return config
 
 
 def validate_embedding_dim(embedding_dim):

@@ -32,7 +32,8 @@ from keras_facemargin.backbones.embedding_head import embedding_head
 from keras_facemargin.backbones.embedding_head import prelu
 from keras_facemargin.backbones.embedding_head import validate_dropout
 from keras_facemargin.backbones.embedding_head import validate_embedding_dim
-from keras_facemargin.backbones.embedding_head import validate_image_shape
+from keras_facemargin.backbones.embedding_head import legacy_config
+from keras_facemargin.backbones.embedding_head import resolve_image_size
 from keras_facemargin.backbones.embedding_head import validate_int_tuple
 
 IRESNET_STAGE_BLOCKS = {
@@ -103,7 +104,9 @@ class IResNet(keras.Model):
         depth: int, one of 18, 34, 50, 100, 200. Selects the number of
             blocks per stage (ignored when `stage_blocks` is given, but
             still validated and used for the default name).
-        image_shape: tuple `(height, width, 3)`, default `(112, 112, 3)`.
+        image_size: input size, an int or `(height, width)`; default
+            `(112, 112)` (RGB: the input is `(height, width, 3)`). The old
+            `image_shape=(height, width, 3)` still works, with a warning.
         embedding_dim: int, embedding size (insightface `num_features`).
         dropout: float in `[0, 1)`, dropout rate before the dense layer.
         stage_blocks: optional tuple of 4 ints overriding the blocks per
@@ -120,7 +123,7 @@ class IResNet(keras.Model):
     Example:
     >>> model = IResNet(depth=50)                  # insightface "r50"
     >>> tiny = IResNet(stage_blocks=(1, 1, 1, 1), stage_filters=(8, 8, 16, 16),
-    ...                image_shape=(32, 32, 3), embedding_dim=16)
+    ...                image_size=32, embedding_dim=16)
     >>> tiny(np.zeros((2, 32, 32, 3), "float32")).shape
     TensorShape([2, 16])
     """
@@ -128,7 +131,7 @@ class IResNet(keras.Model):
     def __init__(
         self,
         depth=50,
-        image_shape=(112, 112, 3),
+        image_size=None,
         embedding_dim=512,
         dropout=0.0,
         stage_blocks=None,
@@ -142,7 +145,8 @@ class IResNet(keras.Model):
                 f"`depth` must be one of {sorted(IRESNET_STAGE_BLOCKS)}. "
                 f"Received: depth={depth!r}"
             )
-        image_shape = validate_image_shape(image_shape, min_size=16)
+        image_size = resolve_image_size(image_size, kwargs, (112, 112), min_size=16)
+        image_shape = image_size + (3,)
         embedding_dim = validate_embedding_dim(embedding_dim)
         dropout = validate_dropout(dropout)
         if stage_blocks is not None:
@@ -184,7 +188,8 @@ class IResNet(keras.Model):
 
         # === Config ===
         self.depth = depth
-        self.image_shape = image_shape
+        self.image_size = image_size
+        self.image_shape = image_shape  # the Keras input shape, (height, width, 3)
         self.embedding_dim = embedding_dim
         self.dropout = dropout
         self.stage_blocks = stage_blocks
@@ -196,7 +201,7 @@ class IResNet(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "depth": self.depth,
-            "image_shape": self.image_shape,
+            "image_size": self.image_size,
             "embedding_dim": self.embedding_dim,
             "dropout": self.dropout,
             "stage_blocks": self.stage_blocks,
@@ -206,7 +211,7 @@ class IResNet(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**legacy_config(config))
 
 
 def IResNet18(**kwargs):

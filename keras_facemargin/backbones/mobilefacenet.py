@@ -4,7 +4,8 @@ Chen et al., "MobileFaceNets: Efficient CNNs for Accurate Real-Time Face
 Verification on Mobile Devices" (CCBR 2018, https://arxiv.org/abs/1804.07573),
 in the layout of insightface ``recognition/arcface_torch/backbones/
 mobilefacenet.py`` (``get_mbf``: ``scale=2, blocks=(1, 4, 6, 2)``;
-``get_mbf_large``: ``scale=4, blocks=(2, 8, 12, 4)``).
+``get_mbf_large``: ``scale=4, blocks=(2, 8, 12, 4)``). insightface's ``scale``
+is ``outer_width_factor`` here (in this package ``scale`` is only the logit scale).
 
 Layer names map to the PyTorch module names (``L`` = ``layers``)::
 
@@ -21,6 +22,8 @@ Layer names map to the PyTorch module names (``L`` = ``layers``)::
     head_fc / head_features                 features.layers.{2,3}
 """
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -29,7 +32,8 @@ from keras_facemargin.backbones.embedding_head import batch_norm
 from keras_facemargin.backbones.embedding_head import prelu
 from keras_facemargin.backbones.embedding_head import validate_dropout
 from keras_facemargin.backbones.embedding_head import validate_embedding_dim
-from keras_facemargin.backbones.embedding_head import validate_image_shape
+from keras_facemargin.backbones.embedding_head import legacy_config
+from keras_facemargin.backbones.embedding_head import resolve_image_size
 from keras_facemargin.backbones.embedding_head import validate_int_tuple
 
 # PyTorch kaiming_normal_(mode="fan_out", nonlinearity="relu"), as insightface.
@@ -192,9 +196,10 @@ class MobileFaceNet(keras.Model):
     linear depthwise conv with a kernel equal to the final feature-map size
     (7x7 for 112x112 inputs) -> BN -> Flatten -> Dense(no bias) -> BN.
 
-    Channels for `width_multiplier=1.0, scale=2` are exactly insightface's
-    `get_mbf`: outer widths `64*scale`/`128*scale`, expansion widths
-    128/256/512 (not scaled by `scale`, as in insightface) and 512 GDC
+    Channels for `width_multiplier=1.0, outer_width_factor=2` are exactly
+    insightface's `get_mbf` (its `scale=2`): outer widths
+    `64*outer_width_factor`/`128*outer_width_factor`, expansion widths
+    128/256/512 (not scaled by it, as in insightface) and 512 GDC
     channels. `width_multiplier` scales every channel count (outer,
     expansion, group count and GDC channels) for small models.
 
@@ -210,14 +215,17 @@ class MobileFaceNet(keras.Model):
     permutation is needed).
 
     Args:
-        image_shape: tuple `(height, width, 3)`, at least 16x16; default
-            `(112, 112, 3)`. Total downsampling is 16.
+        image_size: input size, an int or `(height, width)`, at least 16x16;
+            default `(112, 112)`. Total downsampling is 16. The old
+            `image_shape=(height, width, 3)` still works, with a warning.
         embedding_dim: int, embedding size (insightface `num_features`).
         width_multiplier: positive float scaling all channel counts.
         blocks: tuple of 4 positive ints, residual blocks per stage
-            (insightface `blocks`; `(2, 8, 12, 4)` with `scale=4` is
-            "mbf_large").
-        scale: positive int, insightface's outer-width factor (2 for "mbf").
+            (insightface `blocks`; `(2, 8, 12, 4)` with `outer_width_factor=4`
+            is "mbf_large").
+        outer_width_factor: positive int, insightface's `scale`: the factor
+            of the outer widths (2 for "mbf"). The old keyword `scale` still
+            works, with a warning; saved configs with `scale` load as is.
         dropout: float in `[0, 1)`, dropout rate before `head_fc`.
         fp16_head: bool. insightface computes `conv_sep` and the GDC head in
             float32 under autocast; with `False` (default) those layers are
@@ -228,7 +236,7 @@ class MobileFaceNet(keras.Model):
 
     Example:
     >>> model = MobileFaceNet()                       # insightface "mbf"
-    >>> tiny = MobileFaceNet(image_shape=(32, 32, 3), width_multiplier=0.125,
+    >>> tiny = MobileFaceNet(image_size=32, width_multiplier=0.125,
     ...                      blocks=(1, 1, 1, 1), embedding_dim=16)
     >>> tiny(np.zeros((2, 32, 32, 3), "float32")).shape
     TensorShape([2, 16])
@@ -236,25 +244,31 @@ class MobileFaceNet(keras.Model):
 
     def __init__(
         self,
-        image_shape=(112, 112, 3),
+        image_size=None,
         embedding_dim=512,
         width_multiplier=1.0,
         blocks=(1, 4, 6, 2),
-        scale=2,
+        outer_width_factor=2,
         dropout=0.0,
         fp16_head=False,
         name=None,
         **kwargs,
     ):
-        image_shape = validate_image_shape(image_shape, min_size=16)
+        if "scale" in kwargs:  # the old name (insightface's)
+            warnings.warn("MobileFaceNet's `scale` is now `outer_width_factor` (`scale` is only the logit scale "
+                          "in this package).", DeprecationWarning, stacklevel=2)
+            outer_width_factor = kwargs.pop("scale")
+        image_size = resolve_image_size(image_size, kwargs, (112, 112), min_size=16)
+        image_shape = image_size + (3,)
         embedding_dim = validate_embedding_dim(embedding_dim)
         dropout = validate_dropout(dropout)
         blocks = validate_int_tuple(blocks, "blocks")
-        if not _is_int(scale) or scale <= 0:
+        if not _is_int(outer_width_factor) or outer_width_factor <= 0:
             raise ValueError(
-                f"`scale` must be a positive int. Received: scale={scale!r}"
+                "`outer_width_factor` must be a positive int. "
+                f"Received: outer_width_factor={outer_width_factor!r}"
             )
-        scale = int(scale)
+        outer_width_factor = int(outer_width_factor)
         if (
             isinstance(width_multiplier, bool)
             or not isinstance(width_multiplier, (int, float))
@@ -269,8 +283,8 @@ class MobileFaceNet(keras.Model):
         def ch(n):
             return max(1, int(round(n * width_multiplier)))
 
-        c1 = scale * ch(64)  # insightface 64 * scale
-        c2 = scale * ch(128)  # insightface 128 * scale
+        c1 = outer_width_factor * ch(64)  # insightface 64 * scale
+        c2 = outer_width_factor * ch(128)  # insightface 128 * scale
         head_dtype = None if fp16_head else "float32"
 
         # === Functional model ===
@@ -315,11 +329,12 @@ class MobileFaceNet(keras.Model):
         )
 
         # === Config ===
-        self.image_shape = image_shape
+        self.image_size = image_size
+        self.image_shape = image_shape  # the Keras input shape, (height, width, 3)
         self.embedding_dim = embedding_dim
         self.width_multiplier = width_multiplier
         self.blocks = blocks
-        self.scale = scale
+        self.outer_width_factor = outer_width_factor
         self.dropout = dropout
         self.fp16_head = bool(fp16_head)
 
@@ -327,15 +342,16 @@ class MobileFaceNet(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "image_shape": self.image_shape,
+            "image_size": self.image_size,
             "embedding_dim": self.embedding_dim,
             "width_multiplier": self.width_multiplier,
             "blocks": self.blocks,
-            "scale": self.scale,
+            "outer_width_factor": self.outer_width_factor,
             "dropout": self.dropout,
             "fp16_head": self.fp16_head,
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # Files saved before the renames hold `image_shape` and `scale` (the outer-width factor).
+        return cls(**legacy_config(config, renamed={"scale": "outer_width_factor"}))

@@ -47,7 +47,7 @@ BACKBONE_PRESETS = {
     "iresnet200": _iresnet(200, 118_833_920, "r200", "Blocks (6, 26, 60, 6)."),
     "mobilefacenet": {
         "class_name": "MobileFaceNet",
-        "kwargs": {"blocks": (1, 4, 6, 2), "scale": 2},
+        "kwargs": {"blocks": (1, 4, 6, 2), "outer_width_factor": 2},
         "image_size": (112, 112),
         "normalization": dict(_NORMALIZATION),
         "embedding_dim": 512,
@@ -82,8 +82,8 @@ def get_backbone(name, **overrides):
             `"iresnet50"` or `"mobilefacenet"`.
         **overrides: constructor arguments replacing or extending the
             preset's `kwargs` (e.g. `embedding_dim=128`, `dropout=0.2`).
-            `image_shape` defaults to the preset's `image_size` + 3
-            channels, and `embedding_dim` to the preset's.
+            `image_size` defaults to the preset's, and `embedding_dim`
+            to the preset's.
 
     Returns:
         A `keras.Model` backbone mapping normalised images to raw embeddings.
@@ -91,7 +91,9 @@ def get_backbone(name, **overrides):
     Example:
     >>> backbone = get_backbone("iresnet50", dropout=0.2)
     """
-    from keras_facemargin import backbones
+    from keras_facemargin.backbones.iresnet import IResNet
+    from keras_facemargin.backbones.mobilefacenet import MobileFaceNet
+    from keras_facemargin.backbones.resnet import KerasApplicationBackbone
 
     key = name.lower() if isinstance(name, str) else name
     if key not in BACKBONE_PRESETS:
@@ -101,8 +103,10 @@ def get_backbone(name, **overrides):
         )
     preset = BACKBONE_PRESETS[key]
     kwargs = copy.deepcopy(preset["kwargs"])
-    kwargs.setdefault("image_shape", tuple(preset["image_size"]) + (3,))
+    if "image_shape" not in overrides:  # the old spelling, still accepted by the constructors
+        kwargs.setdefault("image_size", tuple(preset["image_size"]))
     kwargs.setdefault("embedding_dim", preset["embedding_dim"])
     kwargs.update(overrides)
-    cls = getattr(backbones, preset["class_name"])
+    classes = {cls.__name__: cls for cls in (IResNet, MobileFaceNet, KerasApplicationBackbone)}
+    cls = classes[preset["class_name"]]
     return cls(**kwargs)

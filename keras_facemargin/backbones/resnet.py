@@ -11,7 +11,8 @@ import keras
 from keras_facemargin.backbones.embedding_head import embedding_head
 from keras_facemargin.backbones.embedding_head import validate_dropout
 from keras_facemargin.backbones.embedding_head import validate_embedding_dim
-from keras_facemargin.backbones.embedding_head import validate_image_shape
+from keras_facemargin.backbones.embedding_head import legacy_config
+from keras_facemargin.backbones.embedding_head import resolve_image_size
 
 SUPPORTED_ARCHITECTURES = (
     "ResNet50",
@@ -45,7 +46,9 @@ class KerasApplicationBackbone(keras.Model):
         architecture: str, one of `SUPPORTED_ARCHITECTURES` ("ResNet50",
             "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",
             "ResNet152V2").
-        image_shape: tuple `(height, width, 3)`, at least 32x32.
+        image_size: input size, an int or `(height, width)`, at least 32x32;
+            default `(112, 112)`. The old `image_shape=(height, width, 3)`
+            still works, with a warning.
         embedding_dim: int, embedding size.
         dropout: float in `[0, 1)`, dropout rate before the dense layer.
         fp16_head: bool; with `False` (default) `head_fc` and
@@ -54,7 +57,7 @@ class KerasApplicationBackbone(keras.Model):
         **kwargs: passed to `keras.Model` (e.g. `trainable`).
 
     Example:
-    >>> model = KerasApplicationBackbone("ResNet50", image_shape=(112, 112, 3))
+    >>> model = KerasApplicationBackbone("ResNet50", image_size=112)
     >>> model.output_shape
     (None, 512)
     """
@@ -62,7 +65,7 @@ class KerasApplicationBackbone(keras.Model):
     def __init__(
         self,
         architecture="ResNet50",
-        image_shape=(112, 112, 3),
+        image_size=None,
         embedding_dim=512,
         dropout=0.0,
         fp16_head=False,
@@ -75,7 +78,8 @@ class KerasApplicationBackbone(keras.Model):
                 f"{list(SUPPORTED_ARCHITECTURES)}. "
                 f"Received: architecture={architecture!r}"
             )
-        image_shape = validate_image_shape(image_shape, min_size=32)
+        image_size = resolve_image_size(image_size, kwargs, (112, 112), min_size=32)
+        image_shape = image_size + (3,)
         embedding_dim = validate_embedding_dim(embedding_dim)
         dropout = validate_dropout(dropout)
 
@@ -104,7 +108,8 @@ class KerasApplicationBackbone(keras.Model):
 
         # === Config ===
         self.architecture = architecture
-        self.image_shape = image_shape
+        self.image_size = image_size
+        self.image_shape = image_shape  # the Keras input shape, (height, width, 3)
         self.embedding_dim = embedding_dim
         self.dropout = dropout
         self.fp16_head = bool(fp16_head)
@@ -114,7 +119,7 @@ class KerasApplicationBackbone(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "architecture": self.architecture,
-            "image_shape": self.image_shape,
+            "image_size": self.image_size,
             "embedding_dim": self.embedding_dim,
             "dropout": self.dropout,
             "fp16_head": self.fp16_head,
@@ -122,4 +127,4 @@ class KerasApplicationBackbone(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**legacy_config(config))

@@ -10,6 +10,7 @@ from keras_facemargin.callbacks.head_state import find_layers
 from keras_facemargin.callbacks.monitoring import NonFiniteLossError
 from keras_facemargin.callbacks.save_schedule import SaveSchedule
 from keras_facemargin.callbacks.weights_checkpoint import latest_weights_checkpoint
+from keras_facemargin.utils.cluster import task_info
 
 
 def replica_local_variables(model):
@@ -125,8 +126,6 @@ class TrainingCheckpoint(SaveSchedule):
         self._epoch = 0
 
     def _temp_dir(self):
-        from keras_facemargin.training.strategy import task_info
-
         _, index, _ = task_info()
         return os.path.join(self.directory + "_tmp", f"worker_{index}")
 

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_facemargin.layers.base import FaceHead
 from keras_facemargin.layers.cosine_dense import _check_nonnegative, _check_positive
 from keras_facemargin.layers.kappaface import KappaMarginDense
 from keras_facemargin.layers.sphereface import SphereMarginDense, sphereface_lambda
@@ -109,15 +110,21 @@ class SphereFaceAnnealing(keras.callbacks.Callback):
 def head_callbacks(model):
     """The callbacks a model's heads need during `fit` (empty for most heads).
 
-    `KappaMarginDense` needs `KappaUpdater`; `SphereMarginDense` needs
-    `SphereFaceAnnealing`.
+    Each head names them in `required_callbacks` (the head protocol,
+    `keras_facemargin.layers.base.FaceHead`): `KappaMarginDense` needs `KappaUpdater`,
+    `SphereMarginDense` needs `SphereFaceAnnealing`. One instance of each, in the order
+    the heads name them.
 
     Example:
         >>> model.fit(ds, epochs=5, callbacks=head_callbacks(model))
     """
-    callbacks = []
-    if find_layers(model, KappaMarginDense):
-        callbacks.append(KappaUpdater())
-    if find_layers(model, SphereMarginDense):
-        callbacks.append(SphereFaceAnnealing())
-    return callbacks
+    known = {"KappaUpdater": KappaUpdater, "SphereFaceAnnealing": SphereFaceAnnealing}
+    names = []
+    for head in find_layers(model, FaceHead):
+        for name in head.required_callbacks:
+            if name not in known:
+                raise ValueError(f"{type(head).__name__} needs the callback {name!r}, which keras_facemargin "
+                                 f"does not define (known: {sorted(known)}).")
+            if name not in names:
+                names.append(name)
+    return [known[name]() for name in names]

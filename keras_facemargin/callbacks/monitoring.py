@@ -5,13 +5,15 @@ import time
 
 import keras
 import numpy as np
+
 from keras_facemargin.errors import NonFiniteLossError  # noqa: F401  (re-exported)
+from keras_facemargin.utils.keras_compat import optimizer_learning_rate
 
 
 def current_lr(optimizer, step=None):
     """The optimizer's learning rate at `step` (default: its current iteration) as a float."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    lr = inner._learning_rate if hasattr(inner, "_learning_rate") else inner.learning_rate
+    lr = optimizer_learning_rate(inner)
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         step = int(inner.iterations.numpy()) if step is None else step
         return float(keras.ops.convert_to_numpy(lr(step)))

@@ -23,24 +23,24 @@ def _ungrouped_convolutions():
     `tf.function(jit_compile=True)`, which tf2onnx cannot inline (`StatefulPartitionedCall`).
     """
     import tensorflow as tf
-    from keras.src.backend.tensorflow import nn as tf_nn
 
-    original = tf_nn.conv
+    from keras_facemargin.utils.keras_compat import tensorflow_conv_replaced
 
-    def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
-        groups = inputs.shape[-1] // kernel.shape[-2] if inputs.shape[-1] else 1
-        if data_format not in (None, "channels_last") or len(inputs.shape) != 4 or groups <= 1:
-            return original(inputs, kernel, strides, padding, data_format, dilation_rate)
-        xs = tf.split(inputs, groups, axis=-1)
-        ks = tf.split(kernel, groups, axis=-1)
-        outs = [tf.nn.convolution(x, k, strides, padding.upper(), dilations=dilation_rate) for x, k in zip(xs, ks)]
-        return tf.concat(outs, axis=-1)
+    def make_conv(original):
+        def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+            groups = inputs.shape[-1] // kernel.shape[-2] if inputs.shape[-1] else 1
+            if data_format not in (None, "channels_last") or len(inputs.shape) != 4 or groups <= 1:
+                return original(inputs, kernel, strides, padding, data_format, dilation_rate)
+            xs = tf.split(inputs, groups, axis=-1)
+            ks = tf.split(kernel, groups, axis=-1)
+            outs = [tf.nn.convolution(x, k, strides, padding.upper(), dilations=dilation_rate)
+                    for x, k in zip(xs, ks)]
+            return tf.concat(outs, axis=-1)
 
-    tf_nn.conv = conv
-    try:
+        return conv
+
+    with tensorflow_conv_replaced(make_conv):
         yield
-    finally:
-        tf_nn.conv = original
 
 
 def export_onnx(model, path, opset=17):

@@ -1,9 +1,14 @@
-"""Margin-based softmax heads. Each takes `[embeddings, labels]` and returns `scale * logits`."""
+"""Margin-based softmax heads. Each takes `[embeddings, labels]` and returns `scale * logits`.
 
-from keras_facemargin.layers import kappa_math
+Every head follows one protocol (`base.FaceHead`); `registry.build_head` builds any of them
+by name, and `zoo` lists them (one `register_head` line per head).
+"""
+
+from keras_facemargin.layers import kappa_math, zoo  # noqa: F401  (zoo fills the head registry)
 from keras_facemargin.layers.arcface import ArcMarginDense
 from keras_facemargin.layers.combined import CombinedMarginDense
 from keras_facemargin.layers.cosface import CosMarginDense
+from keras_facemargin.layers.base import FaceHead
 from keras_facemargin.layers.cosine_dense import CosineDense
 from keras_facemargin.layers.kappaface import KappaMarginDense
 from keras_facemargin.layers.registry import HEADS, build_head, head_names, register_head
@@ -26,6 +31,7 @@ __all__ = [
     "CombinedMarginDense",
     "CosMarginDense",
     "CosineDense",
+    "FaceHead",
     "KappaMarginDense",
     "kappa_math",
     "HEADS",

@@ -17,8 +17,8 @@ Reads (`gather_rows`, `read`) see the values assigned earlier in the same scope.
 import sys
 
 from keras import backend, ops
-from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+from keras_facemargin.utils.keras_compat import in_stateless_scope, in_symbolic_scope, replica_local_value
 
 
 def _tf():
@@ -40,9 +40,10 @@ def _local_tf_variable(variable):
     value = variable.value
     if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
         return value
-    local = getattr(value, "_get_on_device_or_primary", None)
-    if local is not None and variable.synchronization == "on_read":
-        return local()
+    if variable.synchronization == "on_read":
+        local = replica_local_value(value)
+        if local is not None:
+            return local
     return value
 
 

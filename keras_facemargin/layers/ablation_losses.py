@@ -6,7 +6,8 @@ import keras
 from keras import ops
 
 from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, class_centres, clipped_cos_sin
+from keras_facemargin.layers.base import class_centres, sampled_cosine
+from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, clipped_cos_sin
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
@@ -35,6 +36,11 @@ class IntraLossDense(CosineDense):
         cos_y, _ = clipped_cos_sin(zc.target_cosine(cos, labels))
         zc.add_loss_if_concrete(self, self.weight * ops.mean(ops.arccos(cos_y)) / math.pi)
         return self.scale * cos
+
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """Partial FC: the labels only index columns of `cos` (the extra term is a batch mean),
+        so the sampled columns work as is."""
+        return self.logits_from_cosine(cos, columns, embeddings, training)
 
     def get_config(self):
         config = super().get_config()
@@ -67,6 +73,14 @@ class InterLossDense(CosineDense):
     def logits_from_cosine(self, cos, labels, embeddings=None, training=None):
         w = ops.normalize(ops.cast(class_centres(self), self.compute_dtype), axis=0, epsilon=1e-12)
         zc.add_loss_if_concrete(self, self.inter_term(w, labels))
+        return self.scale * cos
+
+    def sampled_logits(self, embeddings, centres, classes, columns, class_ids, training=None, cos=None):
+        """Partial FC: Norm-Softmax on the sample, the eq. 6 term over the sampled centres (K of them)."""
+        if cos is None:
+            cos = sampled_cosine(embeddings, centres, self.compute_dtype)
+        w_unit = ops.transpose(ops.normalize(centres, axis=-1, epsilon=1e-12))
+        zc.add_loss_if_concrete(self, self.inter_term(w_unit, columns))
         return self.scale * cos
 
     def inter_term(self, w, labels):

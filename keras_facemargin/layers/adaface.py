@@ -78,6 +78,11 @@ class AdaMarginDense(CosineDense):
         target = ops.cos(theta_m) - (self.margin + self.margin * g)
         return self.apply_margin(cos, labels, target)
 
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """Partial FC: the labels only index columns of `cos` (the norm statistics see the whole batch),
+        so the sampled columns work as is."""
+        return self.logits_from_cosine(cos, columns, embeddings, training)
+
     def get_config(self):
         config = super().get_config()
         config.update({"margin": self.margin, "h": self.h, "t_alpha": self.t_alpha})

@@ -5,7 +5,8 @@ from keras import ops
 
 from keras_facemargin.layers import _state
 from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_nonnegative, prepare_indices
+from keras_facemargin.layers.base import CLASSES, prepare_indices, split_inputs
+from keras_facemargin.layers.cosine_dense import _check_nonnegative
 from keras_facemargin.layers.softmax import SoftmaxDense
 
 
@@ -55,12 +56,21 @@ class CenterLossDense(SoftmaxDense):
         )
 
     def call(self, inputs, training=None):
-        embeddings, labels, _ = CosineDense._split_inputs(inputs)
+        embeddings, labels, _ = split_inputs(inputs)
         logits = self.logits(embeddings)
         if labels is None:
             return logits
         self.center_term(embeddings, prepare_indices(labels, self.num_classes, "labels"), training)
         return logits
+
+    def sampled_logits(self, embeddings, centres, classes, columns, class_ids, training=None, cos=None):
+        """The softmax logits on the sampled rows, plus the center loss of the TRUE class ids."""
+        logits = super().sampled_logits(embeddings, centres, classes, columns, class_ids, training)
+        self.center_term(embeddings, class_ids, training)
+        return logits
+
+    def variable_axes(self):
+        return {**super().variable_axes(), "centers": (CLASSES, None)}
 
     def center_term(self, embeddings, labels, training=None):
         """Add the center loss of `labels` (class ids) and, in training, update their centres."""

@@ -8,6 +8,14 @@ import numpy as np
 from keras import ops
 
 from keras_facemargin.layers import _state
+from keras_facemargin.layers.base import (  # noqa: F401  (build_class_kernel, prepare_indices: re-exported)
+    FaceHead,
+    build_class_kernel,
+    class_centres,
+    prepare_indices,
+    sampled_cosine,
+    split_inputs,
+)
 
 # Cosines are clipped to [-1 + COS_EPS, 1 - COS_EPS] before acos/sqrt so that
 # neither the value nor the gradient is ever NaN or infinite.
@@ -53,58 +61,8 @@ def _check_num_classes(num_classes):
     return num_classes
 
 
-def build_class_kernel(layer, input_shape):
-    """Check the embedding shape and add the (d, C) class kernel to `layer`.
-
-    Shared by every head: sets `layer.embedding_dim` and `layer.kernel` from
-    `layer.num_classes`, `layer.kernel_initializer`, `layer.kernel_regularizer`.
-    With `layer.class_major_kernel` set (by `PartialFC`) the kernel is stored
-    transposed, (C, d), initialised as the transpose of the (d, C) draw;
-    `class_centres(layer)` gives the (d, C) view either way.
-    """
-    shape = CosineDense._embedding_shape(input_shape)
-    if len(shape) != 2 or shape[-1] is None:
-        raise ValueError(
-            "`embeddings` must have rank 2, (batch, embedding_dim), with a known last "
-            f"dimension. Received shape: {shape}"
-        )
-    layer.embedding_dim = int(shape[-1])
-    kernel_shape, initializer = (layer.embedding_dim, layer.num_classes), layer.kernel_initializer
-    if getattr(layer, "class_major_kernel", False):
-        kernel_shape, initializer = kernel_shape[::-1], _transposed_initializer(initializer)
-    layer.kernel = layer.add_weight(
-        name="kernel",
-        shape=kernel_shape,
-        initializer=initializer,
-        regularizer=layer.kernel_regularizer,
-        trainable=True,
-    )
-
-
-def _transposed_initializer(initializer):
-    def init(shape, dtype=None):
-        return ops.transpose(initializer(tuple(shape)[::-1], dtype=dtype))
-
-    return init
-
-
-def class_centres(layer):
-    """The (d, C) class-centre matrix of `layer`: its kernel, transposed if stored class-major."""
-    if getattr(layer, "class_major_kernel", False):
-        return ops.transpose(layer.kernel)
-    return layer.kernel
-
-
-def prepare_indices(values, upper, name):
-    """Flatten class ids / sample indices to int (B,) and check they are in [0, upper)."""
-    values = ops.reshape(values, (-1,))
-    if not keras.backend.standardize_dtype(values.dtype).startswith("int"):
-        values = ops.cast(values, "int32")
-    return _state.check_labels_in_range(values, upper, name=name)
-
-
 @keras.saving.register_keras_serializable(package="keras_facemargin")
-class CosineDense(keras.layers.Layer):
+class CosineDense(FaceHead):
     """Scaled cosine classifier `s * cos(theta_j)` with L2-normalised weights.
 
     This is Norm-Softmax (NormFace, Wang et al. 2017) and the base class of all
@@ -141,27 +99,6 @@ class CosineDense(keras.layers.Layer):
         self.scale = _check_positive("scale", scale)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-
-    # -- inputs -----------------------------------------------------------------
-    @staticmethod
-    def _split_inputs(inputs):
-        if isinstance(inputs, (list, tuple)):
-            if not 1 <= len(inputs) <= 3:
-                raise ValueError(
-                    "Expected `inputs` to be embeddings or [embeddings, labels(, extra)]; "
-                    f"got a sequence of length {len(inputs)}."
-                )
-            embeddings = inputs[0]
-            labels = inputs[1] if len(inputs) > 1 else None
-            extra = inputs[2] if len(inputs) > 2 else None
-            return embeddings, labels, extra
-        return inputs, None, None
-
-    @staticmethod
-    def _embedding_shape(input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
-            return tuple(input_shape[0])
-        return tuple(input_shape)
 
     def build(self, input_shape):
         build_class_kernel(self, input_shape)
@@ -212,16 +149,8 @@ class CosineDense(keras.layers.Layer):
                 "a third input (sample index / encoder embeddings) is used only by KappaMarginDense."
             )
 
-    def observe_batch(self, embeddings, labels, extra):
-        """Record a training batch into the head's non-trainable state; a no-op here.
-
-        Called by `call` for training batches with labels, only where state updates are
-        enabled (`_state.state_updates_enabled()`: not while Keras traces shapes), before
-        the logits. KappaMarginDense accumulates its per-class feature sums here.
-        """
-
     def call(self, inputs, training=None):
-        embeddings, labels, extra = self._split_inputs(inputs)
+        embeddings, labels, extra = split_inputs(inputs)
         self.check_extra_input(extra)
         cos = self.cosine(embeddings)
         if labels is None:
@@ -231,9 +160,23 @@ class CosineDense(keras.layers.Layer):
             self.observe_batch(embeddings, labels, extra)
         return self.logits_from_cosine(cos, labels, embeddings, training)
 
-    def compute_output_shape(self, input_shape):
-        shape = self._embedding_shape(input_shape)
-        return (shape[0], self.num_classes)
+    # -- Partial FC (the head protocol, see keras_facemargin.layers.base) ---------------
+    def sampled_logits(self, embeddings, centres, classes, columns, class_ids, training=None, cos=None):
+        """Cosines to the sampled centres (unless given), then `partial_fc_logits`."""
+        if cos is None:
+            cos = sampled_cosine(embeddings, centres, self.compute_dtype)
+        return self.partial_fc_logits(cos, columns, class_ids, embeddings, training)
+
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """`logits_from_cosine` on sampled cosines (B, K): the margin on column `columns`,
+        with `target_logit` given the TRUE class ids `class_ids` (class-indexed margins).
+
+        A head that overrides `logits_from_cosine` overrides this too; when its labels only
+        index columns of `cos` (no class-indexed state, no C-wide tensors) that is
+        `return self.logits_from_cosine(cos, columns, embeddings, training)`.
+        """
+        cos_y = ops.take_along_axis(cos, ops.expand_dims(columns, -1), axis=-1)[:, 0]
+        return self.apply_margin(cos, columns, self.target_logit(cos_y, class_ids))
 
     def get_config(self):
         config = super().get_config()

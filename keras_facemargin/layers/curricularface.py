@@ -70,6 +70,11 @@ class CurricularMarginDense(CosineDense):
         cos = ops.where(hard, cos * (t + cos), cos)
         return self.apply_margin(cos, labels, target)
 
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """Partial FC: the labels only index columns of `cos` (t is a batch statistic),
+        so the sampled columns work as is."""
+        return self.logits_from_cosine(cos, columns, embeddings, training)
+
     def get_config(self):
         config = super().get_config()
         config.update({"margin": self.margin, "t_momentum": self.t_momentum})

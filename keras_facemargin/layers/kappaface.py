@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_facemargin.layers import _state, kappa_math
+from keras_facemargin.layers.base import CLASSES, SAMPLES, prepare_indices
 from keras_facemargin.layers.cosine_dense import (
     CosineDense,
     _check_class_counts,
@@ -12,7 +13,6 @@ from keras_facemargin.layers.cosine_dense import (
     _check_nonnegative,
     _check_positive,
     arc_target,
-    prepare_indices,
 )
 
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
@@ -260,6 +260,21 @@ class KappaMarginDense(CosineDense):
         """Zero the per-class feature sums and counts."""
         self.feature_sums.assign(ops.zeros(self.feature_sums.shape, "float32"))
         self.feature_counts.assign(ops.zeros(self.feature_counts.shape, "float32"))
+
+    # -- the head protocol (keras_facemargin.layers.base) ----------------------------
+    required_callbacks = ("KappaUpdater",)
+
+    @property
+    def extra_input(self):
+        return "sample_index" if self.estimator == "memory_buffer" else "encoder_embeddings"
+
+    def variable_axes(self):
+        axes = super().variable_axes()
+        axes.update({"class_counts": (CLASSES,), "kappa": (CLASSES,), "psi": (CLASSES,),
+                     "feature_sums": (CLASSES, None), "feature_counts": (CLASSES,)})
+        if self.estimator == "memory_buffer":
+            axes["memory"] = (SAMPLES, None)
+        return axes
 
     # -- forward ----------------------------------------------------------------
     # `CosineDense.call` does the rest: cosines, labels, `observe_batch` for a training

@@ -95,6 +95,11 @@ class MagMarginDense(CosineDense):
             zc.add_loss_if_concrete(self, self.lambda_g * ops.mean(self.regularizer(a)))
         return self.apply_margin(cos, labels, target)
 
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """Partial FC: the labels only index columns of `cos` (the margin follows the feature norm),
+        so the sampled columns work as is."""
+        return self.logits_from_cosine(cos, columns, embeddings, training)
+
     def get_config(self):
         config = super().get_config()
         config.update(

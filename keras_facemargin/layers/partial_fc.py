@@ -7,29 +7,11 @@ from fractions import Fraction
 import keras
 from keras import ops
 
-from keras_facemargin.layers import _state
-from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers.ablation_losses import InterLossDense, IntraLossDense
-from keras_facemargin.layers.adaface import AdaMarginDense
-from keras_facemargin.layers.center_loss import CenterLossDense
-from keras_facemargin.layers.cosine_dense import CosineDense, _is_real, prepare_indices
-from keras_facemargin.layers.curricularface import CurricularMarginDense
-from keras_facemargin.layers.kappaface import KappaMarginDense
-from keras_facemargin.layers.magface import MagMarginDense
-from keras_facemargin.layers.softmax import SoftmaxDense
-from keras_facemargin.layers.sphereface import SphereMarginDense
-from keras_facemargin.layers.subface import SubFaceDense
 from keras_facemargin.errors import SampleBudgetError  # noqa: F401  (re-exported)
+from keras_facemargin.layers import _state
+from keras_facemargin.layers.base import FaceHead, embedding_shape, prepare_indices, split_inputs
+from keras_facemargin.layers.cosine_dense import _is_real
 
-# Heads whose `logits_from_cosine` uses `labels` only as column indices of `cos`
-# (no class-indexed state, no C-wide tensors): run unchanged on the sampled columns.
-_COLUMN_ONLY = (
-    CurricularMarginDense.logits_from_cosine,
-    MagMarginDense.logits_from_cosine,
-    AdaMarginDense.logits_from_cosine,
-    IntraLossDense.logits_from_cosine,
-    SphereMarginDense.logits_from_cosine,
-)
 _POSITIVE_KEY = float(2**24)  # above every random key (24-bit integers, exact in float32)
 
 
@@ -160,11 +142,15 @@ class PartialFC(keras.layers.Layer):
     `PartialFCLoss(layer)`, which remaps `y_true` into S (and leaves labels
     unchanged for full-width logits).
 
-    Every registry head composes: the `CosineDense` heads, `SoftmaxDense` and
-    `CenterLossDense` (sampled W and bias), `SubFaceDense` (subspace of the
-    sampled rows) and `KappaMarginDense`. A custom head that overrides `call`
-    or `logits_from_cosine` needs a `partial_fc_logits(cos, columns,
-    class_ids, embeddings, training)` method.
+    Every head composes, through the head protocol of
+    `keras_facemargin.layers.base` only: the wrapper gathers the sampled rows
+    of `head.centre_layer().kernel`, calls `head.observe_batch` with the true
+    class ids (state), then `head.sampled_logits` (the logits over S). The
+    `CosineDense` heads, `SoftmaxDense` and `CenterLossDense` (sampled W and
+    bias), `SubFaceDense` (subspace of the sampled rows) and
+    `KappaMarginDense` implement it. A custom head that overrides `call` or
+    `logits_from_cosine` needs a `partial_fc_logits(cos, columns, class_ids,
+    embeddings, training)` method (`head.check_partial_fc_support()`).
 
     Args:
         head: an unbuilt head layer (or its serialised config).
@@ -187,15 +173,15 @@ class PartialFC(keras.layers.Layer):
             raise ValueError(f"`sample_rate` must be a number in (0, 1]. Received: sample_rate={sample_rate!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"`seed` must be an integer. Received: seed={seed!r}")
-        core = head.head if isinstance(head, SubFaceDense) else head
-        if not isinstance(core, (CosineDense, SoftmaxDense)):
+        if not isinstance(head, FaceHead):
             raise ValueError(
-                "`head` must be a keras_facemargin head (a CosineDense subclass, SoftmaxDense, "
-                f"CenterLossDense or SubFaceDense). Received: {type(head).__name__}"
+                "`head` must be a keras_facemargin head (a keras_facemargin.layers.base.FaceHead: a "
+                f"CosineDense subclass, SoftmaxDense, CenterLossDense or SubFaceDense). Received: {type(head).__name__}"
             )
+        head.check_partial_fc_support()
+        core = head.centre_layer()
         self.head = head
         self.core = core
-        self.kind = _head_kind(core)
         self.sample_rate = float(sample_rate)
         self.seed = seed
         self.num_classes = core.num_classes
@@ -222,7 +208,7 @@ class PartialFC(keras.layers.Layer):
             )
 
     def call(self, inputs, training=None):
-        embeddings, labels, extra = CosineDense._split_inputs(inputs)
+        embeddings, labels, extra = split_inputs(inputs)
         if labels is None or not training or not self.sampled:
             return self.head(inputs, training=training)
         return self._sampled_logits(embeddings, labels, extra, training)
@@ -241,7 +227,9 @@ class PartialFC(keras.layers.Layer):
             self.sampled_classes.assign(classes)
         # A gather of rows: on TF its gradient is IndexedSlices of the K sampled rows.
         w = ops.cast(_state.gather_rows(core.kernel, classes), core.compute_dtype)
-        logits = self._head_logits(embeddings, w, classes, columns, labels, extra, training)
+        if training and _state.state_updates_enabled():
+            self.head.observe_batch(embeddings, labels, extra)  # true class ids
+        logits = self.head.sampled_logits(embeddings, w, classes, columns, labels, training)
         if overflow is not None:
             logits = logits + ops.where(overflow, float("nan"), 0.0)
         return logits
@@ -266,40 +254,6 @@ class PartialFC(keras.layers.Layer):
             tf.debugging.assert_less_equal(num_positive, self.num_sample, message=message)
         return num_positive > self.num_sample
 
-    def _head_logits(self, embeddings, w, classes, columns, class_ids, extra, training):
-        head, core, kind = self.head, self.core, self.kind
-        x = ops.cast(embeddings, core.compute_dtype)
-        if kind == "softmax":
-            logits = ops.matmul(x, ops.transpose(w))
-            if core.use_bias:
-                logits = logits + _state.gather_rows(core.bias, classes)
-            if isinstance(core, CenterLossDense):
-                core.center_term(embeddings, class_ids, training)
-            return logits
-        xs, ws = x, w
-        if isinstance(head, SubFaceDense) and head.num_subspaces > 1:
-            dims = head.sample_subspace()
-            xs, ws = ops.take(x, dims, axis=1), ops.take(w, dims, axis=1)
-        xs = ops.normalize(xs, axis=-1, epsilon=1e-12)
-        ws = ops.normalize(ws, axis=-1, epsilon=1e-12)
-        cos = ops.clip(ops.matmul(xs, ops.transpose(ws)), -1.0, 1.0)
-        if kind == "custom":
-            return core.partial_fc_logits(cos, columns, class_ids, embeddings, training)
-        if kind == "columns":
-            return core.logits_from_cosine(cos, columns, embeddings, training)
-        if kind == "inter":
-            w_unit = ops.transpose(ops.normalize(w, axis=-1, epsilon=1e-12))
-            zc.add_loss_if_concrete(core, core.inter_term(w_unit, columns))
-            return core.scale * cos
-        cos_y = zc.target_cosine(cos, columns)
-        if kind == "target":
-            return core.apply_margin(cos, columns, core.target_logit(cos_y, class_ids))
-        # KappaFace: psi of the TRUE class (the official partial-FC code uses the remapped index).
-        target = core.target_from_cosine(cos_y, class_ids)
-        if training and _state.state_updates_enabled():
-            core._update_state(embeddings, class_ids, extra)
-        return core.apply_margin(cos, columns, target)
-
     # -- the loss's view ------------------------------------------------------------
     def loss_labels(self, y_true, y_pred):
         """`y_true` as column indices of `y_pred`: remapped into S for sampled (K-wide) logits."""
@@ -312,7 +266,7 @@ class PartialFC(keras.layers.Layer):
         return ops.cast(ops.searchsorted(classes, ops.cast(labels, classes.dtype)), labels.dtype)
 
     def compute_output_shape(self, input_shape):
-        return (CosineDense._embedding_shape(input_shape)[0], self.num_classes)
+        return (embedding_shape(input_shape)[0], self.num_classes)
 
     def get_config(self):
         config = super().get_config()
@@ -333,31 +287,6 @@ def _unbuilt(config):
     if isinstance(inner, dict) and isinstance(inner.get("head"), dict):
         config["config"] = dict(inner, head=_unbuilt(inner["head"]))
     return config
-
-
-def _head_kind(core):
-    """How `PartialFC` runs `core` on the sampled columns (or NotImplementedError)."""
-    cls = type(core)
-    if hasattr(core, "partial_fc_logits"):
-        return "custom"
-    if isinstance(core, SoftmaxDense):
-        if cls.call in (SoftmaxDense.call, CenterLossDense.call) and cls.logits is SoftmaxDense.logits:
-            return "softmax"
-    elif isinstance(core, KappaMarginDense):
-        if cls.call is KappaMarginDense.call:
-            return "kappa"
-    elif cls.call is CosineDense.call:
-        if cls.logits_from_cosine is CosineDense.logits_from_cosine:
-            return "target"
-        if cls.logits_from_cosine is InterLossDense.logits_from_cosine:
-            return "inter"
-        if cls.logits_from_cosine in _COLUMN_ONLY:
-            return "columns"
-    raise NotImplementedError(
-        f"PartialFC does not know how {cls.__name__} uses its labels (it overrides `call` or "
-        "`logits_from_cosine`). Give it a `partial_fc_logits(cos, columns, class_ids, embeddings, training)` "
-        "method: `cos` is (B, K) over the sampled classes, `columns` the remapped labels, `class_ids` the true ones."
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")

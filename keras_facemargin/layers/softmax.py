@@ -3,11 +3,13 @@
 import keras
 from keras import ops
 
-from keras_facemargin.layers.cosine_dense import CosineDense, _check_num_classes, build_class_kernel, class_centres
+from keras_facemargin.layers import _state
+from keras_facemargin.layers.base import CLASSES, FaceHead, build_class_kernel, class_centres, split_inputs
+from keras_facemargin.layers.cosine_dense import _check_num_classes
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
-class SoftmaxDense(keras.layers.Layer):
+class SoftmaxDense(FaceHead):
     """Softmax head: logits `W^T x + b` on the raw (unnormalised) embedding.
 
     The "Softmax" row of the ArcFace paper's comparisons (Deng et al., CVPR
@@ -54,11 +56,22 @@ class SoftmaxDense(keras.layers.Layer):
         return logits + self.bias if self.use_bias else logits
 
     def call(self, inputs, training=None):
-        embeddings, _, _ = CosineDense._split_inputs(inputs)
+        embeddings, _, _ = split_inputs(inputs)
         return self.logits(embeddings)
 
-    def compute_output_shape(self, input_shape):
-        return (CosineDense._embedding_shape(input_shape)[0], self.num_classes)
+    # -- the head protocol (keras_facemargin.layers.base) ----------------------------
+    def sampled_logits(self, embeddings, centres, classes, columns, class_ids, training=None, cos=None):
+        """`W_S^T x + b_S` on the sampled rows (the labels are not used)."""
+        logits = ops.matmul(ops.cast(embeddings, self.compute_dtype), ops.transpose(centres))
+        if self.use_bias:
+            logits = logits + _state.gather_rows(self.bias, classes)
+        return logits
+
+    def variable_axes(self):
+        axes = super().variable_axes()
+        if self.use_bias:
+            axes["bias"] = (CLASSES,)
+        return axes
 
     def get_config(self):
         config = super().get_config()

@@ -81,6 +81,8 @@ class SphereMarginDense(CosineDense):
             trainable=False,
         )
 
+    required_callbacks = ("SphereFaceAnnealing",)
+
     def _radius(self, embeddings):
         if self.normalize_features:
             return self.scale
@@ -95,6 +97,11 @@ class SphereMarginDense(CosineDense):
         target = (lam * cos_y + sphere_psi(cos_y, self.margin)) / (1.0 + lam)
         one_hot = ops.one_hot(labels, cos.shape[-1], dtype=cos.dtype)  # C, or the Partial FC sample
         return self._radius(embeddings) * (cos + one_hot * ops.expand_dims(target - cos_y, -1))
+
+    def partial_fc_logits(self, cos, columns, class_ids, embeddings=None, training=None):
+        """Partial FC: the labels only index columns of `cos` (the one-hot is K wide),
+        so the sampled columns work as is."""
+        return self.logits_from_cosine(cos, columns, embeddings, training)
 
     def get_config(self):
         config = super().get_config()

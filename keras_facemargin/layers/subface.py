@@ -3,14 +3,13 @@
 import keras
 from keras import ops
 
-from keras_facemargin.layers import _zoo_common as zc
-from keras_facemargin.layers._head_table import build_head
-from keras_facemargin.layers.cosine_dense import CosineDense, class_centres
-from keras_facemargin.layers.kappaface import KappaMarginDense
+from keras_facemargin.layers.base import FaceHead, class_centres, sampled_cosine, split_inputs
+from keras_facemargin.layers.cosine_dense import CosineDense
+from keras_facemargin.layers.registry import build_head
 
 
 @keras.saving.register_keras_serializable(package="keras_facemargin")
-class SubFaceDense(keras.layers.Layer):
+class SubFaceDense(FaceHead):
     """SubFace wrapper: train any cosine head on a random subspace of the features.
 
     At every training step the d feature dimensions are randomly split into
@@ -28,8 +27,8 @@ class SubFaceDense(keras.layers.Layer):
     the selection rule and the default subspace size, so `num_subspaces=2`
     (half the dimensions) is this library's choice.
 
-    Any `CosineDense` head works except `KappaMarginDense` (which needs extra
-    inputs). The wrapped head owns the class-centre kernel and any state.
+    Any `CosineDense` head works except those that take a third input
+    (`KappaMarginDense`). The wrapped head owns the class-centre kernel and any state.
 
     Args:
         num_classes: number of identities (must match `head` when a layer is given).
@@ -52,7 +51,7 @@ class SubFaceDense(keras.layers.Layer):
             head = build_head(head, num_classes, **dict(head_kwargs or {}))
         elif isinstance(head, dict):
             head = keras.saving.deserialize_keras_object(head)
-        if not isinstance(head, CosineDense) or isinstance(head, KappaMarginDense):
+        if not isinstance(head, CosineDense) or head.extra_input is not None:
             raise ValueError(
                 "`head` must be a CosineDense margin head other than KappaMarginDense (or its registry "
                 f"name). Received: {type(head).__name__}"
@@ -99,13 +98,35 @@ class SubFaceDense(keras.layers.Layer):
         return head.logits_from_cosine(cos, labels, embeddings, training)
 
     def call(self, inputs, training=None):
-        embeddings, labels, _ = CosineDense._split_inputs(inputs)
+        embeddings, labels, _ = split_inputs(inputs)
         if labels is None or not training or self.num_subspaces == 1:
             return self.head(inputs, training=training)
         return self.logits_for_subspace(embeddings, labels, self.sample_subspace(), training=training)
 
-    def compute_output_shape(self, input_shape):
-        return (CosineDense._embedding_shape(input_shape)[0], self.num_classes)
+    # -- the head protocol (keras_facemargin.layers.base) ----------------------------
+    def centre_layer(self):
+        """The wrapped head: it owns the class centres and any state."""
+        return self.head
+
+    @property
+    def required_callbacks(self):
+        return self.head.required_callbacks
+
+    def variable_axes(self):
+        return self.head.variable_axes()
+
+    def check_partial_fc_support(self):
+        super().check_partial_fc_support()
+        self.head.check_partial_fc_support()
+
+    def sampled_logits(self, embeddings, centres, classes, columns, class_ids, training=None, cos=None):
+        """Partial FC: the wrapped head's sampled logits, with cosines on one random subspace."""
+        head = self.head
+        if cos is None and self.num_subspaces > 1:
+            dims = self.sample_subspace()
+            x = ops.cast(embeddings, head.compute_dtype)
+            cos = sampled_cosine(ops.take(x, dims, axis=1), ops.take(centres, dims, axis=1), head.compute_dtype)
+        return head.sampled_logits(embeddings, centres, classes, columns, class_ids, training, cos=cos)
 
     def get_config(self):
         config = super().get_config()

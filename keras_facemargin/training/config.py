@@ -18,13 +18,26 @@ import os
 from pathlib import Path
 from typing import Optional
 
-def _loss_names():
+def loss_names():
+    """The names `loss` accepts: every head registered now (`keras_facemargin.layers.head_names()`).
+
+    Read at each validation, so a head registered after this module was imported is accepted.
+
+    Example:
+        >>> "arcface" in loss_names()
+        True
+    """
     from keras_facemargin.layers.registry import head_names
 
     return tuple(head_names())
 
 
-LOSSES = _loss_names()
+def __getattr__(name):
+    if name == "LOSSES":  # the old constant, now read from the live registry
+        return loss_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 ESTIMATORS = ("memory_buffer", "momentum_encoder")
 BUFFER_DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "mixed_float16")
@@ -50,7 +63,7 @@ class TrainConfig:
         exclude_identities: image-folder identity names left out of training (e.g. LFW-overlap
             candidates; `keras_facemargin.data.sources.read_identity_list` reads a list file).
         augment_flip: random horizontal flips of the training images.
-        loss: margin head, one of `LOSSES`.
+        loss: margin head, a registered name (`loss_names()`, read when the config is checked).
         estimator: KappaFace feature estimator, `"memory_buffer"` or `"momentum_encoder"`.
         backbone: a `keras_facemargin.backbones.BACKBONE_PRESETS` name.
         backbone_kwargs: constructor overrides for the preset (e.g. a smaller `stage_blocks`).
@@ -155,7 +168,7 @@ class TrainConfig:
     # -- checks ------------------------------------------------------------------
     def validate(self):
         """Raise `ValueError` naming the first bad field."""
-        _choice("loss", self.loss, LOSSES)
+        _choice("loss", self.loss, loss_names())
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("buffer_dtype", self.buffer_dtype, BUFFER_DTYPES)
         _choice("merge_identities", self.merge_identities, MERGE_MODES)

@@ -12,6 +12,8 @@ effects; the lr schedule lives in the optimizer.
 import keras
 import numpy as np
 
+from keras_facemargin.utils import keras_compat
+
 
 class CustomLoop:
     """Trains `model` with `strategy.run` and a `tf.GradientTape`.
@@ -122,7 +124,7 @@ class CustomLoop:
             if self.model.stop_training:
                 break
         callback_list.on_train_end(logs=epoch_logs if epochs > initial_epoch else {})
-        return callback_list._history
+        return keras_compat.callback_list_history(callback_list)
 
 
 def _unreduced(loss):

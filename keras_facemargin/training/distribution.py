@@ -5,7 +5,9 @@ mesh of N devices. Every margin head's (d, C) class-centre kernel is split along
 axis, so each device holds C/N centres (and their optimizer slots, which Keras lays out like
 the variable they belong to). Per-class state (KappaFace `kappa`, `psi`, `class_counts`, the
 `feature_sums` / `feature_counts` accumulators; a softmax `bias`; Center loss `centers`) is
-split the same way, and the KappaFace memory buffer along its sample rows. Everything else
+split the same way, and the KappaFace memory buffer along its sample rows: each head says which
+of its variables have a class (or sample) axis (`FaceHead.variable_axes`, the head protocol of
+`keras_facemargin.layers.base`). Everything else
 (the backbone) is replicated, and each batch is split over the same N devices (data parallel),
 so the backbone runs data-parallel and the head model-parallel, as insightface's Partial FC
 does with hand-written collectives; here XLA's GSPMD partitioner inserts them from the
@@ -26,30 +28,17 @@ import re
 import warnings
 from keras_facemargin.errors import ClassShardingError  # noqa: F401  (re-exported)
 
-#: Variable names of a head whose first axis is the class axis, with their rank.
-CLASS_ROW_VARIABLES = {
-    "bias": 1,  # SoftmaxDense
-    "centers": 2,  # CenterLossDense
-    "class_counts": 1,  # KappaMarginDense
-    "kappa": 1,
-    "psi": 1,
-    "feature_sums": 2,
-    "feature_counts": 1,
-}
-#: Variable names of a head whose first axis is the training-sample axis, with their rank.
-SAMPLE_ROW_VARIABLES = {"memory": 2}  # KappaMarginDense memory buffer (|D|, d)
-
 DEFAULT_AXIS = "devices"
 
 
 def class_heads(model_or_heads):
-    """The layers that own a class-centre kernel (`CosineDense` subclasses, `SoftmaxDense`,
-    `CenterLossDense`) in a model, a head, or a sequence of them.
+    """The layers that own a class-centre kernel in a model, a head, or a sequence of them.
 
-    Wrappers (`PartialFC`, `SubFaceDense`, `FaceRecognizer`) are searched through their `head`.
+    Every `keras_facemargin.layers.base.FaceHead` found contributes its `centre_layer()` (the
+    head itself, or the head a `SubFaceDense` wraps); other layers (`PartialFC`,
+    `FaceRecognizer`, models) are searched through their `head` and `layers`.
     """
-    from keras_facemargin.layers.cosine_dense import CosineDense
-    from keras_facemargin.layers.softmax import SoftmaxDense
+    from keras_facemargin.layers.base import FaceHead
 
     roots = list(model_or_heads) if isinstance(model_or_heads, (list, tuple)) else [model_or_heads]
     found, stack, seen = [], roots[::-1], set()
@@ -58,14 +47,23 @@ def class_heads(model_or_heads):
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        if isinstance(layer, (CosineDense, SoftmaxDense)):
-            found.append(layer)
+        if isinstance(layer, FaceHead):
+            owner = layer.centre_layer()
+            if id(owner) not in {id(h) for h in found}:
+                found.append(owner)
             continue
         child = getattr(layer, "head", None)
         if child is not None:
             stack.append(child)
         stack.extend(reversed(getattr(layer, "layers", None) or []))
     return found
+
+
+def _layout(roles, axis):
+    """A layout tuple from `FaceHead.variable_axes` roles: the mesh axis where the role is sharded."""
+    from keras_facemargin.layers.base import CLASSES, SAMPLES
+
+    return tuple(axis if role in (CLASSES, SAMPLES) else None for role in roles)
 
 
 def class_sharded_layout_map(model_or_heads, device_mesh, axis_name=None):
@@ -82,12 +80,14 @@ def class_sharded_layout_map(model_or_heads, device_mesh, axis_name=None):
     """
     import keras
 
+    from keras_facemargin.layers.base import SAMPLES
+
     axis = axis_name or device_mesh.axis_names[0]
     n = int(device_mesh.shape[list(device_mesh.axis_names).index(axis)])
     heads = class_heads(model_or_heads)
     if not heads:
         raise ClassShardingError(
-            "No margin head (a keras_facemargin CosineDense subclass, SoftmaxDense or CenterLossDense) found in "
+            "No margin head (a keras_facemargin.layers.base.FaceHead, e.g. ArcMarginDense) found in "
             f"{type(model_or_heads).__name__}: nothing to shard along the class axis."
         )
     layout_map = keras.distribution.LayoutMap(device_mesh)
@@ -105,23 +105,21 @@ def class_sharded_layout_map(model_or_heads, device_mesh, axis_name=None):
                 "Use a device count that divides num_classes, or train without class sharding."
             )
         prefix = r"(?:.*/)?" + re.escape(head.name) + "/"
-        class_major = bool(getattr(head, "class_major_kernel", False))
-        layout_map[prefix + "kernel"] = (axis, None) if class_major else (None, axis)
-        for name, rank in CLASS_ROW_VARIABLES.items():
-            layout_map[prefix + name] = (axis,) + (None,) * (rank - 1)
+        axes = head.variable_axes()
+        by_samples = sorted(name for name, roles in axes.items() if SAMPLES in roles)
         num_samples = getattr(head, "num_samples", None)
-        if getattr(head, "estimator", None) == "memory_buffer" and num_samples:
-            if num_samples % n:
-                warnings.warn(
-                    f"Head {head.name!r}: the memory buffer's num_samples={num_samples} is not divisible by the "
-                    f"device count {n}, so the buffer ({num_samples} x embedding_dim) is replicated on every "
-                    "device instead of split by rows. Drop a few training samples to make it divisible, or use "
-                    "estimator='momentum_encoder' (no buffer).",
-                    stacklevel=3,
-                )
-                continue
-            for name, rank in SAMPLE_ROW_VARIABLES.items():
-                layout_map[prefix + name] = (axis,) + (None,) * (rank - 1)
+        if by_samples and num_samples and num_samples % n:
+            warnings.warn(
+                f"Head {head.name!r}: the memory buffer's num_samples={num_samples} is not divisible by the "
+                f"device count {n}, so the buffer ({num_samples} x embedding_dim) is replicated on every "
+                "device instead of split by rows. Drop a few training samples to make it divisible, or use "
+                "estimator='momentum_encoder' (no buffer).",
+                stacklevel=3,
+            )
+        for name, roles in axes.items():
+            if name in by_samples and (not num_samples or num_samples % n):
+                continue  # replicated
+            layout_map[prefix + name] = _layout(roles, axis)
     return layout_map
 
 

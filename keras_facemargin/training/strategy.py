@@ -1,7 +1,8 @@
 """Choosing the `tf.distribute` strategy of a run, and who the chief is."""
 
-import json
 import os
+
+from keras_facemargin.utils.cluster import is_chief, task_info  # noqa: F401  (re-exported)
 
 
 def get_strategy(multi_worker=False, devices=None):
@@ -43,33 +44,3 @@ def get_strategy(multi_worker=False, devices=None):
     if len(devices) > 1:
         return tf.distribute.MirroredStrategy(list(devices))
     return tf.distribute.get_strategy()
-
-
-def task_info():
-    """`(task_type, task_index, num_workers)` from `TF_CONFIG` (`(None, 0, 1)` when unset)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None, 0, 1
-    config = json.loads(raw)
-    cluster = config.get("cluster", {})
-    task = config.get("task", {})
-    num_workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
-    return task.get("type"), int(task.get("index", 0)), max(1, num_workers)
-
-
-def is_chief(strategy=None):
-    """True for the process that writes the run's files (single process: always).
-
-    With a `chief` task in `TF_CONFIG` that task is the chief, otherwise worker 0.
-    """
-    task_type, task_index, _ = task_info()
-    if task_type is None:
-        return True
-    if strategy is not None:
-        resolver = getattr(strategy, "cluster_resolver", None)
-        if resolver is not None and resolver.task_type is not None:
-            task_type, task_index = resolver.task_type, resolver.task_id
-    raw = json.loads(os.environ["TF_CONFIG"])
-    if "chief" in raw.get("cluster", {}):
-        return task_type == "chief"
-    return task_type == "worker" and task_index == 0

@@ -38,6 +38,7 @@ import numpy as np
 from keras_facemargin import callbacks as kfm_callbacks
 from keras_facemargin.training.config import TrainConfig
 from keras_facemargin.training.plots import plot_training
+from keras_facemargin.utils import keras_compat
 
 
 def check_backend(config):
@@ -361,7 +362,7 @@ class Trainer:
         """
         from keras_facemargin import backbones
         from keras_facemargin.models import FaceRecognizer
-        from keras_facemargin.training.heads import build_head
+        from keras_facemargin.training.heads import head_for_run
         from keras_facemargin.training.schedules import EpochStepDecay
 
         cfg, spec = self.config, self.data
@@ -371,8 +372,8 @@ class Trainer:
                      buffer_dtype=cfg.buffer_dtype, encoder_momentum=cfg.encoder_momentum)
 
         def make_head():
-            return build_head(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
-                              cfg.estimator, cfg.margin, sample_rate=cfg.sample_rate, sample_seed=cfg.seed, **kappa)
+            return head_for_run(cfg.loss, spec.num_classes, spec.class_counts, spec.num_samples, cfg.scale,
+                                cfg.estimator, cfg.margin, sample_rate=cfg.sample_rate, sample_seed=cfg.seed, **kappa)
 
         with self.strategy.scope():
             if cfg.backend == "jax":
@@ -381,7 +382,7 @@ class Trainer:
                 if self.distribution is not None:
                     keras.distribution.set_distribution(self.distribution)
             kwargs = dict(cfg.backbone_kwargs)
-            kwargs["image_shape"] = spec.image_shape
+            kwargs["image_size"] = spec.image_shape[:2]
             if cfg.embedding_dim is not None:
                 kwargs["embedding_dim"] = cfg.embedding_dim
             backbone = backbones.get_backbone(cfg.backbone, **kwargs)
@@ -405,14 +406,14 @@ class Trainer:
             model({"images": np.zeros((1, h, w, 3), "float32"), "labels": np.zeros((1,), "int32"),
                    "index": np.zeros((1,), "int32")}, training=False)
             optimizer.build(model.trainable_variables)
-            if cfg.backend == "jax" and hasattr(model, "_symbolic_build"):
+            if cfg.backend == "jax":
                 # Keras' JAX `fit` builds the compiled loss and metrics from a first batch it draws from
                 # the dataset, then iterates the dataset again, and a dataset reshuffles on each iteration:
                 # the first `fit` of a process would train on another batch order than a later one, so a
                 # resumed epoch would not see the uninterrupted run's batches. Build them from shapes here.
                 specs = {"images": keras.KerasTensor((None, h, w, 3), "float32"),
                          "labels": keras.KerasTensor((None,), "int32"), "index": keras.KerasTensor((None,), "int32")}
-                model._symbolic_build(data_batch=(specs, specs["labels"]))
+                keras_compat.symbolic_build(model, data_batch=(specs, specs["labels"]))
         self.model = model
         return model
 
