@@ -89,7 +89,7 @@ def numpy_arcface(cos_t, m):
 @pytest.mark.parametrize("graph", [False, True])
 def test_sampled_loss_equals_numpy_and_only_sampled_rows_get_gradients(graph):
     C, d, s, m = 200, 8, 16.0, 0.5
-    x = RNG.standard_normal((8, d)).astype("float32")
+    x = np.random.default_rng(20).standard_normal((8, d)).astype("float32")  # own generator: order-independent
     y = np.array([3, 199, 57, 3, 120, 88, 199, 5], "int32")
     keras.utils.set_random_seed(1)
     pfc = PartialFC(ArcMarginDense(C, scale=s, margin=m), sample_rate=0.1, seed=7)
@@ -133,7 +133,8 @@ def test_sampled_loss_equals_numpy_and_only_sampled_rows_get_gradients(graph):
         masked = tf.where(np.isin(np.arange(C), classes)[None], full([x, y], training=True), -np.inf)
         full_loss = SCE(y, masked)
     np.testing.assert_allclose(float(full_loss), float(loss), rtol=1e-6)
-    np.testing.assert_allclose(g, dense(tape.gradient(full_loss, full.kernel.value)).T, atol=1e-6)
+    # float32 sums of 20 sampled vs. 200 masked columns differ in rounding only (~1e-6 at s=16).
+    np.testing.assert_allclose(g, dense(tape.gradient(full_loss, full.kernel.value)).T, atol=5e-6)
 
 
 @pytest.mark.parametrize("name", registry.head_names())

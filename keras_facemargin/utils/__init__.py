@@ -4,7 +4,9 @@
   package's pixel normalisation constant.
 * :mod:`~keras_facemargin.utils.keras_compat`: the only module that imports ``keras.src``.
 * :mod:`~keras_facemargin.utils.safe_pickle`: the one restricted unpickler.
-* :mod:`~keras_facemargin.utils.atomic_io`: atomic file writes.
+* :mod:`~keras_facemargin.utils.untrusted`: bounded text for messages about untrusted input.
+* :mod:`~keras_facemargin.utils.cluster`: the ``TF_CONFIG`` task of this process.
+* :mod:`~keras_facemargin.utils.tf_logs`: TensorFlow's start-up banner kept out of stderr.
 
 Nothing here imports another ``keras_facemargin`` package except :mod:`keras_facemargin.errors`.
 """
