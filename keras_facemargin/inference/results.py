@@ -1,4 +1,4 @@
-"""Results of `keras_facemargin.FaceVerifier`: a detected and aligned face, a verdict, an identification.
+"""Results of `keras_facemargin.FaceVerifier`: a face, a verdict, an identification, batch embeddings, all faces.
 
 Each has ``to_dict()`` (JSON-friendly). Re-exported by :mod:`keras_facemargin.inference.verifier`.
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Face", "VerifyResult", "IdentifyResult"]
+__all__ = ["Face", "VerifyResult", "IdentifyResult", "PhotoEmbedding", "EmbedManyResult", "DetectedFace",
+           "AllFacesResult"]
 
 
 def _crop_png_base64(crop):
@@ -127,3 +128,152 @@ class IdentifyResult:
                 "face": self.face.to_dict(include_crops)}
 
 
+
+
+@dataclass
+class PhotoEmbedding:
+    """One photo of :meth:`FaceVerifier.embed_many`: its embedding and face, or its error.
+
+    Attributes:
+        source: the photo's path or label.
+        embedding: float64 ``(d,)`` unit-norm flip-sum embedding (``None`` on error).
+        face: the embedded :class:`Face` (``None`` on error).
+        error: the photo's :class:`~keras_facemargin.errors.FaceVerifierError` (``None`` on success).
+    """
+
+    source: str
+    embedding: np.ndarray = field(default=None, repr=False)
+    face: Face = None
+    error: Exception = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the photo was embedded."""
+        return self.error is None
+
+    def to_dict(self, include_embedding: bool = False) -> dict:
+        """``{"status": "ok", "source", "face"[, "embedding"]}`` or the error's ``to_dict()``."""
+        if self.error is not None:
+            return self.error.to_dict()
+        d = {"status": "ok", "source": self.source, "face": self.face.to_dict()}
+        if include_embedding:
+            d["embedding"] = [float(v) for v in self.embedding]
+        return d
+
+
+@dataclass
+class EmbedManyResult:
+    """Result of :meth:`FaceVerifier.embed_many`: one :class:`PhotoEmbedding` per photo, in input order.
+
+    Iterable and indexable like the list ``items``.
+
+    Attributes:
+        items: the :class:`PhotoEmbedding` of each photo.
+        model: the model's name.
+        seconds: wall time of the run.
+
+    Example::
+
+        result = verifier.embed_many(paths)
+        result.embeddings.shape, result.sources, [e.reason for e in result.errors]
+    """
+
+    items: list
+    model: str = None
+    seconds: float = 0.0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """float64 ``(n_ok, d)``: the embeddings of the photos that succeeded, in input order."""
+        rows = [it.embedding for it in self.items if it.ok]
+        return np.stack(rows) if rows else np.zeros((0, 0))
+
+    @property
+    def sources(self) -> list:
+        """The sources of the rows of :attr:`embeddings`."""
+        return [it.source for it in self.items if it.ok]
+
+    @property
+    def errors(self) -> list:
+        """The errors of the photos that failed, in input order."""
+        return [it.error for it in self.items if not it.ok]
+
+    def to_dict(self) -> dict:
+        """``{"status": "ok", "model", "photos", "embedded", "failed", "seconds", "results": [...]}``."""
+        return {"status": "ok", "model": self.model, "photos": len(self.items), "embedded": len(self.sources),
+                "failed": len(self.errors), "seconds": float(self.seconds),
+                "results": [it.to_dict() for it in self.items]}
+
+
+@dataclass
+class DetectedFace(Face):
+    """A :class:`Face` of :meth:`FaceVerifier.detect_all`, with its embedding and gallery match.
+
+    Attributes:
+        embedding: float64 ``(d,)`` unit-norm flip-sum embedding.
+        identity: best gallery identity if its score ``> threshold``, else ``"unknown"`` (``None``
+            without a gallery).
+        is_known: whether ``score > threshold`` (``None`` without a gallery).
+        score: cosine similarity to the best gallery template (``None`` without a gallery).
+        candidates: the top gallery ``{"identity", "score", "num_images"}``, best first.
+        (and the :class:`Face` attributes: ``box``, ``confidence``, ``landmarks``, ``crop``, ...)
+    """
+
+    embedding: np.ndarray = field(default=None, repr=False)
+    identity: str = None
+    is_known: bool = None
+    score: float = None
+    candidates: list = field(default_factory=list)
+
+    def to_dict(self, include_crop: bool = False, include_embedding: bool = False) -> dict:
+        """:meth:`Face.to_dict` plus ``identity``, ``known``, ``score``, ``candidates`` (with a gallery)."""
+        d = Face.to_dict(self, include_crop)
+        if self.identity is not None:
+            d.update({"identity": self.identity, "known": bool(self.is_known), "score": float(self.score),
+                      "candidates": [dict(c) for c in self.candidates]})
+        if include_embedding:
+            d["embedding"] = [float(v) for v in self.embedding]
+        return d
+
+
+@dataclass
+class AllFacesResult:
+    """Result of :meth:`FaceVerifier.detect_all`: every face of one photo (iterable like ``faces``).
+
+    Attributes:
+        source: the photo's path or label.
+        image_shape: ``(H, W)`` of the photo.
+        faces: the :class:`DetectedFace` s, in detector order (empty when no face is found).
+        model: the model's name.
+        threshold: the threshold of the gallery matches (``None`` without a gallery).
+    """
+
+    source: str
+    image_shape: tuple
+    faces: list
+    model: str = None
+    threshold: float = None
+
+    def __len__(self):
+        return len(self.faces)
+
+    def __iter__(self):
+        return iter(self.faces)
+
+    def __getitem__(self, i):
+        return self.faces[i]
+
+    def to_dict(self, include_crops: bool = False) -> dict:
+        """``{"status": "ok", "source", "image_shape", "model", "threshold", "faces": [...]}``."""
+        return {"status": "ok", "source": self.source, "image_shape": [int(v) for v in self.image_shape],
+                "model": self.model, "threshold": None if self.threshold is None else float(self.threshold),
+                "faces": [f.to_dict(include_crops) for f in self.faces]}

@@ -408,7 +408,10 @@ class FaceVerifier:
         return select_face(dets, shape)
 
     def _face(self, rgb, dets, source):
-        k = self._choose(dets, rgb.shape, source)
+        return self._align(rgb, dets, self._choose(dets, rgb.shape, source), source)
+
+    def _align(self, rgb, dets, k, source):
+        """The aligned :class:`Face` of detection ``k`` (:class:`NoFaceError` if it cannot be aligned)."""
         d = dets[k]
         lm = np.asarray(d["landmarks"], np.float64).reshape(5, 2)
         size, template, weights = self.crop["size"], np.asarray(self.crop["template"], np.float64), self.crop["weights"]
@@ -484,6 +487,41 @@ class FaceVerifier:
         """
         face = self.faces([image], [name])[0]
         return self.embed_crops(face.crop[None])[0], face
+
+    def embed_many(self, photos, names=None, batch_size: int = 32, progress: bool = True,
+                   batch_detection: bool = True):
+        """Embeddings of many photos, one per photo; a photo that fails is reported, never raised.
+
+        See :func:`keras_facemargin.inference.batch.embed_many` (returns an ``EmbedManyResult``;
+        ``batch_detection=False`` gives exactly :meth:`embed`'s embeddings, more slowly).
+
+        Example::
+
+            result = verifier.embed_many(paths)
+            result.embeddings, result.sources, result.errors
+        """
+        from keras_facemargin.inference import batch
+
+        return batch.embed_many(self, photos, names=names, batch_size=batch_size, progress=progress,
+                                batch_detection=batch_detection)
+
+    def detect_all(self, image, gallery=None, name=None, top_k: int = 5):
+        """Every face of ``image`` (box, 5 landmarks, score, embedding), matched against ``gallery`` if given.
+
+        See :func:`keras_facemargin.inference.batch.detect_all` (returns an ``AllFacesResult``).
+
+        Raises:
+            ImageReadError: ``image`` cannot be read. GalleryError: as :meth:`identify`.
+
+        Example::
+
+            for face in verifier.detect_all("group.jpg", gallery):
+                print(face.box, face.identity, face.score)
+        """
+        from keras_facemargin.inference import batch
+
+        rgb, label = read_image(image, name)
+        return batch.detect_all(self, rgb, label, gallery=gallery, top_k=top_k)
 
     def probe_embedding(self) -> np.ndarray:
         """Embedding of a fixed synthetic image: a fingerprint of the model and preprocessing (galleries)."""
