@@ -26,7 +26,8 @@ names the file, the field / offset / line, and what was expected. One class per 
 
 Outcomes of the photo-to-verdict API are :class:`FaceVerifierError` subclasses (``reason``,
 ``file``, ``exit_code``, ``to_dict()``): :class:`ConfigurationError`, :class:`ImageReadError`,
-:class:`NoFaceError`, :class:`MultipleFacesError`, :class:`GalleryError`. Training and export
+:class:`NoFaceError`, :class:`MultipleFacesError`, :class:`GalleryError`
+(and :class:`ExportMetadataError`, a :class:`ConfigurationError`). Training and export
 raise :class:`DataSourceError`, :class:`SampleBudgetError`, :class:`ClassShardingError`,
 :class:`NonFiniteLossError`, :class:`ParityError` and :class:`PretrainedWeightsError`.
 
@@ -70,6 +71,7 @@ __all__ = [
     "NoFaceError",
     "MultipleFacesError",
     "GalleryError",
+    "ExportMetadataError",
     "SampleBudgetError",
     "NonFiniteLossError",
     "DataSourceError",
@@ -266,6 +268,24 @@ class GalleryError(FaceVerifierError):
     """A gallery file that is not one, is damaged, or belongs to another model (exit code 6)."""
 
     exit_code = 6
+
+
+class ExportMetadataError(ConfigurationError):
+    """The metadata of an exported model (``m.tflite.json``, ``m.onnx.json``,
+    ``saved_model_dir/keras_facemargin.json``) is missing, malformed, over its size / depth bounds, or
+    does not describe the file beside it (exit code 2).
+
+    ``reason`` is ``"metadata_missing"``, ``"metadata_invalid"`` or ``"metadata_mismatch"`` (the
+    sha256 or the input / output shape recorded is not the exported file's); ``file`` is the
+    metadata file (or the model file when the model itself is absent).
+
+    Example::
+
+        try:
+            FaceVerifier("m.tflite")
+        except ExportMetadataError as e:
+            print(e.reason, e.file)
+    """
 
 
 class SampleBudgetError(ValueError):
