@@ -119,3 +119,7 @@ class ONNXEmbedder:
 
     def __call__(self, images):
         return self._session.run(None, {self._input: np.asarray(images, np.float32)})[0]
+
+    def shapes(self):
+        """``(input shape, output shape)``; symbolic dimensions are strings (``"batch"``)."""
+        return list(self._session.get_inputs()[0].shape), list(self._session.get_outputs()[0].shape)

@@ -158,3 +158,8 @@ class SavedModelEmbedder:
     def __call__(self, images):
         out = self._fn(images=self._tf.constant(images, dtype=self.dtype))
         return out["embeddings"].numpy()
+
+    def shapes(self):
+        """``(input shape, output shape)`` of the signature; ``None`` for dynamic dimensions."""
+        return (self._fn.structured_input_signature[1]["images"].shape.as_list(),
+                self._fn.structured_outputs["embeddings"].shape.as_list())

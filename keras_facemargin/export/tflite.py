@@ -164,3 +164,9 @@ class TFLiteEmbedder:
     def __call__(self, images):
         out = self._runner(**{self._input: np.asarray(images, np.float32)})
         return np.asarray(out[self._output])
+
+    def shapes(self):
+        """``(input shape, output shape)`` with -1 for dynamic dimensions (the signature's)."""
+        inp = self._runner.get_input_details()[self._input]["shape_signature"]
+        out = self._runner.get_output_details()[self._output]["shape_signature"]
+        return [int(v) for v in inp], [int(v) for v in out]

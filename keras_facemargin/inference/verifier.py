@@ -50,7 +50,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo, res
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
 from keras_facemargin.utils.images import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
+from keras_facemargin.inference.model_source import resolve_model, resolve_threshold
 from keras_facemargin.errors import (  # noqa: F401  (re-exported)
     ConfigurationError, FaceVerifierError, GalleryError, ImageReadError, MultipleFacesError, NoFaceError,
     _ImageNotFoundError)
@@ -222,28 +222,6 @@ def _load_by_name(name, weights):
     return loader.load(name, weights=weights)
 
 
-def _registry_threshold(name, info, far):
-    """The registry threshold of `name` for `far` (``None``: the ``"accuracy"`` operating point)."""
-    thresholds = info.get("thresholds")
-    how = ("Pass threshold=T, or calibrate on held-out (non-LFW) identities: `from keras_facemargin.inference."
-           f"calibrate import calibrate_verifier; calibrate_verifier(FaceVerifier({name!r}, threshold=0.5), "
-           "KFM_DATA_DIR)['thresholds']` and store the dict as the registry entry's 'thresholds' field.")
-    if not thresholds:
-        raise ConfigurationError("no_threshold", f"Model {name!r} has no calibrated thresholds in the registry "
-                                 f"(field 'thresholds'). {how}")
-    if far is None:
-        if "accuracy" in thresholds:
-            return float(thresholds["accuracy"])
-        raise ConfigurationError("no_threshold", f"Model {name!r} has no 'accuracy' operating point; pass far= one "
-                                 f"of {sorted(k for k in thresholds if k != 'accuracy')}, or: {how}")
-    for key, value in thresholds.items():
-        if key != "accuracy" and math.isclose(float(key), far, rel_tol=1e-9):
-            return float(value)
-    raise ConfigurationError("no_threshold", f"Model {name!r} has no threshold for far={far!r}; the registry "
-                             f"has FARs {sorted((k for k in thresholds if k != 'accuracy'), key=float)}. Pick one of "
-                             f"them with far=, or: {how}")
-
-
 class FaceVerifier:
     """Photo -> face -> embedding -> verdict (see the module docstring for the pipeline and the errors).
 
@@ -251,9 +229,13 @@ class FaceVerifier:
         model: a name of ``keras_facemargin.list_models()`` (loaded with ``keras_facemargin.load``;
             its registry entry gives ``normalization`` and ``thresholds``), a path to a ``.keras``
             model (FaceRecognizer, embedder or backbone), a Keras model (embedder, backbone or
-            FaceRecognizer), or ``None``: ``keras_facemargin.pretrained.registry.DEFAULT_MODEL``.
+            FaceRecognizer), an exported model (a ``.tflite`` / ``.onnx`` file or a SavedModel
+            directory from ``kfm export``, run with its runtime; the metadata file written beside it
+            gives ``normalization``, ``crop``, input size and ``thresholds``), or ``None``:
+            ``keras_facemargin.pretrained.registry.DEFAULT_MODEL``. See
+            :mod:`keras_facemargin.inference.model_source`.
         threshold: cosine threshold (same person iff ``score > threshold``); default: the registry
-            entry's ``thresholds["accuracy"]`` (best balanced accuracy), or ``thresholds[far_key(far)]``
+            entry's (or the export metadata's) ``thresholds["accuracy"]`` (best balanced accuracy), or ``thresholds[far_key(far)]``
             with ``far``. Registry thresholds are calibrated on held-out CelebA identities, never on
             LFW (:mod:`keras_facemargin.inference.calibrate`).
         far: a false accept rate (``1e-2``, ``1e-3``, ``1e-4``) whose calibrated threshold is used
@@ -277,6 +259,8 @@ class FaceVerifier:
     Raises:
         ConfigurationError: no model (``DEFAULT_MODEL`` unset and ``model=None``), no threshold for
             ``far`` (the message tells how to calibrate), bad ``far`` / ``normalization`` / policy.
+        ExportMetadataError: an exported model without its metadata file, or with one that is
+            malformed or records another file's sha256 (a ``ConfigurationError``).
 
     Example::
 
@@ -287,10 +271,6 @@ class FaceVerifier:
 
     def __init__(self, model=None, threshold=None, far=None, detector=None, normalization=None,
                  face_policy="central", weights=None, batch_size: int = 32, crop=None):
-        import keras
-
-        from keras_facemargin.export.savedmodel import as_embedder
-
         if face_policy not in FACE_POLICIES:
             raise ConfigurationError("bad_face_policy", f"`face_policy` must be one of {FACE_POLICIES}, "
                                      f"got {face_policy!r}.")
@@ -300,70 +280,15 @@ class FaceVerifier:
         self.batch_size = int(batch_size)
         self._detector = detector
         self.far = None if far is None else _check_far(far)
-        registry = _registry()
-        if model is None:
-            model = registry.DEFAULT_MODEL
-            if model is None:
-                raise ConfigurationError(
-                    "no_model", "No model given and no default model ships with this version "
-                    "(keras_facemargin.pretrained.registry.DEFAULT_MODEL is None). Pass model=NAME (one of "
-                    f"{sorted(registry.MODELS)}, with weights=PATH if not cached), a .keras path or a Keras "
-                    "embedder.")
-        info, load = None, None
-        if isinstance(model, (str, os.PathLike)):
-            if isinstance(model, str) and model.lower() in registry.MODELS:
-                self.model_name = model.lower()
-                info = registry.get_model_info(self.model_name)
-                load = lambda: _load_by_name(self.model_name, weights)  # noqa: E731
-            elif str(model).endswith(".keras") or Path(model).exists():
-                if not Path(model).is_file() or not str(model).endswith(".keras"):
-                    raise ConfigurationError(
-                        "no_model", "expected a .keras model file" + ("" if Path(model).exists() else ", not found")
-                        + " (for a backbone .weights.h5 / insightface .pth / .onnx use model=NAME, weights=PATH)",
-                        str(model))
-                from keras_facemargin.export.savedmodel import load_embedder
-
-                self.model_name, path = Path(model).name, model
-                load = lambda: load_embedder(path)  # noqa: E731
-            else:
-                raise ConfigurationError("no_model", f"Unknown model {str(model)!r}: not a registry name "
-                                         f"({sorted(registry.MODELS)}) nor an existing .keras file.")
-        elif isinstance(model, keras.Model):
-            self.model_name = model.name
-        else:
-            raise ConfigurationError("no_model", "`model` must be a registry name, a .keras path, a Keras model "
-                                     f"or None; got {type(model).__name__}.")
-        self.registry_entry = info
+        source = resolve_model(model, weights)  # reads metadata only; weights load after the threshold
+        self.model_name, self.registry_entry, self.export_metadata = source.name, source.info, source.metadata
         # the threshold first: a missing one fails before any weights are loaded
-        if threshold is not None:
-            try:
-                t = float(threshold)
-            except (TypeError, ValueError):
-                t = float("nan")
-            if not (-1.0 <= t <= 1.0):
-                raise ConfigurationError("bad_threshold", f"`threshold` must be a cosine in [-1, 1], got {threshold!r}.")
-            self.threshold, self.threshold_source, self.threshold_far = t, "explicit", None
-        elif info is not None:
-            self.threshold = _registry_threshold(self.model_name, info, self.far)
-            point = "accuracy" if self.far is None else f"far={far_key(self.far)}"
-            self.threshold_source, self.threshold_far = f"registry:{self.model_name}:{point}", self.far
-        else:
-            raise ConfigurationError(
-                "no_threshold", f"No threshold for model {self.model_name!r}: only registry models carry calibrated "
-                "thresholds. Pass threshold=T, or calibrate on held-out (non-LFW) identities: `from keras_facemargin."
-                "inference.calibrate import calibrate_verifier; calibrate_verifier(FaceVerifier(model, threshold=0.5), "
-                "KFM_DATA_DIR)['thresholds']['accuracy']`.")
+        self.threshold, self.threshold_source, self.threshold_far = resolve_threshold(source, threshold, self.far)
         if normalization is None:
-            normalization = info["normalization"] if info and info.get("normalization") else PACKAGE_NORMALIZATION
+            normalization = source.normalization or PACKAGE_NORMALIZATION
         self.normalization = _check_normalization(normalization)
-        self.embedder = as_embedder(load() if load is not None else model)
-        shape = self.embedder.input_shape
-        h, w = shape[1], shape[2]
-        if h is None or w is None:
-            h, w = tuple(info["input_size"]) if info and info.get("input_size") else (ALIGN_SIZE, ALIGN_SIZE)
-        self.image_size = (int(h), int(w))
-        self.embedding_dim = int(self.embedder.output_shape[-1])
-        self.crop = _check_crop(crop if crop is not None else (info or {}).get("crop") or _registry().ARCFACE_CROP)
+        self.embedder, self.image_size, self.embedding_dim = source.load()
+        self.crop = _check_crop(crop if crop is not None else source.crop or _registry().ARCFACE_CROP)
         self._probe = None
 
     # -------------------------------------------------------------- pieces
@@ -591,10 +516,7 @@ class FaceVerifier:
             raise GalleryError("gallery_empty", "the gallery holds no identity", gallery.path)
         thr = self.threshold if threshold is None else float(threshold)
         emb, face = self.embed(img)
-        scores = np.clip(gallery.embeddings.astype(np.float64) @ emb, -1.0, 1.0)
-        order = np.argsort(-scores, kind="stable")[:int(top_k)]
-        cands = [{"identity": gallery.identities[i], "score": float(scores[i]),
-                  "num_images": int(gallery.counts[i])} for i in order]
+        cands = gallery.search(emb, top_k=int(top_k))[0]  # exact, chunked (inference.gallery_search)
         best = cands[0]
         known = best["score"] > thr
         return IdentifyResult(identity=best["identity"] if known else "unknown", is_known=known,
