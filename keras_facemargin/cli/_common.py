@@ -108,7 +108,9 @@ def add_parser(sub, name, module_doc, parents, **kwargs):
 def add_model_arguments(parser, verdict: bool = True) -> None:
     """``--model`` / ``--weights`` / ``--face-policy`` / ``--min-confidence`` (+ the threshold options)."""
     parser.add_argument("--model", default=None,
-                        help="a zoo name (kfm models) or a .keras file; default: the registry's default model")
+                        help="a zoo name (kfm models), a .keras file, or an exported model (.tflite, .onnx, "
+                             "SavedModel directory, with the metadata kfm export wrote beside it); default: the "
+                             "registry's default model")
     parser.add_argument("--weights", default=None, help="local weights file for a zoo --model")
     if verdict:
         parser.add_argument("--threshold", type=float, default=None,
@@ -128,14 +130,6 @@ def register_keras_classes() -> None:
     import keras_facemargin.models  # noqa: F401
 
 
-def _exported_model_error(model):
-    from keras_facemargin.errors import ConfigurationError
-
-    return ConfigurationError(
-        "unsupported_model", "models exported to TFLite, ONNX or SavedModel are not supported by --model yet. "
-        "Pass a zoo name (see `kfm models`) or a .keras file.", str(model))
-
-
 def is_exported_model(model) -> bool:
     """True for a ``.tflite`` / ``.onnx`` path or a SavedModel folder."""
     if model is None:
@@ -153,7 +147,8 @@ def build_verifier(args, need_threshold: bool = True):
             calibrated threshold is accepted (the threshold is then unused).
 
     Raises:
-        ConfigurationError: unknown model, no threshold, or an exported model (not supported yet).
+        ConfigurationError: unknown model, no threshold; ExportMetadataError (a ConfigurationError): an
+            exported model (.tflite / .onnx / SavedModel) without valid metadata beside it.
     """
     from keras_facemargin.data import MTCNNDetector
     from keras_facemargin.errors import ConfigurationError
@@ -166,8 +161,6 @@ def build_verifier(args, need_threshold: bool = True):
     try:
         return FaceVerifier(args.model, threshold=getattr(args, "threshold", None), **options)
     except ConfigurationError as err:
-        if err.reason == "no_model" and is_exported_model(args.model):
-            raise _exported_model_error(args.model) from None
         if err.reason != "no_threshold" or need_threshold:
             raise
         return FaceVerifier(args.model, threshold=0.0, **options)  # embeddings only: the threshold is unused
