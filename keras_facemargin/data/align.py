@@ -58,6 +58,7 @@ __all__ = [
     "align_face",
     "parse_landmarks_file",
     "MTCNNDetector",
+    "DETECT_MAX_SIDE",
     "select_face",
     "align_folder",
     "read_rgb",
@@ -291,6 +292,17 @@ def parse_landmarks_file(path) -> dict:
 _MTCNN_KEYS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
+#: Longer side (pixels) above which :class:`MTCNNDetector` detects on a downscaled copy. MTCNN
+#: finds faces of 20 px and more (``min_face_size``), so at 2000 px every face of at least 1% of
+#: the photo's longer side is still found (40 px in a 12-Mpx 4032x3024 phone photo, 80 px in a
+#: 48-Mpx one), and faces that small hold little identity in a 112-px crop anyway. Detection
+#: memory is then that of a 3-Mpx photo whatever the size (the original is only cropped).
+DETECT_MAX_SIDE = 2000
+#: Most pixels (after downscaling) that go into one detector call; equal-shape photos are
+#: batched up to ``batch_size`` and this budget (16 LFW photos; 2 downscaled 48-Mpx photos).
+DETECT_BATCH_PIXELS = 6_000_000
+
+
 class MTCNNDetector:
     """Faces and 5 landmarks from the ``mtcnn`` package (``pip install mtcnn==1.0.0``; weights ship in the wheel).
 
@@ -299,9 +311,18 @@ class MTCNNDetector:
     Images of equal shape are detected in batches (measured on 2 CPU cores, 250x250 LFW:
     ~0.08 s/image one at a time, ~0.026 s/image in batches of 16).
 
+    Large photos: a photo whose longer side exceeds ``max_side`` (:data:`DETECT_MAX_SIDE`) is
+    detected on an area-downscaled copy; boxes and landmarks are mapped back to the original's
+    pixel coordinates (pixel centres: ``x = (x_small + 0.5) / f - 0.5``), so callers crop from the
+    original. Each NMS sees at most ``max_candidates`` candidates per image, the best-scoring ones
+    (:mod:`keras_facemargin.data.mtcnn_stages`), so memory does not grow with the number of faces.
+    Photos up to ``max_side`` with fewer candidates give ``mtcnn``'s detections exactly.
+
     Args:
         batch_size: images per ``detect_faces`` call (same-shape runs only).
         min_confidence: drop detections below this MTCNN confidence.
+        max_side: longer side above which detection runs on a downscaled copy.
+        max_candidates: candidates of one image kept (by score) before each NMS.
         **mtcnn_kwargs: passed to ``mtcnn.MTCNN`` (e.g. ``device="CPU:0"``).
 
     Example::
@@ -310,40 +331,60 @@ class MTCNNDetector:
         faces = det.detect(rgb_uint8)   # [{"box": (x, y, w, h), "confidence", "landmarks": (5, 2)}, ...]
     """
 
-    def __init__(self, batch_size: int = 16, min_confidence: float = 0.0, **mtcnn_kwargs):
+    def __init__(self, batch_size: int = 16, min_confidence: float = 0.0, max_side: int = DETECT_MAX_SIDE,
+                 max_candidates: int | None = None, **mtcnn_kwargs):
         try:
             from mtcnn import MTCNN
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("MTCNN landmarks need the `mtcnn` package: pip install 'mtcnn==1.0.0' "
                               "(or keras_facemargin[align]).") from e
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        from keras_facemargin.data.mtcnn_stages import NMS_MAX_CANDIDATES, bounded_stages
+
+        for name, v in (("batch_size", batch_size), ("max_side", max_side)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {v!r}.")
         self.batch_size = int(batch_size)
         self.min_confidence = float(min_confidence)
+        self.max_side = int(max_side)
+        self.max_candidates = NMS_MAX_CANDIDATES if max_candidates is None else int(max_candidates)
         self.mtcnn_kwargs = dict(mtcnn_kwargs)
-        self._mtcnn = MTCNN(**mtcnn_kwargs)
+        kwargs = dict(mtcnn_kwargs)
+        kwargs.setdefault("stages", bounded_stages(self.max_candidates))
+        self._mtcnn = MTCNN(**kwargs)
 
     @staticmethod
-    def settings_for(batch_size=16, min_confidence=0.0, **mtcnn_kwargs) -> dict:
+    def settings_for(batch_size=16, min_confidence=0.0, max_side=DETECT_MAX_SIDE, max_candidates=None,
+                     **mtcnn_kwargs) -> dict:
         """Every setting that changes the detections (used as a cache key): this wrapper's
         ``batch_size`` (batched MTCNN moves a few landmarks by 1-2 px) and ``min_confidence``,
-        the ``mtcnn.MTCNN`` arguments and the installed ``mtcnn`` version."""
+        the ``mtcnn.MTCNN`` arguments and the installed ``mtcnn`` version. ``max_side`` and
+        ``max_candidates`` appear only when they differ from the defaults (with the defaults, photos
+        up to 2000 px get the detections of earlier versions, so existing caches stay valid)."""
         from importlib.metadata import PackageNotFoundError, version
+
+        from keras_facemargin.data.mtcnn_stages import NMS_MAX_CANDIDATES
 
         try:
             mtcnn_version = version("mtcnn")
         except PackageNotFoundError:  # pragma: no cover
             mtcnn_version = None
-        return {"detector": "MTCNNDetector", "batch_size": int(batch_size),
-                "min_confidence": float(min_confidence),
-                "mtcnn_kwargs": {k: mtcnn_kwargs[k] for k in sorted(mtcnn_kwargs)},
-                "mtcnn_version": mtcnn_version}
+        out = {"detector": "MTCNNDetector", "batch_size": int(batch_size),
+               "min_confidence": float(min_confidence),
+               "mtcnn_kwargs": {k: mtcnn_kwargs[k] for k in sorted(mtcnn_kwargs)},
+               "mtcnn_version": mtcnn_version}
+        if int(max_side) != DETECT_MAX_SIDE:
+            out["max_side"] = int(max_side)
+        if max_candidates is not None and int(max_candidates) != NMS_MAX_CANDIDATES:
+            out["max_candidates"] = int(max_candidates)
+        return out
 
     def cache_settings(self) -> dict:
         """:meth:`settings_for` this detector."""
-        return self.settings_for(self.batch_size, self.min_confidence, **self.mtcnn_kwargs)
+        return self.settings_for(self.batch_size, self.min_confidence, self.max_side, self.max_candidates,
+                                 **self.mtcnn_kwargs)
 
-    def _convert(self, dets):
+    def _convert(self, dets, fx=1.0, fy=1.0):
+        """mtcnn's dicts -> ours, mapped from a copy resized by ``(fx, fy)`` back to the original."""
         out = []
         for d in dets:
             conf = float(d["confidence"])
@@ -351,31 +392,50 @@ class MTCNNDetector:
                 continue
             kp = d["keypoints"]
             lm = np.array([[float(kp[k][0]), float(kp[k][1])] for k in _MTCNN_KEYS], np.float64)
-            out.append({"box": tuple(float(v) for v in d["box"]), "confidence": conf, "landmarks": lm})
+            box = tuple(float(v) for v in d["box"])
+            if fx != 1.0 or fy != 1.0:
+                lm = (lm + 0.5) / (fx, fy) - 0.5
+                x, y, w, h = box
+                box = ((x + 0.5) / fx - 0.5, (y + 0.5) / fy - 0.5, w / fx, h / fy)
+            out.append({"box": box, "confidence": conf, "landmarks": lm})
         return out
+
+    def _detection_copy(self, image):
+        """``(image to detect on, fx, fy)``: an area-downscaled copy when the longer side is over ``max_side``."""
+        h, w = image.shape[:2]
+        if max(h, w) <= self.max_side:
+            return image, 1.0, 1.0
+        f = self.max_side / max(h, w)
+        nw, nh = max(1, int(round(w * f))), max(1, int(round(h * f)))
+        small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        return small, nw / w, nh / h
 
     def detect(self, image) -> list:
         """Detections in one RGB uint8 ``(H, W, 3)`` image (see class docstring)."""
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images) -> list:
-        """Detections for each RGB uint8 image of a list (equal-shape runs are batched)."""
-        images = [np.ascontiguousarray(np.asarray(im)) for im in images]
+        """Detections for each RGB uint8 image of a list (equal-shape runs are batched), in original coordinates."""
+        images = [np.asarray(im) for im in images]
         for im in images:
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8 or 0 in im.shape:
                 raise ValueError(f"MTCNN needs RGB uint8 (H, W, 3) images, got {im.dtype} {im.shape}.")
         results = [None] * len(images)
         i = 0
         while i < len(images):
+            first, fx, fy = self._detection_copy(images[i])
+            run, factors = [np.ascontiguousarray(first)], [(fx, fy)]
+            budget = max(DETECT_BATCH_PIXELS, first.shape[0] * first.shape[1])
             j = i + 1
-            while j < len(images) and j - i < self.batch_size and images[j].shape == images[i].shape:
+            while (j < len(images) and j - i < self.batch_size and images[j].shape == images[i].shape
+                   and (j - i + 1) * first.shape[0] * first.shape[1] <= budget):
+                small, fx, fy = self._detection_copy(images[j])
+                run.append(np.ascontiguousarray(small))
+                factors.append((fx, fy))
                 j += 1
-            if j - i == 1:
-                res = [self._mtcnn.detect_faces(images[i])]
-            else:
-                res = self._mtcnn.detect_faces(images[i:j])
+            res = [self._mtcnn.detect_faces(run[0])] if len(run) == 1 else self._mtcnn.detect_faces(run)
             for k, r in enumerate(res):
-                results[i + k] = self._convert(r)
+                results[i + k] = self._convert(r, *factors[k])
             i = j
         return results
 
