@@ -20,7 +20,7 @@ from keras_facemargin.cli import main
 from testing import REPO
 
 SUBCOMMANDS = [["verify"], ["identify"], ["embed"], ["gallery"], ["gallery", "add"], ["gallery", "remove"],
-               ["gallery", "list"], ["models"], ["calibrate"], ["export"], ["convert"], ["align"], ["evaluate"],
+               ["gallery", "list"], ["gallery", "import"], ["models"], ["calibrate"], ["export"], ["convert"], ["align"], ["evaluate"],
                ["evaluate", "verification"], ["evaluate", "ijb"], ["evaluate", "megaface"], ["train"], ["data"],
                ["data", "folder2rec"], ["data", "rec2tfrecord"], ["package"], ["demo"]]
 
@@ -161,7 +161,7 @@ def test_embed_writes_unit_rows_and_lists_failures(lfw_root, tmp_path, capsys):
 
 
 def test_gallery_add_list_identify_remove(lfw_root, tmp_path, capsys):
-    g = tmp_path / "people.npz"
+    g = tmp_path / "people.db"
     bush = [lfw(lfw_root, "George_W_Bush", i) for i in (1, 2)]
     powell = lfw(lfw_root, "Colin_Powell", 1)
     code, (added,), _ = run_kfm(capsys, "gallery", "add", g, "bush", *bush)
@@ -177,8 +177,9 @@ def test_gallery_add_list_identify_remove(lfw_root, tmp_path, capsys):
     with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
         e = z["embeddings"].astype(np.float64)
     mean = e[0] + e[1]
-    with np.load(g, allow_pickle=False) as z:
-        np.testing.assert_allclose(z["embeddings"], np.stack([mean / np.linalg.norm(mean), e[2]]), atol=1e-5)
+    from keras_facemargin.inference.gallery import Gallery
+
+    np.testing.assert_allclose(Gallery.load(g).embeddings, np.stack([mean / np.linalg.norm(mean), e[2]]), atol=1e-5)
     queries = [lfw(lfw_root, "George_W_Bush", 3), lfw(lfw_root, "Colin_Powell", 2), lfw(lfw_root, "AJ_Cook", 1)]
     code, answers, _ = run_kfm(capsys, "identify", g, *queries, "--no-progress")
     assert code == 0 and [a["identity"] for a in answers] == ["bush", "powell", "unknown"]

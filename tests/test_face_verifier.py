@@ -296,7 +296,7 @@ def test_gallery_build_save_load_identify(verifier, detector, model, lfw_images,
     e = np.stack([verifier.embed(root / "Colin_Powell" / f"{i}.jpg")[0] for i in (1, 2)]).mean(0)
     np.testing.assert_allclose(g.embeddings[g.identities.index("Colin_Powell")], e / np.linalg.norm(e), atol=1e-5)
 
-    path = g.save(tmp_path / "gallery.npz")
+    path = g.save(tmp_path / "gallery.db")
     g2 = Gallery.load(path, verifier)
     assert g2.identities == g.identities and np.array_equal(g2.embeddings, g.embeddings)
     assert np.array_equal(g2.counts, g.counts) and g2.config == g.config and g2.skipped == g.skipped

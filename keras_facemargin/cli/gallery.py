@@ -1,173 +1,149 @@
-"""`kfm gallery add|remove|list GALLERY ...`: keep a gallery of identities for `kfm identify`.
+"""`kfm gallery add|remove|list|import GALLERY ...`: keep a gallery of identities for `kfm identify`.
 
-The gallery is the ``.npz`` of :class:`keras_facemargin.inference.gallery.Gallery` (one unit-norm
-template per identity, the model's configuration and fingerprint; no pickle). That format has no
-incremental update, so ``add`` and ``remove`` load it, change it and save it again: the new file is
-written beside the old one and renamed over it (a reader never sees a half-written file), and
-writers of the same gallery wait for each other on ``GALLERY.lock`` (``fcntl.flock``; POSIX).
+The gallery is one SQLite file (:mod:`keras_facemargin.inference.gallery_store`; any name, ``.db`` is
+customary): per identity the embeddings of its photos and their renormalised mean (the template),
+with the model's configuration and fingerprint. Every change is one transaction: several ``kfm
+gallery add`` at once (threads or processes) wait for each other, and the file stays whole if one
+is killed.
 
-``add`` embeds the photos (folders are searched recursively) and makes their mean the identity's
-template; for an identity already in the gallery the stored template, weighted by its image count,
-is averaged with the new embeddings. That is an approximation (the file keeps the normalised mean
-only, so the old photos weigh slightly more than in a rebuild from all photos). Photos that fail
-(no face, unreadable, ...) are reported and left out.
+``add`` embeds the photos (folders are searched recursively; a progress bar shows the work) and
+adds them to the identity (created if new; a photo added again replaces its earlier embedding).
+Photos that fail (no face, unreadable, ...) are reported one by one and the others are added; the
+gallery is created with the model's configuration if missing, and refused if it was built with
+another model. ``remove`` removes an identity, or only the photos named. ``list`` shows the
+identities and their photo counts. ``import`` converts a legacy ``.npz`` gallery of earlier
+versions (read-only) into a new SQLite gallery.
 
 Example::
 
-    kfm gallery add people.npz alice alice1.jpg alice2.jpg
-    kfm gallery add people.npz bob photos/bob/
-    kfm gallery list people.npz --json
-    kfm gallery remove people.npz bob
+    kfm gallery add people.db alice alice1.jpg alice2.jpg
+    kfm gallery add people.db bob photos/bob/
+    kfm gallery list people.db --json
+    kfm gallery remove people.db alice alice2.jpg
+    kfm gallery remove people.db bob
+    kfm gallery import people.npz people.db
 
-Exit status: 0 done; 6 damaged gallery, one of another model, or no such identity (``remove``);
-``add`` with no usable photo: the first photo's code (3 no face, 5 unreadable, ...).
+Exit status: 0 done; 6 damaged gallery, one of another model, a legacy ``.npz`` asked to change, or
+no such identity (``remove``); ``add`` with no usable photo: the first photo's code (3 no face, 5
+unreadable, ...).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
 from keras_facemargin.cli import _common
 
-__all__ = ["register", "run_add", "run_remove", "run_list", "locked"]
+__all__ = ["register", "run_add", "run_remove", "run_list", "run_import"]
 
 
 def register(sub) -> None:
-    """Add ``gallery add|remove|list`` to the ``kfm`` sub-parsers."""
+    """Add ``gallery add|remove|list|import`` to the ``kfm`` sub-parsers."""
     common = _common.common_options()
-    p = _common.add_parser(sub, "gallery", __doc__, [], help="add to, remove from or list a gallery (.npz)")
+    p = _common.add_parser(sub, "gallery", __doc__, [], help="add to, remove from or list a gallery")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = _common.add_parser(actions, "add", __doc__, [common], help="add photos of an identity (creates the file)")
-    add.add_argument("gallery", help="the gallery .npz (created if missing)")
+    add.add_argument("gallery", help="the gallery file (created if missing)")
     add.add_argument("identity", help="the identity's name")
     add.add_argument("photos", nargs="+", metavar="PHOTO", help="photos of the identity, or folders of them")
     add.add_argument("--batch-size", type=int, default=16, help="photos detected and embedded together")
     _common.add_model_arguments(add, verdict=False)
     add.set_defaults(func=run_add)
-    remove = _common.add_parser(actions, "remove", __doc__, [common], help="remove an identity")
-    remove.add_argument("gallery", help="the gallery .npz")
-    remove.add_argument("identity", help="the identity to remove")
+    remove = _common.add_parser(actions, "remove", __doc__, [common], help="remove an identity, or some of its photos")
+    remove.add_argument("gallery", help="the gallery file")
+    remove.add_argument("identity", help="the identity")
+    remove.add_argument("photos", nargs="*", metavar="PHOTO",
+                        help="remove only these photos (by content, or by the path they were added with)")
     remove.set_defaults(func=run_remove)
     show = _common.add_parser(actions, "list", __doc__, [common], help="list the identities")
-    show.add_argument("gallery", help="the gallery .npz")
+    show.add_argument("gallery", help="the gallery file (SQLite, or a legacy .npz)")
     show.set_defaults(func=run_list)
-
-
-@contextlib.contextmanager
-def locked(path):
-    """Hold an exclusive ``fcntl.flock`` on ``<path>.lock`` (no lock where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename still keeps the file whole
-        yield
-        return
-    lock_path = f"{os.path.abspath(path)}.lock"
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _check_gallery_name(path):
-    if not str(path).endswith(".npz"):
-        raise ValueError(f"the gallery must be an .npz file, got {str(path)!r}")
+    imp = _common.add_parser(actions, "import", __doc__, [common], help="convert a legacy .npz gallery")
+    imp.add_argument("source", help="the legacy .npz gallery (or any gallery file)")
+    imp.add_argument("output", help="the new SQLite gallery (must not exist)")
+    imp.set_defaults(func=run_import)
 
 
 def run_add(args) -> int:
-    """Embed the photos and add them to ``args.identity`` (a new identity, or averaged with the stored one)."""
-    import numpy as np
+    """Embed the photos and add them to ``args.identity``; each failed photo is reported."""
+    from keras_facemargin.inference.gallery import add_embeddings, check_writable
+    from keras_facemargin.inference.gallery_files import check_identity_name
 
-    from keras_facemargin.inference.gallery import Gallery
-
-    _check_gallery_name(args.gallery)
-    if not args.identity.strip():
-        raise ValueError("the identity name must not be empty")
+    check_identity_name(args.identity)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     photos = _common.expand_photos(args.photos)
     verifier = _common.build_verifier(args, need_threshold=False)
-    if os.path.exists(args.gallery):
-        Gallery.load(args.gallery, verifier)  # a gallery of another model fails before the photos are embedded
-    rows, first_code = [], None
+    check_writable(args.gallery, verifier)  # another model's gallery fails before the photos are embedded
+    items, first_code = [], None
     for photo, face, embedding in _common.embed_photos(verifier, photos, args, desc="gallery add"):
         if embedding is None:
-            first_code = first_code or _common.error_to_exit(face, args)
+            code = _common.error_to_exit(face, args)
+            first_code = first_code or code
         else:
-            rows.append(embedding)
-    if not rows:  # every photo failed, and was reported
+            items.append((photo, embedding))
+    if not items:  # every photo failed, and was reported
         print(f"kfm gallery add: no usable photo of {args.identity!r}; {args.gallery} is unchanged", file=sys.stderr)
         return first_code
-    total = np.sum(rows, axis=0)
-    with locked(args.gallery):
-        if os.path.exists(args.gallery):
-            old = Gallery.load(args.gallery, verifier)
-            names, templates, counts = list(old.identities), list(old.embeddings), list(old.counts)
-            extra = {"skipped": old.skipped, "source": old.source, "created": old.created}
-        else:
-            names, templates, counts, extra = [], [], [], {"source": "kfm gallery add"}
-        if args.identity in names:
-            i = names.index(args.identity)
-            total = total + templates[i].astype(np.float64) * counts[i]
-            counts[i] += len(rows)
-            templates[i] = total
-        else:
-            names.append(args.identity)
-            templates.append(total)
-            counts.append(len(rows))
-        order = sorted(range(len(names)), key=names.__getitem__)
-        emb = np.stack([templates[i] for i in order]).astype(np.float64)
-        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        gallery = Gallery([names[i] for i in order], emb, [counts[i] for i in order], verifier.config(),
-                          verifier.probe_embedding(), **extra)
-        gallery.save(args.gallery)
-    n, failed = int(gallery.counts[gallery.identities.index(args.identity)]), len(photos) - len(rows)
+    report = add_embeddings(args.gallery, verifier, args.identity, items)
+    failed = len(photos) - len(items)
     if args.json:
-        _common.emit({"status": "ok", "gallery": args.gallery, "identity": args.identity, "added": len(rows),
-                      "failed": failed, "num_images": n, "identities": len(gallery)})
+        _common.emit({"status": "ok", "gallery": args.gallery, "identity": args.identity, "added": len(items),
+                      "failed": failed, "num_images": report["num_images"], "identities": report["identities"]})
     else:
-        print(f"{args.gallery}: added {len(rows)} photo(s) of {args.identity!r} ({n} in all; "
-              f"{len(gallery)} identities)" + (f"; {failed} failed" if failed else ""))
+        print(f"{args.gallery}: added {len(items)} photo(s) of {args.identity!r} ({report['num_images']} in all; "
+              f"{report['identities']} identities)" + (f"; {failed} failed" if failed else ""))
     return _common.EXIT_OK
 
 
 def run_remove(args) -> int:
-    """Remove ``args.identity`` from the gallery."""
-    from keras_facemargin.errors import GalleryError
-    from keras_facemargin.inference.gallery import Gallery
+    """Remove ``args.identity``, or only ``args.photos`` of it."""
+    from keras_facemargin.inference.gallery import remove_from_gallery
 
-    _check_gallery_name(args.gallery)
-    with locked(args.gallery):
-        old = Gallery.load(args.gallery)
-        if args.identity not in old.identities:
-            raise GalleryError("unknown_identity", f"no identity {args.identity!r} in the gallery (it holds "
-                               f"{len(old)}; see `kfm gallery list {args.gallery}`)", args.gallery)
-        if len(old) == 1:
-            raise GalleryError("gallery_empty", f"{args.identity!r} is the gallery's only identity; a gallery "
-                               "cannot be empty: delete the file instead", args.gallery)
-        keep = [i for i, name in enumerate(old.identities) if name != args.identity]
-        Gallery([old.identities[i] for i in keep], old.embeddings[keep], old.counts[keep], old.config, old.probe,
-                skipped=old.skipped, source=old.source, created=old.created).save(args.gallery)
+    report = remove_from_gallery(args.gallery, args.identity, args.photos or None)
     if args.json:
-        _common.emit({"status": "ok", "gallery": args.gallery, "removed": args.identity, "identities": len(keep)})
+        _common.emit({"status": "ok", "gallery": args.gallery, "removed": args.identity,
+                      "removed_photos": report["removed_photos"], "num_images": report["num_images"],
+                      "identities": report["identities"], "unmatched": report["unmatched"]})
     else:
-        print(f"{args.gallery}: removed {args.identity!r} ({len(keep)} identities left)")
+        what = (f"{report['removed_photos']} photo(s) of {args.identity!r} ({report['num_images']} left)"
+                if args.photos else repr(args.identity))
+        print(f"{args.gallery}: removed {what}; {report['identities']} identities"
+              + (f"; not found: {', '.join(report['unmatched'])}" if report["unmatched"] else ""))
     return _common.EXIT_OK
 
 
 def run_list(args) -> int:
     """Print the identities and their image counts."""
     from keras_facemargin.inference.gallery import Gallery
+    from keras_facemargin.utils.untrusted import plain_text
 
     g = Gallery.load(args.gallery)
     rows = [{"identity": name, "num_images": int(count)} for name, count in zip(g.identities, g.counts)]
     if args.json:
-        _common.emit({"status": "ok", "gallery": args.gallery, "model": g.config.get("model"),
-                      "embedding_dim": int(g.embeddings.shape[1]), "created": g.created, "identities": rows})
+        _common.emit({"status": "ok", "gallery": args.gallery, "format": g.format, "model": g.config.get("model"),
+                      "embedding_dim": int(g.config["embedding_dim"]), "created": g.created, "identities": rows})
         return _common.EXIT_OK
-    print(f"{args.gallery}: {len(g)} identities, {int(g.counts.sum())} images, model {g.config.get('model')}")
+    legacy = " (legacy .npz, read-only: see `kfm gallery import`)" if g.format == "npz" else ""
+    print(f"{args.gallery}: {len(g)} identities, {int(g.counts.sum())} images, model "
+          f"{plain_text(g.config.get('model'))}{legacy}")
     for row in rows:
-        print(f"  {row['identity']}\t{row['num_images']}")
+        print(f"  {plain_text(row['identity'], 200)}\t{row['num_images']}")
+    return _common.EXIT_OK
+
+
+def run_import(args) -> int:
+    """Convert ``args.source`` (a legacy ``.npz``) into the new SQLite gallery ``args.output``."""
+    from keras_facemargin.inference.gallery import Gallery
+
+    if os.path.lexists(args.output):
+        raise ValueError(f"{args.output} exists; `kfm gallery import` writes a new gallery file")
+    g = Gallery.load(args.source)
+    g.save(args.output)
+    if args.json:
+        _common.emit({"status": "ok", "source": args.source, "gallery": args.output, "identities": len(g),
+                      "images": int(g.counts.sum()), "model": g.config.get("model")})
+    else:
+        print(f"{args.output}: {len(g)} identities, {int(g.counts.sum())} images imported from {args.source}")
     return _common.EXIT_OK

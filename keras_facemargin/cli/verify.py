@@ -9,8 +9,8 @@ Example::
 
     kfm verify a.jpg b.jpg
     kfm verify a.jpg b.jpg --model mbf_dlib_distill --far 1e-3 --json
-    kfm identify people.npz query1.jpg query2.jpg --top-k 3
-    kfm identify people/ query.jpg --save-gallery people.npz     # build from <identity>/ folders
+    kfm identify people.db query1.jpg query2.jpg --top-k 3
+    kfm identify people/ query.jpg --save-gallery people.db      # build from <identity>/ folders
 
 ``--json`` output: ``verify``: ``{"status": "ok", "is_same", "score", "threshold", "far",
 "threshold_source", "model", "faces": [...], "same"}`` (``same``: the old name of ``is_same``);
@@ -43,10 +43,11 @@ def register(sub) -> None:
                            help="who, of a gallery's identities, is in each photo?",
                            usage="kfm identify GALLERY PHOTO... [options]")
     p.add_argument("paths", nargs="*", metavar="GALLERY PHOTO",
-                   help="the gallery (a .npz of `kfm gallery add` / --save-gallery, or a folder of "
-                        "<identity>/<images>), then the photos or folders of photos to identify")
+                   help="the gallery (a file of `kfm gallery add` / --save-gallery, a legacy .npz, or a folder "
+                        "of <identity>/<images>), then the photos or folders of photos to identify")
     p.add_argument("--gallery", default=None, help="the gallery, instead of the first positional argument")
-    p.add_argument("--save-gallery", default=None, help="write the gallery (e.g. one built from a folder) to this .npz")
+    p.add_argument("--save-gallery", default=None,
+                   help="write the gallery (e.g. one built from a folder) to this SQLite gallery file")
     p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
     p.add_argument("--include-crops", action="store_true", help="add the aligned crop (base64 PNG) to the JSON")
     _common.add_model_arguments(p)
@@ -71,7 +72,10 @@ def run_verify(args) -> int:
 def _gallery(args, verifier):
     """``(Gallery, info dict)``: loaded from a file (checked against the model) or built from a folder."""
     from keras_facemargin.inference.gallery import Gallery
+    from keras_facemargin.inference.gallery_files import check_regular_file
 
+    if args.save_gallery and os.path.exists(args.save_gallery):
+        check_regular_file(args.save_gallery)  # a directory or FIFO is refused before any work
     if os.path.isdir(args.gallery):
         gallery, built = Gallery.build(verifier, args.gallery, progress=not args.no_progress), True
     else:

@@ -1,42 +1,58 @@
-"""Face galleries for 1:N identification: one template per identity, saved without pickle.
+"""Face galleries for 1:N identification, kept in a transactional SQLite file.
 
-A :class:`Gallery` is built once from ``folder/<identity>/<images>`` with a
-:class:`~keras_facemargin.inference.verifier.FaceVerifier` (each identity's template is the mean of its
-images' L2-normalised flip-sum embeddings, re-normalised), saved as an ``.npz`` of plain arrays
-(read back with ``allow_pickle=False``) with JSON metadata: the verifier's ``config()`` (model name,
-embedding size, input size, normalisation) and the embedding of a fixed probe image, so that a gallery
-used with another model or preprocessing raises
-:class:`~keras_facemargin.inference.verifier.GalleryError` (``reason="gallery_mismatch"``) instead of
-returning meaningless scores. Identification itself is
+A :class:`Gallery` holds one unit-norm template per identity: the renormalised mean of the unit
+embeddings of its photos. It is stored as one SQLite file (:mod:`keras_facemargin.inference.gallery_store`:
+WAL mode, one transaction per change, the model's configuration and fingerprint recorded), to which
+photos and identities are added and removed incrementally (:func:`add_photos`,
+:func:`remove_from_gallery`; ``kfm gallery add|remove|list``) by any number of threads and processes
+at once. A gallery used with another model or preprocessing raises
+:class:`~keras_facemargin.errors.GalleryError` (``reason="gallery_mismatch"``) instead of returning
+meaningless scores. Search is exact (:meth:`Gallery.search`: a chunked matmul,
+:mod:`~keras_facemargin.inference.gallery_search`); identification is
 :meth:`~keras_facemargin.inference.verifier.FaceVerifier.identify`.
+
+:meth:`Gallery.load` reads a SQLite gallery, or a legacy ``.npz`` gallery of earlier versions
+(read-only: :meth:`Gallery.save` or ``kfm gallery import`` converts it). Both are validated on load
+(:mod:`~keras_facemargin.inference.gallery_files`). ``GalleryError.reason``: ``gallery_format``
+(not a gallery, damaged or inconsistent), ``gallery_limit`` (a legacy member over a size or ratio
+limit), ``not_a_file`` (a directory, FIFO or device), ``legacy_gallery`` (a change asked of an
+``.npz``), ``gallery_mismatch``, ``gallery_empty``, ``unknown_identity``.
 
 Example::
 
-    from keras_facemargin.inference.gallery import Gallery
+    from keras_facemargin.inference.gallery import Gallery, add_photos
     gallery = Gallery.build(verifier, "people/")    # people/alice/1.jpg, people/bob/x.png, ...
-    gallery.save("people.npz")
-    gallery = Gallery.load("people.npz", verifier)  # raises GalleryError for another model
+    gallery.save("people.db")
+    add_photos("people.db", verifier, "carol", ["carol1.jpg", "carol2.jpg"])
+    gallery = Gallery.load("people.db", verifier)   # raises GalleryError for another model
     verifier.identify("query.jpg", gallery).identity
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.inference.verifier import FaceVerifier, FaceVerifierError, GalleryError
+from keras_facemargin.errors import FaceVerifierError, GalleryError
+from keras_facemargin.inference.gallery_files import (
+    check_config, check_identity_name, check_probe, check_regular_file, check_templates, gallery_kind,
+    read_legacy_npz)
+from keras_facemargin.inference.gallery_search import DEFAULT_SCORE_BUDGET, top_k_search
+from keras_facemargin.inference.gallery_store import GALLERY_FORMAT, STORE_VERSION, GalleryStore
+from keras_facemargin.utils.untrusted import plain_text
 
-__all__ = ["Gallery", "GALLERY_FORMAT", "GALLERY_VERSION"]
+__all__ = ["Gallery", "add_photos", "add_embeddings", "remove_from_gallery", "check_writable", "photo_key",
+           "GALLERY_FORMAT", "GALLERY_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-GALLERY_FORMAT = "keras_facemargin.gallery"
-GALLERY_VERSION = 1
+GALLERY_VERSION = STORE_VERSION
+_LEGACY_VERSION = 1
 _PROBE_MIN_COSINE = 0.999  # same model => the probe embeddings agree to float noise
 
 
@@ -54,33 +70,76 @@ def _list_gallery_files(root: Path):
     return idents, stray
 
 
-class Gallery:
-    """Identity templates: per identity, the mean of its images' normalised embeddings, re-normalised.
+def photo_key(photo) -> str:
+    """The key of a photo in a gallery: the sha256 of its file's bytes (or of an array's shape and bytes).
 
-    Built once from ``folder/<identity>/<images>`` with :meth:`build`, saved with :meth:`save` as an
-    ``.npz`` of plain arrays (loaded with ``allow_pickle=False``) plus JSON metadata recording the
-    verifier's :meth:`FaceVerifier.config` and a fingerprint embedding, so that using it with another
-    model or preprocessing raises :class:`GalleryError`.
+    Example::
+
+        photo_key("alice1.jpg")      # 'sha256:9f8...'
+    """
+    h = hashlib.sha256()
+    if isinstance(photo, np.ndarray):
+        h.update(repr((photo.shape, str(photo.dtype))).encode())
+        h.update(np.ascontiguousarray(photo).tobytes())
+    else:
+        with open(photo, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _photo_source(photo) -> str:
+    return "<array>" if isinstance(photo, np.ndarray) else os.path.abspath(str(photo))
+
+
+def _compare(config, probe, verifier, where) -> None:
+    """Raise ``gallery_mismatch`` unless ``verifier`` embeds as the gallery's builder did."""
+    theirs = verifier.config()
+    for key in ("embedding_dim", "image_size", "normalization", "flip"):
+        if config.get(key) != theirs.get(key):
+            raise GalleryError("gallery_mismatch", f"gallery built with model {config.get('model')!r} "
+                               f"({key}={config.get(key)!r}); this verifier's model {theirs['model']!r} has "
+                               f"{key}={theirs.get(key)!r}. Rebuild the gallery with this model.", where)
+    mine = np.asarray(probe, np.float64)
+    other = np.asarray(verifier.probe_embedding(), np.float64)
+    cos = float(np.dot(mine, other) / max(np.linalg.norm(mine) * np.linalg.norm(other), 1e-12))
+    if not cos >= _PROBE_MIN_COSINE:  # NaN fails too
+        raise GalleryError("gallery_mismatch", f"gallery built with model {config.get('model')!r}; this verifier's "
+                           f"model {theirs['model']!r} embeds the probe image differently (cosine {cos:.4f} < "
+                           f"{_PROBE_MIN_COSINE}): other weights. Rebuild the gallery with this model.", where)
+
+
+class Gallery:
+    """Identity templates: per identity, the renormalised mean of its photos' unit embeddings.
+
+    Built with :meth:`build` from ``folder/<identity>/<images>``, read with :meth:`load`, written
+    with :meth:`save` (a SQLite file: :mod:`~keras_facemargin.inference.gallery_store`); a file is
+    changed in place with :func:`add_photos` / :func:`remove_from_gallery`. A loaded gallery is a
+    snapshot: reload it to see later changes.
 
     Attributes:
         identities: list of names (sorted).
         embeddings: float32 ``(n, d)`` unit-norm templates.
-        counts: int ``(n,)`` images used per identity.
+        counts: int ``(n,)`` images per identity.
         config: the building verifier's ``config()``.
-        probe: float32 ``(d,)`` the building verifier's ``probe_embedding()``.
-        skipped: ``[{"path", "reason", "message"}]`` files (or identities) not used.
+        probe: float32 ``(d,)`` the building verifier's ``probe_embedding()`` (the model's fingerprint).
+        skipped: ``[{"path", "reason", "message"}]`` files (or identities) not used by :meth:`build`.
         path: the file it was loaded from / saved to, if any.
+        format: ``"sqlite"``, ``"npz"`` (a legacy file, read-only) or ``None`` (in memory).
+        photos: ``{identity: [(key, source, weight, embedding)]}`` for a gallery built in memory
+            (saved per photo), else ``None`` (saved as one row per identity, weighted by its count).
 
     Example::
 
         gallery = Gallery.build(verifier, "people/")
-        gallery.save("people.npz")
-        gallery = Gallery.load("people.npz")
+        gallery.save("people.db")
+        gallery = Gallery.load("people.db")
         verifier.identify("query.jpg", gallery)
+        gallery.search(embeddings, top_k=3)
     """
 
     def __init__(self, identities, embeddings, counts, config, probe, skipped=(), source=None, path=None,
-                 created=None):
+                 created=None, photos=None):
         self.identities = [str(i) for i in identities]
         self.embeddings = np.asarray(embeddings, np.float32).reshape(len(self.identities), -1)
         self.counts = np.asarray(counts, np.int64).reshape(-1)
@@ -92,6 +151,8 @@ class Gallery:
         self.source = source
         self.path = None if path is None else str(path)
         self.created = created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.photos = photos
+        self.format = None
 
     def __len__(self):
         return len(self.identities)
@@ -101,7 +162,7 @@ class Gallery:
                 f"skipped={len(self.skipped)})")
 
     @classmethod
-    def build(cls, verifier: FaceVerifier, folder, on_error: str = "skip", progress: bool = False,
+    def build(cls, verifier, folder, on_error: str = "skip", progress: bool = False,
               chunk_size: int = 16) -> "Gallery":
         """Embed every image of ``folder/<identity>/...`` and average per identity.
 
@@ -115,7 +176,7 @@ class Gallery:
             chunk_size: images read and detected together.
 
         Returns:
-            :class:`Gallery`.
+            :class:`Gallery` (in memory, with its per-photo embeddings; :meth:`save` writes it).
 
         Raises:
             FileNotFoundError: ``folder`` is not a directory.
@@ -145,124 +206,286 @@ class Gallery:
         for p in stray:
             _skip(p, "not_in_identity_folder", "file directly under the gallery root (expected <identity>/<images>)")
         jobs = [(name, p) for name in idents for p in idents[name]]
-        embs = {name: [] for name in idents}
+        photos = {name: [] for name in idents}
         with tqdm(total=len(jobs), desc="gallery", unit="img", disable=not progress) as bar:
             for start in range(0, len(jobs), max(1, int(chunk_size))):
                 chunk = jobs[start:start + max(1, int(chunk_size))]
                 crops, owners = [], []
-                for (name, _), face in zip(chunk, verifier.faces([p for _, p in chunk], errors="return")):
+                for (name, path), face in zip(chunk, verifier.faces([p for _, p in chunk], errors="return")):
                     if isinstance(face, FaceVerifierError):
                         if on_error == "raise":
                             raise face
                         _skip(face.file, face.reason, face.detail)
                     else:
                         crops.append(face.crop)
-                        owners.append(name)
+                        owners.append((name, path))
                 if crops:
-                    for name, e in zip(owners, verifier.embed_crops(np.stack(crops))):
-                        embs[name].append(e)
+                    for (name, path), e in zip(owners, verifier.embed_crops(np.stack(crops))):
+                        photos[name].append((photo_key(path), _photo_source(path), 1, np.asarray(e, np.float32)))
                 bar.update(len(chunk))
         names = []
         for name in idents:
-            if embs[name]:
+            if photos[name]:
                 names.append(name)
             else:
                 _skip(str(root / name), "no_usable_image", f"identity {name!r} has no usable image")
         if not names:
             raise GalleryError("gallery_empty", "no identity with a usable image (expected <folder>/<identity>/"
                                f"<images>; {len(skipped)} file(s) skipped)", root)
-        templates = np.stack([np.mean(embs[n], axis=0) for n in names])
+        templates = np.stack([np.mean([e.astype(np.float64) for *_, e in photos[n]], axis=0) for n in names])
         templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
-        return cls(names, templates, [len(embs[n]) for n in names], verifier.config(), verifier.probe_embedding(),
-                   skipped=skipped, source=str(root))
+        return cls(names, templates, [len(photos[n]) for n in names], verifier.config(), verifier.probe_embedding(),
+                   skipped=skipped, source=str(root), photos={n: photos[n] for n in names})
 
     def metadata(self) -> dict:
-        """The JSON metadata stored with :meth:`save`."""
+        """The gallery's metadata (as stored by :meth:`save`)."""
         return {"format": GALLERY_FORMAT, "version": GALLERY_VERSION, "config": self.config, "created": self.created,
                 "source": self.source, "num_identities": len(self), "skipped": self.skipped}
 
+    def _rows(self):
+        if self.photos is not None and set(self.photos) == set(self.identities):
+            return [(name, list(self.photos[name])) for name in self.identities]
+        return [(name, [(None, f"template of {int(c)} image(s)" + (f" from {self.path}" if self.path else ""), int(c),
+                         e)]) for name, e, c in zip(self.identities, self.embeddings, self.counts)]
+
     def save(self, path) -> Path:
-        """Write ``path`` (an ``.npz``: ``embeddings``, ``counts``, ``identities``, ``probe``, ``metadata`` JSON).
+        """Write the gallery to ``path`` as a SQLite gallery file (any suffix; ``.db`` is customary).
+
+        An existing SQLite gallery at ``path`` is rewritten in one transaction; any other regular file
+        (e.g. a legacy ``.npz``) is replaced atomically; a new file is created whole, then linked into place.
+
+        Raises:
+            GalleryError: ``not_a_file`` (``path`` is a directory, FIFO or device), ``gallery_format``
+                (``path`` is a SQLite database that is not a gallery, or the templates are invalid).
 
         Example::
 
-            gallery.save("people.npz")
+            Gallery.load("people.npz").save("people.db")      # convert a legacy gallery
         """
         path = Path(path)
+        if path.exists() or path.is_symlink():
+            try:
+                check_regular_file(path)
+            except FileNotFoundError:  # a dangling link
+                raise GalleryError("not_a_file", "the gallery path is a dangling link", path) from None
+        dim = check_config(self.config, path)["embedding_dim"]
+        check_templates(self.identities, self.embeddings, self.counts, dim, path)
+        check_probe(self.probe, dim, path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        arrays = {"embeddings": self.embeddings.astype(np.float32), "counts": self.counts.astype(np.int64),
-                  "identities": np.array(self.identities, dtype=str).reshape(-1),
-                  "probe": self.probe.astype(np.float32),
-                  "metadata": np.array(json.dumps(self.metadata(), sort_keys=True))}
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-        self.path = str(path)
+        GalleryStore.write_whole(path, self.config, self.probe, self._rows(), source=self.source,
+                                 skipped=self.skipped)
+        self.path, self.format = str(path), "sqlite"
         return path
 
     @classmethod
-    def load(cls, path, verifier: FaceVerifier = None) -> "Gallery":
-        """Read a gallery written by :meth:`save` (no pickle); with ``verifier``, also check compatibility.
+    def load(cls, path, verifier=None) -> "Gallery":
+        """Read a gallery file (SQLite, or a legacy ``.npz``: decided by content), validated.
+
+        Args:
+            path: the file.
+            verifier: if given, also :meth:`check_compatible`.
 
         Raises:
             FileNotFoundError: no such file.
-            GalleryError: ``gallery_format`` (not a gallery / damaged / newer version) or
-                ``gallery_mismatch`` (with ``verifier``).
+            GalleryError: ``not_a_file``, ``gallery_format``, ``gallery_limit`` or (with ``verifier``)
+                ``gallery_mismatch``.
 
         Example::
 
-            gallery = Gallery.load("people.npz", verifier)
+            gallery = Gallery.load("people.db", verifier)
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Gallery file not found: {path}")
-        needed = ("embeddings", "counts", "identities", "probe", "metadata")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in needed if k not in z.files]
-                if missing:
-                    raise GalleryError("gallery_format", f"not a keras_facemargin gallery (missing {missing})", path)
-                arrays = {k: z[k] for k in needed}
-            meta = json.loads(str(arrays["metadata"]))
-        except GalleryError:
-            raise
-        except Exception as e:  # zipfile / numpy / json errors: not a gallery, or a damaged one
-            raise GalleryError("gallery_format", f"not a readable gallery .npz ({type(e).__name__}: {e})", path) from None
-        if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
-            raise GalleryError("gallery_format", f"not a keras_facemargin gallery (format {meta.get('format')!r})"
-                               if isinstance(meta, dict) else "metadata is not a JSON object", path)
-        if meta.get("version") != GALLERY_VERSION:
-            raise GalleryError("gallery_format", f"gallery format version {meta.get('version')!r}, this package "
-                               f"reads version {GALLERY_VERSION}", path)
-        emb = arrays["embeddings"]
-        if emb.ndim != 2 or emb.shape[0] != arrays["identities"].shape[0] or not np.all(np.isfinite(emb)):
-            raise GalleryError("gallery_format", f"inconsistent arrays (embeddings {emb.shape}, "
-                               f"identities {arrays['identities'].shape})", path)
-        g = cls(arrays["identities"].tolist(), emb, arrays["counts"], meta["config"], arrays["probe"],
-                skipped=meta.get("skipped", []), source=meta.get("source"), path=path, created=meta.get("created"))
+        if gallery_kind(path) == "sqlite":
+            data = GalleryStore(path).read()
+            g = cls(data["names"], data["embeddings"], data["counts"], data["config"], data["probe"],
+                    skipped=data["skipped"], source=data["source"], path=path, created=data["created"])
+            g.format = "sqlite"
+        else:
+            g = cls._load_legacy(path)
         if verifier is not None:
             g.check_compatible(verifier)
         return g
 
-    def check_compatible(self, verifier: FaceVerifier) -> None:
+    @classmethod
+    def _load_legacy(cls, path) -> "Gallery":
+        arrays, meta = read_legacy_npz(path)
+        if meta.get("format") != GALLERY_FORMAT:
+            raise GalleryError("gallery_format", f"not a keras_facemargin gallery (format "
+                               f"{plain_text(meta.get('format'))!r})", path)
+        if meta.get("version") != _LEGACY_VERSION:
+            raise GalleryError("gallery_format", f"legacy .npz gallery version {plain_text(meta.get('version'))}, "
+                               f"expected {_LEGACY_VERSION}", path)
+        if "config" not in meta:
+            raise GalleryError("gallery_format", "the gallery's model configuration is missing", path)
+        config = check_config(meta["config"], path)
+        dim = config["embedding_dim"]
+        names = arrays["identities"].tolist()
+        counts = arrays["counts"].astype(np.int64)
+        check_templates(names, arrays["embeddings"], counts, dim, path)
+        probe = check_probe(arrays["probe"], dim, path)
+        skipped = meta.get("skipped", [])
+        g = cls(names, arrays["embeddings"], counts, config, probe,
+                skipped=skipped if isinstance(skipped, list) else [],
+                source=meta.get("source") if isinstance(meta.get("source"), str) else None, path=path,
+                created=meta.get("created") if isinstance(meta.get("created"), str) else None)
+        g.format = "npz"
+        return g
+
+    def check_compatible(self, verifier) -> None:
         """Raise :class:`GalleryError` (``gallery_mismatch``) unless ``verifier`` embeds as the builder did.
 
         Compared: embedding size, input size, normalisation, and the embedding of a fixed probe image
-        (cosine >= 0.999: catches other weights under the same name). The model name alone may differ
-        (e.g. a registry name and the path of the same file).
+        (cosine >= 0.999: catches other weights under the same name; a non-finite cosine fails). The
+        model name alone may differ (e.g. a registry name and the path of the same file).
+
+        Example::
+
+            gallery.check_compatible(verifier)
         """
-        mine, theirs = self.config, verifier.config()
-        where = self.path or self.source
-        for key in ("embedding_dim", "image_size", "normalization", "flip"):
-            if mine.get(key) != theirs.get(key):
-                raise GalleryError("gallery_mismatch", f"gallery built with model {mine.get('model')!r} "
-                                   f"({key}={mine.get(key)!r}); this verifier's model {theirs['model']!r} has "
-                                   f"{key}={theirs.get(key)!r}. Rebuild the gallery with this model.", where)
-        probe = verifier.probe_embedding()
-        cos = float(np.dot(self.probe.astype(np.float64), probe)
-                    / max(np.linalg.norm(self.probe) * np.linalg.norm(probe), 1e-12))
-        if cos < _PROBE_MIN_COSINE:
-            raise GalleryError("gallery_mismatch", f"gallery built with model {mine.get('model')!r}; this verifier's "
-                               f"model {theirs['model']!r} embeds the probe image differently (cosine {cos:.4f} < "
-                               f"{_PROBE_MIN_COSINE}): other weights. Rebuild the gallery with this model.", where)
+        _compare(self.config, self.probe, verifier, self.path or self.source)
+
+    def search(self, embeddings, top_k: int = 5, score_budget: int = DEFAULT_SCORE_BUDGET) -> list:
+        """The ``top_k`` identities of highest cosine for each embedding (exact, chunked search).
+
+        Args:
+            embeddings: ``(d,)`` or ``(m, d)`` probe embeddings (normalised here).
+            top_k: candidates per probe.
+            score_budget: scores held at once (:func:`~keras_facemargin.inference.gallery_search.top_k_search`).
+
+        Returns:
+            per probe, ``[{"identity", "score", "num_images"}]`` best first.
+
+        Raises:
+            GalleryError: ``gallery_empty``. ValueError: mismatched dimension, bad ``top_k``.
+
+        Example::
+
+            gallery.search(verifier.embed("q.jpg")[0], top_k=3)[0][0]["identity"]
+        """
+        if len(self) == 0:
+            raise GalleryError("gallery_empty", "the gallery holds no identity", self.path)
+        idx, scores = top_k_search(self.embeddings, embeddings, top_k, score_budget)
+        return [[{"identity": self.identities[i], "score": float(s), "num_images": int(self.counts[i])}
+                 for i, s in zip(row_i, row_s)] for row_i, row_s in zip(idx, scores)]
+
+
+# ------------------------------------------------------------- incremental changes of a gallery file
+def check_writable(path, verifier):
+    """The :class:`GalleryStore` at ``path`` checked against ``verifier``'s model, or ``None`` if there is none.
+
+    Raises:
+        GalleryError: ``gallery_mismatch``, ``legacy_gallery``, ``gallery_format``, ``not_a_file``.
+
+    Example::
+
+        check_writable("people.db", verifier)    # before embedding photos for it
+    """
+    if not os.path.lexists(path):
+        return None
+    store = GalleryStore(path)  # not_a_file / legacy_gallery / gallery_format
+    meta = store.metadata()
+    _compare(meta["config"], meta["probe"], verifier, path)
+    return store
+
+
+def add_embeddings(path, verifier, identity, items) -> dict:
+    """Add photo embeddings of ``identity`` to the gallery file ``path`` (created if missing), in one transaction.
+
+    Args:
+        path: the SQLite gallery (created with ``verifier``'s configuration and fingerprint if missing).
+        verifier: the :class:`~keras_facemargin.FaceVerifier` that made the embeddings (checked against
+            the gallery's model inside the transaction).
+        identity: the identity's name (created if new; a photo added again replaces its earlier embedding).
+        items: ``[(photo, embedding)]``: a path or RGB array, and its unit embedding.
+
+    Returns:
+        ``{"path", "identity", "added", "num_images", "identities"}``.
+
+    Raises:
+        GalleryError: ``gallery_mismatch``, ``legacy_gallery``, ``gallery_format``, ``not_a_file``.
+
+    Example::
+
+        emb, face = verifier.embed("alice1.jpg")
+        add_embeddings("people.db", verifier, "alice", [("alice1.jpg", emb)])
+    """
+    check_identity_name(identity)
+    store = check_writable(path, verifier)
+    if store is None:
+        store = GalleryStore.create(path, verifier.config(), verifier.probe_embedding(), source="kfm gallery add")
+    rows = [(photo_key(p), _photo_source(p), 1, np.asarray(e, np.float32)) for p, e in items]
+    report = store.add_photos(identity, rows, check=lambda meta: _compare(meta["config"], meta["probe"], verifier,
+                                                                          path))
+    return {"path": str(path), **report}
+
+
+def add_photos(path, verifier, identity, photos, batch_size: int = 16, progress: bool = False) -> dict:
+    """Detect, embed and add ``photos`` of ``identity`` to the gallery file ``path``.
+
+    A photo that fails (unreadable, no face, several faces with ``face_policy="error"``) is reported
+    in ``failed`` and the others are added. The model is checked against the gallery before any photo
+    is embedded.
+
+    Args:
+        path: the SQLite gallery file (created if missing).
+        verifier: a :class:`~keras_facemargin.FaceVerifier`.
+        identity: the identity's name.
+        photos: paths or RGB arrays.
+        batch_size: photos detected and embedded together.
+        progress: a tqdm progress bar.
+
+    Returns:
+        ``{"path", "identity", "added", "num_images", "identities", "failed": [FaceVerifierError]}``
+        (``added`` is 0 and the file unchanged when every photo failed).
+
+    Example::
+
+        report = add_photos("people.db", verifier, "alice", ["a1.jpg", "a2.jpg"])
+        [str(e) for e in report["failed"]]
+    """
+    from tqdm.auto import tqdm
+
+    check_identity_name(identity)
+    check_writable(path, verifier)  # another model's gallery fails before the photos are embedded
+    items, failed = [], []
+    photos = list(photos)
+    with tqdm(total=len(photos), desc="gallery add", unit="img", disable=not progress) as bar:
+        for start in range(0, len(photos), max(1, int(batch_size))):
+            part = photos[start:start + max(1, int(batch_size))]
+            faces = verifier.faces(part, errors="return")
+            good = [i for i, f in enumerate(faces) if not isinstance(f, FaceVerifierError)]
+            failed += [f for f in faces if isinstance(f, FaceVerifierError)]
+            if good:
+                embeddings = verifier.embed_crops(np.stack([faces[i].crop for i in good]))
+                items += [(part[i], e) for i, e in zip(good, embeddings)]
+            bar.update(len(part))
+    if not items:
+        return {"path": str(path), "identity": identity, "added": 0, "failed": failed}
+    return {**add_embeddings(path, verifier, identity, items), "failed": failed}
+
+
+def remove_from_gallery(path, identity, photos=None) -> dict:
+    """Remove ``identity`` from the gallery file ``path``, or only some of its photos (one transaction).
+
+    Args:
+        path: the SQLite gallery file.
+        identity: the name.
+        photos: paths of photos to remove (matched by content when the file exists, else by its stored
+            path); an identity left without photos is removed.
+
+    Returns:
+        ``{"path", "identity", "removed_photos", "num_images", "identities", "unmatched"}``.
+
+    Raises:
+        GalleryError: ``unknown_identity``, ``legacy_gallery``, ``gallery_format``, ``not_a_file``.
+
+    Example::
+
+        remove_from_gallery("people.db", "bob")
+        remove_from_gallery("people.db", "alice", ["old_photo.jpg"])
+    """
+    store = GalleryStore(path)
+    wanted = None
+    if photos is not None:
+        wanted = [(photo_key(p) if os.path.isfile(p) else None, _photo_source(p)) for p in photos]
+    return {"path": str(path), **store.remove(identity, wanted)}
