@@ -73,6 +73,7 @@ __all__ = [
     "GalleryError",
     "ExportMetadataError",
     "SampleBudgetError",
+    "SparseUpdateError",
     "NonFiniteLossError",
     "DataSourceError",
     "PretrainedWeightsError",
@@ -290,6 +291,10 @@ class ExportMetadataError(ConfigurationError):
 
 class SampleBudgetError(ValueError):
     """The global batch holds more distinct classes than `PartialFC` samples (`num_sample`)."""
+
+
+class SparseUpdateError(ValueError):
+    """`RowSparseSGD` got a dense gradient for a row-sparse class-centre matrix (non-TensorFlow backend)."""
 
 
 class NonFiniteLossError(RuntimeError):

@@ -200,6 +200,7 @@ class PartialFC(keras.layers.Layer):
         if not self.head.built:
             self.head.build(input_shape)
         if self.sampled:
+            self.core.kernel._kfm_row_sparse = True  # training.sparse_sgd.RowSparseSGD updates its sampled rows only
             # on_read: every replica writes its own copy (they compute the same values), no sync.
             kw = dict(trainable=False, synchronization="on_read", aggregation="only_first_replica")
             self.sample_step = keras.Variable(initializer="zeros", shape=(), dtype="int32", name="sample_step", **kw)
