@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GB = 1e9
 
 
-def estimate_bytes(num_classes, rate, dim=512, batch=128, optimizer=False):
+def estimate_bytes(num_classes, rate, dim=512, batch=128, optimizer=False, row_sparse=False):
     """Peak bytes of one head step, from the shapes (float32; calibrated on CPU runs at C = 100k,
     an upper bound at 1M and 2M, where Partial FC measured ~0.7x of it).
 
@@ -50,6 +50,8 @@ def estimate_bytes(num_classes, rate, dim=512, batch=128, optimizer=False):
         step = 1.6 * p + 4 * k * dim * 4 + 6 * batch * k * 4 + 5 * num_classes * 4
     if not optimizer:
         return step
+    if row_sparse and rate < 1:  # momentum slot + gathered / scattered K-row temporaries
+        return step + p + 6 * math.ceil(rate * num_classes) * dim * 4
     return max(step, 7 * p) + p
 
 
@@ -118,7 +120,12 @@ def child(args):
         g = g.values if isinstance(g, tf.IndexedSlices) else g
         return loss + tf.reduce_sum(grads[0]) * 0.0 + tf.reduce_sum(g[:1]) * 0.0
 
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
+    if args.optimizer == "row_sparse":
+        from keras_facemargin.training.sparse_sgd import RowSparseSGD
+
+        optimizer = RowSparseSGD(0.1, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4)
 
     @tf.function(jit_compile=False)
     def train_step(x, y):
@@ -127,7 +134,7 @@ def child(args):
         return loss + tf.reduce_sum(grads[0]) * 0.0
 
     for phase, fn, with_opt in (("fwd_bwd", fwd_bwd, False), ("sgd_step", train_step, True)):
-        need = estimate_bytes(C, rate, d, B, optimizer=with_opt)
+        need = estimate_bytes(C, rate, d, B, optimizer=with_opt, row_sparse=args.optimizer == "row_sparse")
         record = {"estimate_gb": need / GB}
         out["phases"][phase] = record
         if need > args.memory_budget_gb * GB:
@@ -155,7 +162,7 @@ def child(args):
 def run_child(args, classes, rate):
     cmd = [sys.executable, os.path.abspath(__file__), "--child-classes", str(classes), "--child-rate", str(rate),
            "--steps", str(args.steps), "--dim", str(args.dim), "--batch", str(args.batch),
-           "--memory-budget-gb", str(args.memory_budget_gb)]
+           "--memory-budget-gb", str(args.memory_budget_gb), "--optimizer", args.optimizer]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -227,6 +234,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--memory-budget-gb", type=float, default=24.0,
                    help="phases estimated above this are not run (default 24, the issue's GPU)")
+    p.add_argument("--optimizer", choices=["sgd", "row_sparse"], default="sgd",
+                   help="sgd: Keras SGD (dense momentum); row_sparse: training.sparse_sgd.RowSparseSGD")
     p.add_argument("--child-classes", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child-rate", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -240,7 +249,7 @@ def main(argv=None):
             print(f"# C={c:,} rate={rate:g}: " + json.dumps(r.get("phases") or r.get("error")), flush=True)
     device = next((r.get("device") for r in results if r.get("device")), "?")
     print(f"\nd={args.dim}, batch {args.batch}, ArcFace head, {device}, median of {args.steps} steps after a "
-          f"warm-up, memory budget {args.memory_budget_gb:g} GB; ratios to the full FC of the same C; "
+          f"warm-up, {args.optimizer} optimizer, memory budget {args.memory_budget_gb:g} GB; ratios to the full FC of the same C; "
           f"{time.time() - t0:.0f} s in all.\n")
     print(table(results, args.rates))
     print("\nGrowth with C:\n" + growth(results, args.rates))

@@ -125,6 +125,10 @@ class PartialFC(keras.layers.Layer):
     moving with its decaying momentum (as torch SGD does in insightface v2);
     decoupled `weight_decay` shrinks every row at every step. A
     `kernel_regularizer` on the head adds a dense gradient.
+    `keras_facemargin.training.sparse_sgd.RowSparseSGD` instead reads and
+    writes only the sampled rows of the kernel and its momentum (rows not
+    sampled stay bit-identical: momentum paused, no decay; insightface
+    arcface_torch PartialFC v1's momentum bank); this layer marks its kernel.
 
     Differences from insightface v2: the class centres are replicated (data
     parallel), not sharded over the GPUs, so each replica holds C x d
