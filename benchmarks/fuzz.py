@@ -20,6 +20,12 @@ Failing inputs are saved under ``--out`` (one folder per failure, with the mutat
 
     nice -n 15 python benchmarks/fuzz.py --seconds 60                 # 1 min per reader
     nice -n 15 python benchmarks/fuzz.py --readers bin,recordio --seconds 600 --json fuzz.json
+    nice -n 15 python benchmarks/fuzz.py --readers photo --seconds 120   # the photo decoder (issue 23)
+
+The ``photo`` reader mutates small JPEG/PNG/WebP/GIF/BMP/TIFF files made with ``cv2.imencode``
+and reads each with ``keras_facemargin.utils.images.read_photo`` (header check, size and pixel
+caps, ``decode_photo``): a refusal must be a ``(reason, detail)`` pair, an accepted photo an RGB
+uint8 image within ``PHOTO_MAX_PIXELS``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,70 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 FAILURES = ("wrong_type", "invariant", "slow", "memory", "crash")
+#: Readers defined here rather than in ``tests/untrusted_cases.py``.
+LOCAL_READERS = ("photo",)
+PHOTO_FORMATS = (".jpg", ".png", ".webp", ".gif", ".bmp", ".tiff")
+PHOTO_REASONS = ("not_found", "not_an_image", "unreadable", "too_large")
+
+
+def photo_seed_files(d):
+    """Small real photos in every admitted container, written with ``cv2.imencode`` (issue 23)."""
+    import cv2
+    import numpy as np
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (40, 30), interpolation=cv2.INTER_LINEAR)
+    out = []
+    for ext in PHOTO_FORMATS:
+        ok, buf = cv2.imencode(ext, base)
+        assert ok, ext
+        (d / f"seed{ext}").write_bytes(buf.tobytes())
+        out.append(d / f"seed{ext}")
+    return out
+
+
+def photo_run_one(d):
+    """``read_photo`` on every file of ``d``: typed refusal (a reason tuple), or an RGB image whose size
+    is the header's (and within the pixel cap); anything else is a failure."""
+    import traceback
+
+    import numpy as np
+    import untrusted_cases as uc
+
+    from keras_facemargin.utils.images import PHOTO_MAX_PIXELS, photo_header, read_photo
+
+    uc._reset_peak()
+    base = uc._vm_kb("VmRSS")
+    t0 = time.perf_counter()
+    res = {"outcome": "typed"}
+    try:
+        accepted = 0
+        for f in sorted(Path(d).iterdir()):
+            img, problem = read_photo(f)
+            if img is None:
+                if not (isinstance(problem, tuple) and problem[0] in PHOTO_REASONS and isinstance(problem[1], str)):
+                    res = {"outcome": "invariant", "message": f"{f.name}: bad refusal {problem!r}"}
+                    break
+                continue
+            hdr = photo_header(f.read_bytes()[:65536])
+            ok = (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+                  and img.shape[0] * img.shape[1] <= PHOTO_MAX_PIXELS)
+            if not ok:
+                res = {"outcome": "invariant", "message": f"{f.name}: {getattr(img, 'shape', None)} header {hdr}"}
+                break
+            accepted += 1
+        else:
+            res = {"outcome": "accepted" if accepted == len(list(Path(d).iterdir())) else "typed"}
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        res = {"outcome": "wrong_type", "type": type(e).__name__,
+               "message": str(e)[:300] + " | " + "".join(traceback.format_exception(e))[-900:]}
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    res["peak_mb"] = round((uc._vm_kb("VmHWM") - base) / 1024, 1)
+    return res
 
 
 def worker(args):
@@ -49,10 +119,19 @@ def worker(args):
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="kfm_fuzz_"))
     try:
-        uc.warm_up(tmp)
+        local = args.reader in LOCAL_READERS
+        if local:
+            import tensorflow  # noqa: F401  (same imports as the other readers before the limit)
+
+            import keras_facemargin.utils.images  # noqa: F401
+
+            photo_run_one(Path(photo_seed_files(tmp / "warm")[0]).parent)
+        else:
+            uc.warm_up(tmp)
         uc.set_memory_limit(args.headroom_mb)
         seed_dir = tmp / "seed"
-        files = [p.relative_to(seed_dir) for p in uc.seed_files(args.reader, seed_dir)]
+        seeds = photo_seed_files(seed_dir) if local else uc.seed_files(args.reader, seed_dir)
+        files = [p.relative_to(seed_dir) for p in seeds]
         originals = {f: (seed_dir / f).read_bytes() for f in files}
         deadline = time.monotonic() + args.seconds
         n = 0
@@ -64,7 +143,7 @@ def worker(args):
             shutil.copytree(seed_dir, d)
             (d / target).write_bytes(data)
             print(json.dumps({"start": n, "file": str(target), "ops": repr(ops)}), flush=True)
-            res = uc.run_one(args.reader, d)
+            res = photo_run_one(d) if local else uc.run_one(args.reader, d)
             if res["outcome"] in ("typed", "bad_records", "accepted", "oserror"):
                 if res["seconds"] > args.max_seconds:
                     res["outcome"] = "slow"
@@ -147,7 +226,7 @@ def main(argv=None):
         return worker(args)
     import untrusted_cases as uc
 
-    readers = args.readers.split(",") if args.readers else list(uc.READERS)
+    readers = args.readers.split(",") if args.readers else list(uc.READERS) + list(LOCAL_READERS)
     table = {}
     print(f"{'reader':<10} {'seconds':>7} {'inputs':>7} {'typed':>7} {'bad rec':>7} {'accepted':>8} "
           f"{'OSError':>7} {'failures':>8}")
