@@ -35,6 +35,8 @@ __all__ = ["NMS_MAX_CANDIDATES", "NMS_BLOCK", "blocked_nms", "bounded_stages"]
 #: Most candidates of one image entering one NMS (the best-scoring ones are kept). 8192 keeps
 #: every PNet window of a few hundred faces per scale; the NMS then costs 64 Mi pair tests.
 NMS_MAX_CANDIDATES = 8192
+#: Patches RNet / ONet evaluate at once (ONet's first activations are 295 KB per patch).
+NET_CHUNK = 256
 #: Columns of the IoU matrix computed at once (memory ``O(N * NMS_BLOCK)`` float64 values).
 NMS_BLOCK = 256
 
@@ -87,6 +89,17 @@ def blocked_nms(boxes, threshold, method="union", block=NMS_BLOCK):
         earlier = np.arange(rows)[:, None] < cols[None, :]
         keep[cols] = ~np.any((iou > threshold) & earlier, axis=0)
     return np.flatnonzero(keep)
+
+
+def _chunked(model, patches):
+    """``model(patches)`` evaluated :data:`NET_CHUNK` patches at a time (outputs concatenated)."""
+    import tensorflow as tf
+
+    n = int(patches.shape[0])
+    if n <= NET_CHUNK:
+        return model(patches)
+    parts = [model(patches[i:i + NET_CHUNK]) for i in range(0, n, NET_CHUNK)]
+    return tuple(tf.concat([p[k] for p in parts], 0) for k in range(len(parts[0])))
 
 
 def _capped_nms(bboxes, threshold, method, initial_sort, cap):
@@ -145,7 +158,7 @@ def bounded_stages(max_candidates: int = NMS_MAX_CANDIDATES):
 
         def __call__(self, images_normalized, bboxes_batch, threshold_rnet=0.7, nms_rnet=0.7, **kwargs):
             patches = extract_patches(images_normalized, bboxes_batch, expected_size=(24, 24))
-            offsets, scores = self._model(patches)
+            offsets, scores = _chunked(self._model, patches)
             bboxes = adjust_bboxes(replace_confidence(bboxes_batch, scores), offsets)
             bboxes = pick_matches(bboxes, score_threshold=threshold_rnet)
             return resize_to_square(_capped_nms(bboxes, nms_rnet, "union", True, cap))
@@ -155,7 +168,7 @@ def bounded_stages(max_candidates: int = NMS_MAX_CANDIDATES):
 
         def __call__(self, images_normalized, bboxes_batch, threshold_onet=0.8, nms_onet=0.7, **kwargs):
             patches = extract_patches(images_normalized, bboxes_batch, expected_size=(48, 48))
-            offsets, landmarks, scores = self._model(patches)
+            offsets, landmarks, scores = _chunked(self._model, patches)
             landmarks = adjust_landmarks(landmarks, bboxes_batch)
             bboxes = adjust_bboxes(replace_confidence(bboxes_batch, scores), offsets)
             bboxes = np.concatenate([bboxes, landmarks], axis=-1)
