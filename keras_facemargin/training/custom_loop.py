@@ -75,10 +75,16 @@ class CustomLoop:
         """Train from (`initial_epoch`, `initial_step`) to the end of epoch `epochs - 1`.
 
         Args:
-            dataset_fn: `epoch -> distributed dataset or tf.data.Dataset` yielding
-                `(inputs, labels)` global batches (a plain dataset is distributed
-                with `strategy.experimental_distribute_dataset`). Its order must
-                depend only on the epoch for exact resumption.
+            dataset_fn: `(epoch, skip) -> dataset` or `epoch -> dataset`, a
+                distributed dataset or a `tf.data.Dataset` yielding `(inputs,
+                labels)` global batches (a plain dataset is distributed with
+                `strategy.experimental_distribute_dataset`). Its order must depend
+                only on the epoch for exact resumption. A function taking `skip`
+                returns the epoch's batches after its first `skip` steps (needed
+                for a distributed dataset, e.g. `distribute_datasets_from_function`
+                under `MultiWorkerMirroredStrategy`, whose per-worker pipelines
+                only the caller can skip); a one-argument function's
+                `tf.data.Dataset` is skipped here.
             epochs: index of the last epoch + 1.
             steps_per_epoch: steps S per epoch.
             initial_epoch: first epoch (after a restore).
@@ -90,7 +96,6 @@ class CustomLoop:
         Returns:
             A `keras.callbacks.History` of the epochs run.
         """
-        import tensorflow as tf
 
         callback_list = keras.callbacks.CallbackList(
             list(callbacks), add_history=True, add_progbar=verbose != 0, model=self.model,
@@ -103,12 +108,7 @@ class CustomLoop:
             for cb in callback_list.callbacks:
                 if hasattr(cb, "first_step"):
                     cb.first_step = skip
-            dataset = dataset_fn(epoch)
-            if isinstance(dataset, tf.data.Dataset):
-                dataset = self.strategy.experimental_distribute_dataset(dataset.skip(skip))
-            elif skip:
-                raise ValueError("`initial_step` > 0 needs `dataset_fn` to return a tf.data.Dataset.")
-            iterator = iter(dataset)
+            iterator = iter(self._epoch_dataset(dataset_fn, epoch, skip))
             callback_list.on_epoch_begin(epoch)
             total, logs = 0.0, {}
             for batch in range(steps_per_epoch - skip):
@@ -125,6 +125,41 @@ class CustomLoop:
                 break
         callback_list.on_train_end(logs=epoch_logs if epochs > initial_epoch else {})
         return keras_compat.callback_list_history(callback_list)
+
+    def _epoch_dataset(self, dataset_fn, epoch, skip):
+        """The distributed batches of `epoch` after its first `skip` steps (see `fit`'s `dataset_fn`)."""
+        import tensorflow as tf
+
+        if _takes_skip(dataset_fn):
+            dataset = dataset_fn(epoch, skip)
+        else:
+            dataset = dataset_fn(epoch)
+            if isinstance(dataset, tf.data.Dataset):
+                dataset = dataset.skip(skip)
+            elif skip:
+                raise ValueError(
+                    f"`initial_step`={skip} needs `dataset_fn` to skip the steps already done: it returned a "
+                    f"{type(dataset).__name__}, which cannot be skipped after distribution. Return a "
+                    "tf.data.Dataset, or accept a second argument `skip` and return the batches after the "
+                    "first `skip` steps, e.g. `lambda epoch, skip: make(epoch).skip(skip)` inside "
+                    "`distribute_datasets_from_function`."
+                )
+        if isinstance(dataset, tf.data.Dataset):
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
+        return dataset
+
+
+def _takes_skip(fn):
+    """Whether `fn` can be called as `fn(epoch, skip)`."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(0, 0)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): the documented one-argument form
+        return False
+    return True
 
 
 def _unreduced(loss):
