@@ -296,11 +296,15 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
     def save(self, path=None):
-        """Write `to_json()` to `path` (default `run_dir/config.json`); returns the path."""
+        """Write `to_json()` to `path` (default `run_dir/config.json`) atomically; returns the path.
+
+        A crash while saving leaves the previous file (see `keras_facemargin.utils.atomic`).
+        """
+        from keras_facemargin.utils.atomic import atomic_write_text
+
         path = Path(path) if path is not None else self.run_dir / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json() + "\n")
-        return path
+        return atomic_write_text(path, self.to_json() + "\n")
 
 
 def _data_paths(data):

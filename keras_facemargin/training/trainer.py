@@ -39,6 +39,7 @@ from keras_facemargin import callbacks as kfm_callbacks
 from keras_facemargin.training.config import TrainConfig
 from keras_facemargin.training.plots import plot_training
 from keras_facemargin.utils import keras_compat
+from keras_facemargin.utils.atomic import atomic_write_json
 
 
 def check_backend(config):
@@ -614,7 +615,7 @@ class Trainer:
                 self._log(f"Bad records: {len(spec.training_set.bad_records)} left out up front, {report.count} "
                           f"undecodable while training ({report.summary()}); see {run_dir / 'data_report.json'}")
         results["total_seconds"] = round(time.time() - t0, 1)
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        atomic_write_json(run_dir / "results.json", results, indent=2, default=float)
         self._log(f"Done in {results['total_seconds']:.0f} s; model, history and results in {run_dir}/")
         return results
 
