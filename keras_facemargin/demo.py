@@ -12,7 +12,6 @@ Example:
 """
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -57,12 +56,13 @@ def run(args):
     import numpy as np
 
     import keras_facemargin as kfm
+    from keras_facemargin.utils.atomic import atomic_write_json
 
     t_start = time.time()
     keras.utils.set_random_seed(args.seed)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(vars(args), indent=2))
+    atomic_write_json(out_dir / "config.json", vars(args), indent=2)
 
     faces = kfm.data.SyntheticFaces(
         num_identities=args.identities + args.heldout, image_size=args.image_size, seed=args.seed
@@ -126,7 +126,7 @@ def run(args):
         "verification_untrained": before.to_dict(),
         "verification": after.to_dict(),
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    atomic_write_json(out_dir / "results.json", results, indent=2, default=float)
     print(
         f"\nHeld-out verification accuracy: {100 * after.accuracy_mean:.2f} +- {100 * after.accuracy_std:.2f} % "
         f"(untrained: {100 * before.accuracy_mean:.2f} %). Trained {args.epochs} epochs in "

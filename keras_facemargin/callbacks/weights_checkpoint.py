@@ -17,9 +17,10 @@ A checkpoint `ckpt-<step>.npz` is a NumPy `.npz` (a zip of `.npy` members) holdi
 
 A path that occurs twice (the momentum encoder is a clone of the backbone, same layer names) gets
 `#1`, `#2`, ... appended to its key. Each variable is read whole (`keras.ops.convert_to_numpy`;
-on JAX this gathers the shards of a class-sharded variable) and written one at a time to
-`ckpt-<step>.npz.tmp`, which then replaces the final name (`os.replace`): a crash while saving
-leaves the previous checkpoints intact. On restore each value is `assign`ed to its variable, which
+on JAX this gathers the shards of a class-sharded variable) and written one at a time to a
+temporary file unique to the writer (`keras_facemargin.utils.atomic.atomic_writer`:
+`.ckpt-<step>.npz.<pid>-<thread>-<random>.tmp`, fsync-ed), which then replaces the final name
+(`os.replace`): a crash while saving leaves the previous checkpoints intact. On restore each value is `assign`ed to its variable, which
 on JAX lays it out again under the variable's own layout (sharded or replicated). Variables are
 matched in order; their count, shapes, dtypes and paths (up to Keras's automatic `_<n>` name
 suffixes, which depend on what the process built before; optimizer slot names embed them too) must
@@ -43,6 +44,7 @@ import numpy as np
 
 from keras_facemargin.callbacks.monitoring import NonFiniteLossError
 from keras_facemargin.callbacks.save_schedule import SaveSchedule
+from keras_facemargin.utils.atomic import atomic_writer
 
 FORMAT = "keras_facemargin.WeightsCheckpoint/1"
 MANIFEST = "manifest.json"
@@ -257,37 +259,28 @@ class WeightsCheckpoint(SaveSchedule):
         step = int(step)
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"ckpt-{step}.npz")
-        tmp = path + ".tmp"
         trainable = {id(v) for v in self._state_model.trainable_variables}
         manifest = {"format": FORMAT, "backend": keras.backend.backend(), "step": step,
                     "epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch, "variables": {}}
-        try:
-            with open(tmp, "wb") as raw:
-                with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    for group, variables in self._groups():
-                        entries = _entries(group, variables)
-                        for v, entry in zip(variables, entries):
-                            value = np.asarray(keras.ops.convert_to_numpy(v.value))
-                            if id(v) in trainable and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-                                raise NonFiniteLossError(
-                                    f"Weights became NaN/inf by global step {step} (epoch {self._epoch}): "
-                                    f"{v.path}; not saving. Last good checkpoint: {self.latest} "
-                                    f"(global step {self.saved_step})."
-                                )
-                            stored, stored_as = _to_storable(value)
-                            if stored_as:
-                                entry["stored_as"] = stored_as
-                            with archive.open(entry["key"] + ".npy", "w", force_zip64=True) as f:
-                                np.lib.format.write_array(f, stored, allow_pickle=False)
-                        manifest["variables"][group] = entries
-                    archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_writer(path, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for group, variables in self._groups():
+                    entries = _entries(group, variables)
+                    for v, entry in zip(variables, entries):
+                        value = np.asarray(keras.ops.convert_to_numpy(v.value))
+                        if id(v) in trainable and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                            raise NonFiniteLossError(
+                                f"Weights became NaN/inf by global step {step} (epoch {self._epoch}): "
+                                f"{v.path}; not saving. Last good checkpoint: {self.latest} "
+                                f"(global step {self.saved_step})."
+                            )
+                        stored, stored_as = _to_storable(value)
+                        if stored_as:
+                            entry["stored_as"] = stored_as
+                        with archive.open(entry["key"] + ".npy", "w", force_zip64=True) as f:
+                            np.lib.format.write_array(f, stored, allow_pickle=False)
+                    manifest["variables"][group] = entries
+                archive.writestr(MANIFEST, json.dumps(manifest, indent=1))
         for _, old in weights_checkpoints(self.directory)[: -self.max_to_keep]:
             os.remove(old)
         self.latest, self.saved_step = path, step

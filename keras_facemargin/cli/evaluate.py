@@ -127,8 +127,9 @@ def _write_json(args, obj) -> None:
     if args.json == "-":
         _common.emit(obj)
     elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(obj, f, default=float)
+        from keras_facemargin.utils.atomic import atomic_write_json
+
+        atomic_write_json(args.json, obj, default=float)
 
 
 def run_verification(args) -> int:
@@ -161,6 +162,7 @@ def run_ijb(args) -> int:
     import numpy as np
 
     from keras_facemargin.evaluation import ijb, plot_roc
+    from keras_facemargin.utils.atomic import atomic_write_json, atomic_writer
 
     model = features = None
     if args.features:
@@ -198,11 +200,11 @@ def run_ijb(args) -> int:
     if args.result_dir:
         os.makedirs(args.result_dir, exist_ok=True)
         low = args.target.lower()
-        np.save(os.path.join(args.result_dir, f"{low}_scores.npy"), res["scores"])
+        with atomic_writer(os.path.join(args.result_dir, f"{low}_scores.npy")) as f:
+            np.save(f, res["scores"])
         plot_roc({args.target: (ver["fpr"], ver["tpr"])}, os.path.join(args.result_dir, f"{low}_roc.png"),
                  title=f"ROC on {args.target}", xlim=(1e-6, 0.1), ylim=(0.3, 1.0))
-        with open(os.path.join(args.result_dir, f"{low}.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=float)
+        atomic_write_json(os.path.join(args.result_dir, f"{low}.json"), summary, indent=1, default=float)
         print(f"results written to {args.result_dir}", file=out)
     _write_json(args, json.loads(json.dumps(summary, default=float)))
     return _common.EXIT_OK

@@ -102,6 +102,7 @@ def run_package(args) -> int:
     from keras_facemargin.inference.calibrate import calibrate_verifier
     from keras_facemargin.inference.verifier import FaceVerifier
     from keras_facemargin.pretrained.loader import PACKAGED_WEIGHTS_DIR
+    from keras_facemargin.utils.atomic import atomic_path, atomic_write_json
 
     _common.register_keras_classes()
     args.data_dir = args.data_dir or str(default_data_dir())
@@ -115,7 +116,8 @@ def run_package(args) -> int:
     wdir = Path(args.weights_dir) if args.weights_dir else PACKAGED_WEIGHTS_DIR
     wdir.mkdir(parents=True, exist_ok=True)
     wfile = wdir / f"{args.name}.weights.h5"
-    backbone.save_weights(wfile)
+    with atomic_path(wfile, suffix=".weights.h5") as tmp:
+        backbone.save_weights(tmp)
     sha = hashlib.sha256(wfile.read_bytes()).hexdigest()
     report = {"name": args.name, "source_model": str(args.model), "weights_file": wfile.name, "sha256": sha,
               "bytes": wfile.stat().st_size, "backbone_config": backbone.get_config(), "input_size": size,
@@ -132,6 +134,6 @@ def run_package(args) -> int:
     if not args.skip_tflite:
         report["tflite"] = _tflite_reports(args, embedder, data, args.name)
     out = Path(args.output) / f"{args.name}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_json(out, report, indent=2, default=str)
     print(f"wrote {out}")
     return _common.EXIT_OK

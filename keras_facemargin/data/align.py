@@ -630,7 +630,13 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
 
 
 def write_report(report: dict, path) -> None:
-    """Write an :func:`align_folder` report as indented JSON."""
+    """Write an :func:`align_folder` report as indented JSON, atomically (a crash leaves the old file or the new).
+
+    Example::
+
+        write_report(align_folder("raw", "aligned"), "aligned/align_report.json")
+    """
+    from keras_facemargin.utils.atomic import atomic_write_json
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
+    atomic_write_json(path, report, indent=2)

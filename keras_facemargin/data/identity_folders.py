@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.data.formats.folders import IMAGE_EXTENSIONS, list_identity_folder, merge_identity_roots
+from keras_facemargin.data.formats.folders import (IMAGE_EXTENSIONS, escape_identity_name, list_identity_folder,
+                                                   merge_identity_roots)
 from keras_facemargin.errors import ImageFileError
 from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, read_image_file, resize_image
 
@@ -279,7 +280,8 @@ class CombinedIdentityData(IdentityFolderData):
     duplicates: list = field(default_factory=list)
 
     def summary(self) -> str:
-        """One human-readable paragraph: sizes, duplicates, exclusions, unreadable files."""
+        """One human-readable paragraph: sizes, duplicates, exclusions, unreadable files (names escaped by
+        :func:`~keras_facemargin.data.formats.folders.escape_identity_name`, so it prints whatever they hold)."""
         c = self.class_counts
         lines = [f"{len(self.labels)} images, {len(c)} identities from {len(self.roots)} root(s) "
                  f"(images per identity: min {c.min()}, median {int(np.median(c))}, max {c.max()}; "
@@ -287,12 +289,13 @@ class CombinedIdentityData(IdentityFolderData):
         for i, r in enumerate(self.roots):
             lines.append(f"  {r}: {int((self.root_of_row == i).sum())} images kept")
         if self.duplicates:
-            ex = ", ".join(f"{d[0]}/{d[1]}" for d in self.duplicates[:3])
+            ex = ", ".join(escape_identity_name(f"{d[0]}/{d[1]}") for d in self.duplicates[:3])
             lines.append(f"  {len(self.duplicates)} duplicate image(s) across roots kept once (e.g. {ex})")
         if self.excluded:
             lines.append(f"  {len(self.excluded)} identities excluded ({sum(self.excluded.values())} images)")
         if self.unreadable:
-            lines.append(f"  {len(self.unreadable)} unreadable image(s) skipped (first: {self.unreadable[0][0]})")
+            lines.append(f"  {len(self.unreadable)} unreadable image(s) skipped "
+                         f"(first: {escape_identity_name(self.unreadable[0][0])})")
         if self.dropped_identities:
             lines.append(f"  {len(self.dropped_identities)} identities below min_images dropped")
         return "\n".join(lines)

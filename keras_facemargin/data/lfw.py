@@ -404,9 +404,10 @@ def load_lfw_images(paths, image_size: int = 112, align: str = "center", crop=LF
             "cache_file": str(cache_file) if cache_file else None, "from_cache": False}
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.stem + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, images=images, paths=np.array(paths), no_face=np.array(no_face, dtype=str),
-                 multiple_faces=np.int64(multiple))
-        os.replace(tmp, cache_file)
+        from keras_facemargin.utils.atomic import atomic_writer
+
+        with atomic_writer(cache_file, "wb") as f:  # unique temporary file, fsync, os.replace
+            np.savez(f, images=images, paths=np.array(paths), no_face=np.array(no_face, dtype=str),
+                     multiple_faces=np.int64(multiple))
     return (images, info) if return_info else images
 

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordError, BadRecordReport, check_on_error
-from keras_facemargin.data.formats.folders import merge_identity_roots
+from keras_facemargin.data.formats.folders import escape_identity_name, merge_identity_roots, unescape_identity_name
 from keras_facemargin.data.pipeline import (
     _check_common,
     _check_pipeline_args,
@@ -61,7 +61,7 @@ from keras_facemargin.data.sources import _is_glob, open_source
 from keras_facemargin.errors import DataSourceError
 from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
-__all__ = ["MERGE_MODES", "read_identity_list", "load_training_set", "TrainingSet"]
+__all__ = ["MERGE_MODES", "read_identity_list", "read_identities_tsv", "load_training_set", "TrainingSet"]
 
 MERGE_MODES = ("by_name", "per_root")
 _MAX_EXAMPLES = 10
@@ -105,6 +105,37 @@ def read_identity_list(path):
         raise DataSourceError(f"Identity list {str(path)!r} lists no identity name (one per line, or a .tsv "
                               "whose first column is the name, after a header line).")
     return tuple(dict.fromkeys(names))
+
+
+def read_identities_tsv(path):
+    """The rows of an ``identities.tsv`` written by :meth:`TrainingSet.write_report`, names unescaped.
+
+    Returns:
+        list of ``{"label": int, "identity": str, "images": int, "roots": [int]}`` in file order;
+        ``identity`` is the exact name (:func:`~keras_facemargin.data.formats.folders.unescape_identity_name`).
+
+    Raises:
+        FileNotFoundError: no such file. DataSourceError: a row that is not 4 tab-separated fields.
+
+    Example::
+
+        [r["identity"] for r in read_identities_tsv("runs/celeba/identities.tsv")]   # label order
+    """
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) != 4:
+                raise ValueError(f"{len(fields)} tab-separated fields, expected 4")
+            rows.append({"label": int(fields[0]), "identity": unescape_identity_name(fields[1]),
+                         "images": int(fields[2]), "roots": [int(r) for r in fields[3].split(",") if r]})
+        except ValueError as err:
+            raise DataSourceError(f"{path}:{i}: not an identities.tsv row (label, identity, images, roots): "
+                                  f"{err}.") from None
+    return rows
 
 
 # ---------------------------------------------------------------------------------- training set
@@ -265,7 +296,9 @@ class TrainingSet:
         to the same identities and samples; the paths themselves are not part of it.
         """
         h = hashlib.sha256()
-        h.update("\n".join(self.class_names).encode())
+        # Names as the file system's bytes (undecodable ones are surrogate escapes); the same
+        # bytes as UTF-8 for every decodable name, so older fingerprints stay valid.
+        h.update("\n".join(self.class_names).encode("utf-8", "surrogateescape"))
         h.update(self.class_counts.tobytes())
         h.update(self.labels.tobytes())
         h.update(repr(self.image_hw).encode())
@@ -282,7 +315,7 @@ class TrainingSet:
         else:
             lines.append(f"data: {self.num_classes:,} identities, {self.num_samples:,} images of {h}x{w} px{resize}")
         if self.shared_identities:
-            eg = ", ".join(self.shared_identities[:5])
+            eg = ", ".join(map(escape_identity_name, self.shared_identities[:5]))
             if self.merge_identities == "by_name":
                 lines.append(f"data: {_count(len(self.shared_identities), 'identity')} occur in several image-folder roots "
                              f"and are merged by name (e.g. {eg}); merge_identities='per_root' keeps them apart")
@@ -291,7 +324,7 @@ class TrainingSet:
                              f"roots and are kept apart as different identities (e.g. {eg}); "
                              "merge_identities='by_name' merges them")
         if self.duplicates:
-            eg = "; ".join(f"{d['identity']}/{d['file']}" for d in self.duplicates[:3])
+            eg = "; ".join(escape_identity_name(f"{d['identity']}/{d['file']}") for d in self.duplicates[:3])
             lines.append(f"data: {len(self.duplicates):,} duplicate image(s) kept once, the first root's copy "
                          f"(e.g. {eg})")
         ex = self.exclusions
@@ -299,12 +332,14 @@ class TrainingSet:
             lines.append(f"data: excluded {len(ex['excluded']):,} of {ex['requested']:,} listed identities "
                          f"({sum(ex['excluded'].values()):,} images); {len(ex['unmatched']):,} listed name(s) "
                          "match no image-folder identity"
-                         + (f" (e.g. {', '.join(ex['unmatched'][:5])})" if ex["unmatched"] else ""))
+                         + (f" (e.g. {', '.join(map(escape_identity_name, ex['unmatched'][:5]))})"
+                            if ex["unmatched"] else ""))
         if self.dropped_identities:
             lines.append(f"data: {_count(len(self.dropped_identities), 'identity')} without images left out "
-                         f"(e.g. {', '.join(self.dropped_identities[:5])})")
+                         f"(e.g. {', '.join(map(escape_identity_name, self.dropped_identities[:5]))})")
         if self.bad_records:
-            lines.append(f"data: {len(self.bad_records):,} bad record(s) left out; first: {self.bad_records[0]}")
+            lines.append(f"data: {len(self.bad_records):,} bad record(s) left out; first: "
+                         f"{escape_identity_name(str(self.bad_records[0]))}")
         return lines
 
     def report(self, max_examples=_MAX_EXAMPLES):
@@ -339,11 +374,20 @@ class TrainingSet:
         ``extra``), ``identities.tsv`` (label, identity, images, roots) and, when there are
         duplicates, ``duplicates.tsv`` into ``directory``; returns the JSON path.
 
+        Each file is written atomically (:mod:`keras_facemargin.utils.atomic`): a kill -9 leaves its
+        old or its new version, so a run can always resume. In the TSV files, identity names, file
+        names and paths go through
+        :func:`~keras_facemargin.data.formats.folders.escape_identity_name` (tab, newline, backslash
+        and undecodable bytes escaped; :func:`read_identities_tsv` reverses it), so every row is one
+        line of four (five) tab-separated UTF-8 fields whatever the folder names hold. In
+        ``data_report.json`` names are JSON strings (an undecodable byte ``NN`` of a folder name is
+        the escape ``\\udcNN``, which Python's ``json`` reads back as the same name).
+
         Example::
 
             ts.write_report("runs/celeba", bad_records=report)
         """
-        import json
+        from keras_facemargin.utils.atomic import atomic_write_json, atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -353,17 +397,17 @@ class TrainingSet:
                                            "examples": bad_records.examples}
         rep.update(extra or {})
         path = directory / "data_report.json"
-        path.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+        atomic_write_json(path, rep, indent=2, default=str)
         rows = ["label\tidentity\timages\troots"]
-        rows += [f"{j}\t{n}\t{c}\t{','.join(map(str, r))}"
+        rows += [f"{j}\t{escape_identity_name(n)}\t{c}\t{','.join(map(str, r))}"
                  for j, (n, c, r) in enumerate(zip(self.class_names, self.class_counts.tolist(), self.class_roots))]
-        (directory / "identities.tsv").write_text("\n".join(rows) + "\n")
+        atomic_write_text(directory / "identities.tsv", "\n".join(rows) + "\n")
         dup = directory / "duplicates.tsv"
         if self.duplicates:
             rows = ["identity\tfile\tkept\tdropped\treason"]
-            rows += ["\t".join(str(d[k]) for k in ("identity", "file", "kept", "dropped", "reason"))
+            rows += ["\t".join(escape_identity_name(str(d[k])) for k in ("identity", "file", "kept", "dropped", "reason"))
                      for d in self.duplicates]
-            dup.write_text("\n".join(rows) + "\n")
+            atomic_write_text(dup, "\n".join(rows) + "\n")
         elif dup.exists():
             dup.unlink()
         return path

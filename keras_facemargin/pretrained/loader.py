@@ -144,20 +144,26 @@ def write_normalization(path, normalization):
         backbone.save("w600k_r50.keras")
         write_normalization("w600k_r50.keras", {"mean": 127.5, "std": 127.5})
     """
+    from keras_facemargin.utils.atomic import atomic_path
+
     norm = parse_normalization(normalization)
     path = Path(path)
     record = json.dumps({"normalization": norm})
     if path.name.endswith(".weights.h5"):
         import h5py
 
-        with h5py.File(path, "a") as f:
-            f.attrs[_METADATA_ATTR] = record
+        with atomic_path(path, suffix=".weights.h5") as tmp:  # a copy is changed, then replaces the file
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[_METADATA_ATTR] = record
     elif path.suffix == ".keras":
         with zipfile.ZipFile(path) as z:
             if _METADATA_MEMBER in z.namelist():
                 raise ValueError(f"{path} already records its normalization; save the model again to change it.")
-        with zipfile.ZipFile(path, "a") as z:
-            z.writestr(_METADATA_MEMBER, record)
+        with atomic_path(path, suffix=".keras") as tmp:
+            shutil.copyfile(path, tmp)
+            with zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(_METADATA_MEMBER, record)
     else:
         raise ValueError(f"{path}: the normalization is recorded in .keras or .weights.h5 files only.")
     return norm
@@ -470,15 +476,11 @@ def _load_dlib(name, info, weights):
                           "again.", RuntimeWarning, stacklevel=3)
     model = convert_dlib(path)
     try:
+        from keras_facemargin.utils.atomic import atomic_path
+
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=cached.name + ".", suffix=".weights.h5", dir=cached.parent)
-        os.close(fd)
-        try:
+        with atomic_path(cached, suffix=".weights.h5") as tmp:  # unique name, fsync, os.replace
             model.save_weights(tmp)
-            os.replace(tmp, cached)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     except OSError as err:  # a read-only cache: the model is still usable
         import warnings
 

@@ -32,10 +32,10 @@ import threading
 from pathlib import Path
 
 __all__ = ["temporary_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_writer",
-           "fsync_directory"]
+           "atomic_path", "fsync_directory"]
 
 
-def temporary_path(path):
+def temporary_path(path, suffix=".tmp"):
     """A fresh temporary name beside `path`: ``.<name>.<pid>-<thread id>-<random>.tmp``.
 
     Unique per process, thread and call (64 random bits), in the same directory (so that
@@ -46,7 +46,7 @@ def temporary_path(path):
         temporary_path("runs/a/config.json")   # runs/a/.config.json.4242-1397-9f0c1d2e3a4b5c6d.tmp
     """
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(8)}.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(8)}{suffix}")
 
 
 def fsync_directory(directory):
@@ -101,6 +101,37 @@ def atomic_writer(path, mode="wb", encoding=None, newline=None):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """Context manager for writers that take a file name: yields a fresh temporary path; when the
+    block ends, that file is fsync-ed and renamed onto `path` (removed on an exception).
+
+    Args:
+        path: the final file.
+        suffix: the temporary name's ending (e.g. ``".weights.h5"`` for Keras, which checks it).
+
+    Example::
+
+        with atomic_path("cache/m.weights.h5", suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+    """
+    path = Path(path)
+    tmp = temporary_path(path, suffix)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -26,6 +26,14 @@ than JPEG/PNG/BMP/WebP and images whose header declares more than
 (``on_error="skip"``) or raise an :class:`~keras_facemargin.errors.ImageFileError`
 (a ``BadRecordError``) naming the path.
 
+Identity names are folder names exactly as the file system gives them (``os.scandir`` with a
+``str`` path): a name that is not valid UTF-8 keeps its bytes as surrogate escapes (``b"caf\\xe9"``
+-> ``"caf\\udce9"``, PEP 383), and names may hold tabs or newlines. Such names train like any other;
+where a name is written to a text file or a message it goes through :func:`escape_identity_name`
+(``\\`` -> ``\\\\``, tab -> ``\\t``, newline -> ``\\n``, carriage return -> ``\\r``, an undecodable
+byte -> ``\\xNN``, another lone surrogate -> ``\\uNNNN``), which :func:`unescape_identity_name`
+reverses exactly.
+
 Example::
 
     paths, labels, names = scan_image_folder("casia_aligned")
@@ -35,6 +43,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +62,62 @@ from keras_facemargin.data.pipeline import (
 from keras_facemargin.errors import ImageFileError
 
 __all__ = ["IMAGE_EXTENSIONS", "list_identity_folder", "scan_image_folder", "IdentityMerge",
-           "merge_identity_roots", "make_folder_dataset"]
+           "merge_identity_roots", "make_folder_dataset", "escape_identity_name", "unescape_identity_name"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_TO_ESCAPE = re.compile("[\\\\\t\n\r\ud800-\udfff]")
+_UNESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|(.)|$)", re.DOTALL)
+
+
+def _escape_char(match):
+    c = match.group()
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    code = ord(c)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def escape_identity_name(name):
+    """`name` as one line of UTF-8 text without tabs: reversible by :func:`unescape_identity_name`.
+
+    Backslash -> ``\\\\``, tab -> ``\\t``, newline -> ``\\n``, carriage return -> ``\\r``; an undecodable
+    byte of a folder name (the surrogate escape ``U+DC80..U+DCFF`` of byte ``NN``) -> ``\\xNN``; any
+    other lone surrogate -> ``\\uNNNN``. Every other character is kept, so ordinary names are unchanged.
+    Used for ``identities.tsv``, ``duplicates.tsv`` and messages.
+
+    Example::
+
+        escape_identity_name("new\\nline")                 # 'new\\\\nline'
+        escape_identity_name(os.fsdecode(b"caf\\xe9"))     # 'caf\\\\xe9'
+    """
+    return _TO_ESCAPE.sub(_escape_char, str(name))
+
+
+def _unescape_match(match):
+    byte, code, char = match.groups()
+    if byte is not None:
+        value = int(byte, 16)
+        return chr(0xDC00 + value) if value >= 0x80 else chr(value)
+    if code is not None:
+        return chr(int(code, 16))
+    if char is None:
+        raise ValueError("a lone backslash at the end of an escaped identity name")
+    inverse = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+    if char not in inverse:
+        raise ValueError(f"unknown escape \\{char} in an escaped identity name")
+    return inverse[char]
+
+
+def unescape_identity_name(text):
+    """The identity name :func:`escape_identity_name` wrote as `text` (``ValueError`` on a bad escape).
+
+    Example::
+
+        unescape_identity_name("caf\\\\xe9") == os.fsdecode(b"caf\\xe9")   # True
+    """
+    return _UNESCAPE.sub(_unescape_match, str(text))
 
 
 def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.data.formats.recordio.records import _has_image_signature, _pack_payload, pack_record
+from keras_facemargin.utils.atomic import atomic_write_text, atomic_writer
 
 __all__ = ["write_recordio"]
 
@@ -35,6 +36,10 @@ def write_recordio(out_dir, items, image_size=None, num_classes=None, progress=N
         progress: optional callable ``progress(n)`` called after each image
             (e.g. ``tqdm.update``).
 
+    Each of the three files is written atomically (:mod:`keras_facemargin.utils.atomic`), in
+    the order ``train.rec``, ``train.idx``, ``property``; a crash while writing ``train.rec``
+    leaves the folder as it was.
+
     Returns:
         ``{"num_images", "num_classes", "counts"}``.
 
@@ -49,7 +54,7 @@ def write_recordio(out_dir, items, image_size=None, num_classes=None, progress=N
     counts = []
     idx_lines = []
     key = 0
-    with open(out_dir / "train.rec", "wb") as f:
+    with atomic_writer(out_dir / "train.rec", "wb") as f:
         # Header placeholder; the header record has a fixed size, rewritten at the end.
         f.write(pack_record(_pack_payload([0.0, 0.0], 0, 0, 0)))
         idx_lines.append("0\t0")
@@ -88,7 +93,7 @@ def write_recordio(out_dir, items, image_size=None, num_classes=None, progress=N
             start += counts[cls]
         f.seek(0)
         f.write(pack_record(_pack_payload([n + 1, n + 1 + c], 0, 0, 0)))
-    (out_dir / "train.idx").write_text("\n".join(idx_lines) + "\n")
+    atomic_write_text(out_dir / "train.idx", "\n".join(idx_lines) + "\n")
     h, w = (int(v) for v in image_size)
-    (out_dir / "property").write_text(f"{c},{h},{w}")
+    atomic_write_text(out_dir / "property", f"{c},{h},{w}")
     return {"num_images": n, "num_classes": c, "counts": np.asarray(counts, np.int64)}
