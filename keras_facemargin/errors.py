@@ -22,6 +22,10 @@ names the file, the field / offset / line, and what was expected. One class per 
                             :class:`WeightsConversionError`, with ``.node``;
                             ``UnsafeWeightsError``, a refused pickle, and
                             ``ExternalDataError`` derive from it)
+:class:`ModelFileError`     ``.keras`` models and ``.weights.h5`` files (and the normalisation
+                            record inside them; :mod:`keras_facemargin.utils.model_files`);
+                            :class:`UnsafeModelError` (a subclass) for code outside the package
+                            and Keras
 ==========================  ==============================================================
 
 Outcomes of the photo-to-verdict API are :class:`FaceVerifierError` subclasses (``reason``,
@@ -62,6 +66,8 @@ __all__ = [
     "MegaFaceFileError",
     "WeightsFileError",
     "DlibFileError",
+    "ModelFileError",
+    "UnsafeModelError",
     "WeightsConversionError",
     "ExternalDataError",
     "UnsafeWeightsError",
@@ -186,6 +192,19 @@ class MegaFaceFileError(UntrustedFileError):
 
 class WeightsFileError(UntrustedFileError):
     """A malformed or over-limit ``.pth`` / ``.onnx`` weights file."""
+
+
+class ModelFileError(WeightsFileError):
+    """A ``.keras`` model or ``.weights.h5`` file that is malformed, nested too deep, inconsistent with
+    its weights archive or over a size limit, found before anything is built or allocated (see
+    :mod:`keras_facemargin.utils.model_files` for the limits); also a normalisation record inside
+    one that is not valid, and a model Keras then fails to rebuild. The CLI exits with code 2."""
+
+
+class UnsafeModelError(ModelFileError):
+    """A ``.keras`` file whose config names a module, class or function outside ``keras_facemargin``
+    and Keras (e.g. module ``posix``, class ``system``) or a Python lambda: refused before Keras reads
+    the config, so nothing is imported or run."""
 
 
 class DlibFileError(WeightsFileError):
