@@ -200,6 +200,11 @@ class ModelFileError(WeightsFileError):
     :mod:`keras_facemargin.utils.model_files` for the limits); also a normalisation record inside
     one that is not valid, and a model Keras then fails to rebuild. The CLI exits with code 2."""
 
+    @property
+    def filename(self):
+        """The file (as ``OSError.filename``: what the CLI reports as ``"file"``)."""
+        return self.file
+
 
 class UnsafeModelError(ModelFileError):
     """A ``.keras`` file whose config names a module, class or function outside ``keras_facemargin``

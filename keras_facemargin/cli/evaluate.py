@@ -97,11 +97,10 @@ def load_model(model, normalize=None, weights=None):
     says, else the package's) is converted exactly by one ``input_normalization`` layer; the line
     ``input normalisation: (x - M) / S (how)`` is printed on stderr.
     """
-    import keras
-
     import keras_facemargin as kfm
     from keras_facemargin.pretrained.loader import (PACKAGE_NORMALIZATION, parse_normalization, read_normalization,
                                                     with_package_normalization)
+    from keras_facemargin.utils.model_files import load_keras_model
 
     if _common.is_exported_model(model):
         raise ValueError(f"--model {model}: models exported to TFLite, ONNX or SavedModel are not supported here; "
@@ -114,7 +113,7 @@ def load_model(model, normalize=None, weights=None):
     else:
         if not Path(model).is_file():
             raise FileNotFoundError(f"--model {model}: not a zoo name (kfm models) nor an existing .keras file.")
-        loaded = keras.saving.load_model(model, compile=False)
+        loaded = load_keras_model(model)  # the safe loader: checked before anything is built
         recorded, source = read_normalization(model), "recorded in the model file"
     norm = override or recorded or dict(PACKAGE_NORMALIZATION)
     how = "--normalize" if override else (source if recorded else "package default")

@@ -95,21 +95,20 @@ def _tflite_reports(args, embedder, data, name):
 
 def run_package(args) -> int:
     """Package the model; write ``<output>/<name>.json``."""
-    import keras
-
     from keras_facemargin.export.parity import default_data_dir
     from keras_facemargin.export import as_embedder
     from keras_facemargin.inference.calibrate import calibrate_verifier
     from keras_facemargin.inference.verifier import FaceVerifier
     from keras_facemargin.pretrained.loader import PACKAGED_WEIGHTS_DIR
     from keras_facemargin.utils.atomic import atomic_path, atomic_write_json
+    from keras_facemargin.utils.model_files import load_keras_model
 
     _common.register_keras_classes()
     args.data_dir = args.data_dir or str(default_data_dir())
     lfw = Path(args.data_dir) / "lfw"
     if not (lfw / "pairs.txt").is_file():
         raise FileNotFoundError(f"LFW not found: {lfw}/pairs.txt (set --data-dir or KFM_DATA_DIR).")
-    model = keras.saving.load_model(args.model, compile=False)
+    model = load_keras_model(args.model)  # the safe loader: checked before anything is built
     backbone = getattr(model, "backbone", model)
     embedder = as_embedder(model)
     size = int(backbone.input_shape[1])

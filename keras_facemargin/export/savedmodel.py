@@ -62,14 +62,23 @@ def as_embedder(model):
 def load_embedder(path):
     """Load a `.keras` file (FaceRecognizer, embedder or backbone) and return its embedder.
 
+    The file goes through the safe loader (`keras_facemargin.utils.model_files.load_keras_model`):
+    nesting, names, declared sizes and the weights archive are checked before anything is built.
+
     Args:
         path: path of a `.keras` file.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a `.keras` path.
+        keras_facemargin.errors.ModelFileError: a file the checks refuse or Keras cannot rebuild;
+            `UnsafeModelError` (a subclass) for a config naming code outside the package and Keras.
 
     Example::
 
         embedder = load_embedder("runs/demo/model.keras")
     """
-    import keras_facemargin  # noqa: F401  (registers the package's serializable classes)
+    import keras_facemargin.models  # noqa: F401  (registers the package's serializable classes)
+    from keras_facemargin.utils.model_files import load_keras_model
 
     path = Path(path)
     if not path.is_file():
@@ -77,7 +86,7 @@ def load_embedder(path):
     if path.suffix != ".keras":
         raise ValueError(f"Expected a `.keras` model file, got {path} (use the backbone's "
                          "`.weights.h5` with `keras_facemargin.load(name, weights=...)`).")
-    return as_embedder(keras.saving.load_model(path, compile=False))
+    return as_embedder(load_keras_model(path))
 
 
 def _image_shape(embedder):

@@ -49,7 +49,7 @@ import zipfile
 from pathlib import Path
 
 from keras_facemargin.pretrained.registry import MODELS, get_model_info
-from keras_facemargin.errors import PretrainedWeightsError  # noqa: F401  (re-exported)
+from keras_facemargin.errors import ModelFileError, PretrainedWeightsError  # noqa: F401  (re-exported)
 
 __all__ = ["load", "list_models", "expected_weights_path", "packaged_weights_path", "sha256_of", "cache_dir",
            "source_path",
@@ -171,29 +171,55 @@ def write_normalization(path, normalization):
 
 def read_normalization(path):
     """The normalisation recorded by `write_normalization` in a ``.keras`` / ``.weights.h5`` file,
-    or ``None`` (no record, another file type, or an unreadable record).
+    or ``None`` (no record, another file type, or a file that is not a readable zip / HDF5 file).
+
+    A record that is there but not valid -- over `MAX_RECORD_BYTES`, nested deeper than
+    `MAX_JSON_DEPTH`, not JSON, or not ``{"normalization": {"mean", "std"}}`` -- raises
+    :class:`~keras_facemargin.errors.ModelFileError` naming the file (a model must not run with a
+    normalisation other than its own).
 
     Example::
 
         read_normalization("w600k_r50.keras")      # {'mean': 127.5, 'std': 127.5}
     """
+    from keras_facemargin.utils.model_files import MAX_RECORD_BYTES, loads_bounded
+
     path = Path(path)
     record = None
+    where = _METADATA_MEMBER
     try:
         if path.name.endswith(".weights.h5"):
             import h5py
 
+            where = f"attribute {_METADATA_ATTR!r}"
             with h5py.File(path, "r") as f:
-                record = f.attrs.get(_METADATA_ATTR)
+                if _METADATA_ATTR in f.attrs:
+                    attr = f.attrs.get_id(_METADATA_ATTR)
+                    if attr.get_storage_size() > MAX_RECORD_BYTES:
+                        raise ModelFileError(path, f"{attr.get_storage_size():,} bytes; at most "
+                                                   f"{MAX_RECORD_BYTES:,}", where)
+                    record = f.attrs[_METADATA_ATTR]
         elif path.suffix == ".keras" and zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                if _METADATA_MEMBER in z.namelist() and z.getinfo(_METADATA_MEMBER).file_size < 4096:
+                if _METADATA_MEMBER in z.namelist():
+                    size = z.getinfo(_METADATA_MEMBER).file_size
+                    if size > MAX_RECORD_BYTES:
+                        raise ModelFileError(path, f"{size:,} bytes; at most {MAX_RECORD_BYTES:,}", where)
                     record = z.read(_METADATA_MEMBER)
-        if record is None:
-            return None
-        return parse_normalization(json.loads(record)["normalization"])
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile):
         return None
+    if record is None:
+        return None
+    if not isinstance(record, (str, bytes)):
+        raise ModelFileError(path, f"the normalisation record must be JSON text, got {type(record).__name__}", where)
+    value = loads_bounded(record, path, where)
+    try:
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return parse_normalization(value["normalization"])
+    except (KeyError, ValueError) as err:
+        raise ModelFileError(path, f"the normalisation record must be {{\"normalization\": {{\"mean\", \"std\"}}}} "
+                                   f"({str(err)[:200]})", where) from None
 
 
 def with_package_normalization(model, normalization):
@@ -337,6 +363,10 @@ def load(name, include_head=False, weights=None, normalization=None, allow_exter
             message names the model, the expected path and the expected sha256.
         keras_facemargin.errors.WeightsConversionError: an `.onnx` / `.pth` that does not
             convert (names the file and node).
+        keras_facemargin.errors.ModelFileError: a `.keras` / `.weights.h5` file that fails the checks
+            of `keras_facemargin.utils.model_files` (nesting, declared sizes, shape bombs, an invalid
+            normalisation record), before anything is built; `UnsafeModelError` (a subclass) for a
+            `.keras` config naming code outside the package and Keras.
 
     Example::
 
@@ -360,18 +390,19 @@ def load(name, include_head=False, weights=None, normalization=None, allow_exter
 
 
 def _build_and_load(name, info, path, override, include_head, allow_external_data):
-    import keras
-
     from keras_facemargin.backbones.presets import get_backbone
     from keras_facemargin.export.savedmodel import as_embedder
+    from keras_facemargin.utils.model_files import check_weights_h5, load_keras_model
 
     suffix = path.suffix.lower()
+    if path.name.endswith(".weights.h5"):
+        check_weights_h5(path)  # before the record is read and the backbone built
     norm = override or read_normalization(path) or parse_normalization(info.get("normalization")) \
         or dict(PACKAGE_NORMALIZATION)
     if suffix == ".keras":
-        import keras_facemargin  # noqa: F401  (registers serializable classes)
+        import keras_facemargin.models  # noqa: F401  (registers serializable classes)
 
-        model = keras.saving.load_model(path, compile=False)
+        model = load_keras_model(path)
         if include_head:
             if not hasattr(model, "head"):
                 raise ValueError(f"include_head=True needs a FaceRecognizer .keras file; {path} holds "
