@@ -153,6 +153,26 @@ def test_checks_name_what_is_wrong(files):
     assert not (files["posix"].parent / "PWNED").exists()
 
 
+def test_malformed_archives(tmp_path):
+    not_zip = tmp_path / "a.keras"
+    not_zip.write_bytes(b"PK\x03\x04 truncated")
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", " " * (64 << 20))  # 64 MB of blanks in about 64 kB
+    cases = {
+        not_zip: "not a .keras zip archive",
+        _keras_zip(tmp_path / "list.keras", "[]"): "must be a serialised Keras object",
+        bomb: "zip bomb",
+        _keras_zip(tmp_path / "other.keras", {"module": "keras.layers", "class_name": "Dense",
+                                              "registered_name": "other_package>Dense", "config": {}}): "registered",
+        _keras_zip(tmp_path / "units.keras", {"module": "keras.layers", "class_name": "Dense",
+                                              "config": {"units": "4"}}): "units must be an integer",
+    }
+    for path, match in cases.items():
+        with pytest.raises(ModelFileError, match=match):
+            check_keras_file(path)
+
+
 def test_valid_models_still_load(tmp_path):
     """Nothing that was valid is lost: a trained FaceRecognizer and a backbone round-trip exactly."""
     import keras

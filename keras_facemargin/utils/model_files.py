@@ -50,6 +50,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -233,7 +234,8 @@ def declared_bytes(config, file):
     """A lower bound of the bytes of the variables loading `config` will allocate, and the largest items.
 
     Counted: objects with a ``build_config``, everything inside a built object or a functional
-    model's ``layers``, and backbones (built by their constructor). Two bytes per value.
+    model's ``layers``, and backbones (built by their constructor). Two bytes per value. Every
+    declared dimension is checked (at most :data:`MAX_DIM`), counted or not.
 
     Returns:
         ``(total bytes, [(bytes, class name, where)] largest first, at most 5)``.
@@ -261,10 +263,9 @@ def declared_bytes(config, file):
             if cfg.get(key) is not None:
                 _dims(cfg[key], file, where, key)
         d = _last_dim(value.get("build_config"), file, where) or d_in or 1
-        if built or "image_size" in cfg:
-            n = _layer_elements(cfg, d, file, where)
-            if n:
-                items.append((2 * n, name, where))
+        n = _layer_elements(cfg, d, file, where)  # checks every declared dimension, built or not
+        if n and (built or "image_size" in cfg):
+            items.append((2 * n, name, where))
         child_d = d
         backbone = cfg.get("backbone")
         if isinstance(backbone, dict) and isinstance(backbone.get("config"), dict):  # a FaceRecognizer's head
@@ -439,8 +440,11 @@ def check_keras_file(path, max_bytes=MAX_MODEL_BYTES):
             raise ModelFileError(file, "no config.json member: not a Keras 3 .keras file")
         if config_info.file_size > MAX_CONFIG_BYTES:
             raise ModelFileError(file, f"{config_info.file_size:,} bytes; at most {MAX_CONFIG_BYTES:,}", "config.json")
-        with zf.open(config_info) as f:
-            text = f.read(MAX_CONFIG_BYTES + 1)
+        try:
+            with zf.open(config_info) as f:
+                text = f.read(MAX_CONFIG_BYTES + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as err:
+            raise ModelFileError(file, f"unreadable member ({plain_text(str(err), 120)})", "config.json") from None
         config = loads_bounded(text, file, "config.json")
         if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
             raise ModelFileError(file, "must be a serialised Keras object ({'class_name', 'config', ...})",
@@ -461,7 +465,7 @@ def check_keras_file(path, max_bytes=MAX_MODEL_BYTES):
             try:
                 with _open_member_h5(path, zf, weights) as h5:
                     _check_h5(h5, file, weights.filename, max_bytes)
-            except (OSError, ValueError, KeyError, RuntimeError) as err:
+            except (OSError, ValueError, KeyError, RuntimeError, EOFError, NotImplementedError, zlib.error) as err:
                 if isinstance(err, ModelFileError):
                     raise
                 raise ModelFileError(file, f"unreadable weights archive ({plain_text(str(err), 160)})",
