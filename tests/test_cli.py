@@ -70,7 +70,8 @@ def test_usage_errors_and_exported_models_are_exit_2(capsys, tmp_path):
     assert code == 2 and out[0]["status"] == "error" and "no_such_model" in out[0]["message"]
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
     code, out, _ = run_kfm(capsys, "verify", "a.jpg", "b.jpg", "--model", tmp_path / "m.tflite")
-    assert code == 2 and out[0]["error"] == "unsupported_model" and "not supported" in out[0]["message"]
+    # An exported model runs only with the metadata its export wrote (preprocessing, crop geometry).
+    assert code == 2 and out[0]["error"] == "metadata_missing" and "m.tflite.json" in out[0]["file"]
     code, out, _ = run_kfm(capsys, "embed", "a.jpg", "--output", tmp_path / "e.txt")
     assert code == 2 and ".npz" in out[0]["message"]
     with pytest.raises(SystemExit) as exc:  # argparse: a missing argument

@@ -3,7 +3,8 @@
 import cv2
 import numpy as np
 
-from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, MTCNNDetector
+from keras_facemargin.data.align import ARCFACE_TEMPLATE_112, DETECT_MAX_SIDE, MTCNNDetector
+from keras_facemargin.data.mtcnn_stages import NMS_MAX_CANDIDATES
 from keras_facemargin.data.lfw import load_lfw_images
 
 
@@ -42,4 +43,11 @@ def test_mtcnn_detector_cache_settings_include_mtcnn_arguments():
     assert other != base and other["mtcnn_kwargs"] == {"stages": "face_detection_only"}
     det = MTCNNDetector.__new__(MTCNNDetector)  # settings only: no model needed
     det.batch_size, det.min_confidence, det.mtcnn_kwargs = 8, 0.5, {"device": "CPU:0"}
+    det.max_side, det.max_candidates = DETECT_MAX_SIDE, NMS_MAX_CANDIDATES
     assert det.cache_settings() == MTCNNDetector.settings_for(8, 0.5, device="CPU:0")
+    # The large-photo settings change the detections only when they differ from the defaults,
+    # so the defaults keep the existing caches valid and other values get their own cache key.
+    assert "max_side" not in base and "max_candidates" not in base
+    det.max_side = 1000
+    assert det.cache_settings()["max_side"] == 1000 and det.cache_settings() != base
+    assert MTCNNDetector.settings_for(max_candidates=64)["max_candidates"] == 64
