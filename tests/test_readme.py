@@ -39,7 +39,7 @@ CODE_LANGUAGES = {"python", "py", "bash", "sh", "shell", "console"}
 BLOCKS = {
     "63b9e2fbe5be": ("import keras_facemargin as kfm", "run",
                      "Use a pretrained model: FaceVerifier().verify of two photos of one person, load, model_info"),
-    "5e53b704cc55": ("kfm verify alice_1.jpg alice_2.jpg --json", "kfm",
+    "f2a3d260a5c9": ("kfm verify alice_1.jpg alice_2.jpg --json", "kfm",
                      "verify, gallery add, identify, embed, models run; export (slow) is parsed only"),
     "e2d7f4785388": ("pip install . && python -m keras_facemargin.demo", "skip",
                      "pip install; the demo trains for ~3 minutes (tests/test_demo.py runs it on a tiny setting)"),
@@ -49,7 +49,7 @@ BLOCKS = {
                      "Usage: IResNet-50 on 1,000 identities for 24 epochs is hours of CPU; a tiny run instead"),
     "2120102f375a": ("python examples/train_ms1mv2.py --data /data/faces_emore", "parse",
                      "needs MS1MV2 and GPUs (the synthetic default trains for minutes); arguments parsed only"),
-    "5c44c7dc243e": ("head = kfm.layers.PartialFC(kfm.layers.ArcMarginDense(360232), sample_rate=0.1)",
+    "289d159d0b84": ("head = kfm.layers.PartialFC(kfm.layers.ArcMarginDense(360232), sample_rate=0.1)",
                      "run_substituted",
                      "continues the Usage block's namespace (backbone, keras); 360,232 classes -> 1,000"),
     "5f35441198f6": ("python examples/train_ms1mv2.py --data celeba_identities/color_arcface112", "parse",
@@ -69,9 +69,9 @@ SUBSTITUTIONS = {
          " embedding_dim=16)"),
         ("epochs=24", "epochs=1"),
     ],
-    "5c44c7dc243e": [("ArcMarginDense(360232)", "ArcMarginDense(1000)")],
+    "289d159d0b84": [("ArcMarginDense(360232)", "ArcMarginDense(1000)")],
 }
-CONTINUES = {"5c44c7dc243e": "61be658a4ac9"}  # block -> the block whose namespace it runs in
+CONTINUES = {"289d159d0b84": "61be658a4ac9"}  # block -> the block whose namespace it runs in
 
 # README file names -> LFW photos (name, number); George W. Bush is "alice", Colin Powell fills photos/.
 PHOTOS = {"alice_1.jpg": ("George_W_Bush", 1), "alice_2.jpg": ("George_W_Bush", 2),

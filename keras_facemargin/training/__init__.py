@@ -12,6 +12,7 @@ from keras_facemargin.training.config import EXPERIMENTS, TrainConfig, get_exper
 from keras_facemargin.training.custom_loop import CustomLoop  # noqa: F401
 from keras_facemargin.training.heads import build_head, head_for_run  # noqa: F401
 from keras_facemargin.training.plots import plot_training  # noqa: F401
+from keras_facemargin.training.sparse_sgd import RowSparseSGD  # noqa: F401
 from keras_facemargin.training.schedules import EpochStepDecay, scaled_lr  # noqa: F401
 from keras_facemargin.training.strategy import get_strategy, is_chief, task_info  # noqa: F401
 from keras_facemargin.training.trainer import Trainer, epoch_seed, prepare_data, run  # noqa: F401
