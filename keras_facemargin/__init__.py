@@ -18,7 +18,7 @@ is filtered out of stderr (:mod:`keras_facemargin.utils.tf_logs`). ``docs/archit
 
 import importlib as _importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from keras_facemargin.utils.tf_logs import import_keras_filtered as _import_keras_filtered
 
