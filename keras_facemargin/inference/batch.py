@@ -139,12 +139,8 @@ def gallery_matches(verifier, gallery, embeddings, top_k: int = 5, threshold=Non
         raise GalleryError("gallery_empty", "the gallery holds no identity", gallery.path)
     thr = verifier.threshold if threshold is None else float(threshold)
     embeddings = np.asarray(embeddings, np.float64).reshape(-1, verifier.embedding_dim)
-    scores = np.clip(embeddings @ gallery.embeddings.astype(np.float64).T, -1.0, 1.0)
     out = []
-    for row in scores:
-        order = np.argsort(-row, kind="stable")[:int(top_k)]
-        cands = [{"identity": gallery.identities[i], "score": float(row[i]), "num_images": int(gallery.counts[i])}
-                 for i in order]
+    for cands in (gallery.search(embeddings, top_k=int(top_k)) if len(embeddings) else []):  # exact, chunked
         known = cands[0]["score"] > thr
         out.append({"identity": cands[0]["identity"] if known else "unknown", "is_known": bool(known),
                     "score": cands[0]["score"], "threshold": thr, "candidates": cands})
