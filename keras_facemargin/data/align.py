@@ -48,6 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keras_facemargin.utils.folder_files import list_tree
 from keras_facemargin.utils.images import read_photo
 
 __all__ = [
@@ -471,12 +472,13 @@ def _natural_key(s):
 
 
 def _list_files(root: Path):
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for f in filenames:
-            files.append((Path(dirpath) / f).relative_to(root).as_posix())
-    return sorted(files, key=_natural_key)
+    """``(files, refused)``: every regular file below ``root`` (hidden ones too), nothing opened.
+
+    FIFOs, sockets, devices, dangling or looping links, links to folders and links out of ``root``
+    are refused (:func:`keras_facemargin.utils.folder_files.list_tree`).
+    """
+    files, refused = list_tree(root, include_hidden=True)
+    return sorted(files, key=_natural_key), refused
 
 
 def read_rgb(path):
@@ -497,7 +499,13 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
     Every file found (recursively, hidden files included) ends up in exactly one of
     the report's ``aligned``, ``no_face`` or ``unreadable`` lists -- nothing is skipped
     silently. With several faces the one chosen by :func:`select_face` is aligned and
-    the file is also listed under ``multiple_faces``.
+    the file is also listed under ``multiple_faces``. The job goes on past every bad entry:
+    FIFOs, sockets, devices, dangling or looping symbolic links, links to folders (not followed)
+    and links whose target lies outside ``input_dir`` are never opened and are listed under
+    ``unreadable`` with reason ``not_a_file`` / ``outside_root``; a file over the photo limits
+    (256 MiB, 120 Mpx) is refused before it is read (``too_large``). Paths keep the file
+    system's name (undecodable bytes as surrogate escapes, which the JSON report writes as
+    ``\\udcNN``), so any name (newlines, 250 bytes, not UTF-8) is aligned like the others.
 
     Args:
         input_dir: root of the raw photos, e.g. ``<identity>/*.jpg``.
@@ -518,7 +526,8 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
         report dict: ``input_dir``, ``output_dir``, ``image_size``, ``landmarks_source``,
         ``counts`` (``total``, ``aligned``, ``no_face``, ``unreadable``, ``multiple_faces``),
         ``aligned`` (``{"path", "output", "num_faces", "confidence"}``), ``no_face``
-        (``{"path", "reason"}``), ``unreadable`` (``{"path", "error"}``), ``multiple_faces``
+        (``{"path", "reason"}``), ``unreadable`` (``{"path", "error", "reason"}``; reason ``not_a_file``, ``outside_root``,
+        ``not_found``, ``not_an_image``, ``unreadable`` or ``too_large``), ``multiple_faces``
         (``{"path", "num_faces", "chosen"}``), ``unused_landmarks`` (landmark entries
         matching no input file).
 
@@ -545,7 +554,7 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
             lm_map, source = parse_landmarks_file(landmarks), str(landmarks)
     elif detector is None:
         detector = MTCNNDetector()
-    files = _list_files(in_root)
+    files, refused = _list_files(in_root)
     if output_ext is not None:  # e.g. a.jpg and a.png would both become a.png
         outputs = {}
         for rel in files:
@@ -561,6 +570,8 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
               "max(w*h - 2*||box centre - image centre||^2) (facenet)",
               "aligned": [], "no_face": [], "unreadable": [], "multiple_faces": [], "unused_landmarks": []}
     used = set()
+    for r in refused:  # never opened: not a regular file of the tree
+        report["unreadable"].append({"path": r.path, "error": f"{r.reason}: {r.detail}", "reason": r.reason})
 
     def _write(rel, img_rgb, lm):
         out_rel = rel if output_ext is None else str(Path(rel).with_suffix(output_ext))
@@ -586,10 +597,11 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
             try:
                 img, problem = read_photo(in_root / rel)
                 err = None if problem is None else f"{problem[0]}: {problem[1]}"
+                reason = None if problem is None else problem[0]
             except OSError as e:
-                img, err = None, f"{type(e).__name__}: {e}"
+                img, err, reason = None, f"{type(e).__name__}: {e}", "unreadable"
             if img is None:
-                report["unreadable"].append({"path": rel, "error": err})
+                report["unreadable"].append({"path": rel, "error": err, "reason": reason})
             else:
                 imgs[rel] = img
         if lm_map is not None:
@@ -623,9 +635,9 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
     bar.close()
     if lm_map is not None:
         report["unused_landmarks"] = sorted(set(lm_map) - used, key=_natural_key)
-    report["counts"] = {"total": len(files), **{k: len(report[k]) for k in
+    report["counts"] = {"total": len(files) + len(refused), **{k: len(report[k]) for k in
                                                 ("aligned", "no_face", "unreadable", "multiple_faces")}}
-    assert sum(report["counts"][k] for k in ("aligned", "no_face", "unreadable")) == len(files)
+    assert sum(report["counts"][k] for k in ("aligned", "no_face", "unreadable")) == report["counts"]["total"]
     return report
 
 

@@ -69,7 +69,9 @@ class IdentityFolderData:
         class_counts: int64 ``(C,)`` images per class.
         paths: ``N`` paths relative to ``root`` (``identity/file``), row order.
         unreadable: ``[(relative path, error)]`` files that could not be decoded (skipped
-            with ``on_error="skip"``).
+            with ``on_error="skip"``), and entries never opened: FIFOs, sockets, devices, dangling or
+            looping links and links out of ``root`` (``"not_a_file: ..."`` / ``"outside_root: ..."``),
+            files over the byte cap (``"too_large: ..."``).
         dropped_identities: ``{name: readable images}`` removed by ``min_images``.
         ignored: relative paths of files without an image extension or outside identity folders.
         excluded: ``{name: image files}`` identities removed by ``exclude`` (never decoded).
@@ -192,7 +194,11 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
     else:
         _resolve_box(crop, 89, 109)  # validates the name
     root = Path(root)
-    ids, ignored = list_identity_folder(root, extensions)
+    refused = []
+    ids, ignored = list_identity_folder(root, extensions, refused=refused)
+    for r in refused:  # never opened: FIFOs, sockets, devices, links out of root, ...
+        if on_error == "raise":
+            raise ImageFileError(root / r.path.rstrip("/"), None, r.reason, r.detail)
     exclude = set(map(str, exclude))
     excluded = {name: len(fs) for name, fs in ids.items() if name in exclude}
     ids = {name: fs for name, fs in ids.items() if name not in exclude}
@@ -214,7 +220,8 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
         except ValueError as e:
             raise ImageFileError(root / rel, None, "bad_crop", str(e)) from None
 
-    names, counts, dropped, rows, labels, unreadable = [], [], {}, [], [], []
+    names, counts, dropped, rows, labels = [], [], {}, [], []
+    unreadable = [(r.path, f"{r.reason}: {r.detail}") for r in refused]
     out = {}
     order = list(ids.items())
     limit = None if max_identities is None else int(max_identities)

@@ -41,7 +41,8 @@ from keras_facemargin.data.formats.recordio.records import _has_image_signature
 from keras_facemargin.data.formats.tfrecord import decode_example, index_tfrecord_file
 from keras_facemargin.errors import ImageFileError, TFRecordError, TFRecordRecordError, UntrustedFileError
 from keras_facemargin.errors import DataSourceError  # noqa: F401  (re-exported)
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.folder_files import read_regular_file
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image, image_file_byte_cap
 
 __all__ = ["DATA_KINDS", "DataSourceError", "detect_data_kind", "open_source"]
 
@@ -174,17 +175,19 @@ class _FolderSource(_Source):
 
     def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__(path, max_image_pixels)
-        paths, labels, names = scan_image_folder(path, ignored=self.ignored)
+        refused = []
+        paths, labels, names = scan_image_folder(path, ignored=self.ignored, refused=refused)
+        for r in refused:  # never opened: FIFOs, sockets, devices, links out of the root, ...
+            self.bad.append(ImageFileError(os.path.join(self.path, r.path.rstrip("/")), None, r.reason, r.detail))
+        self.byte_cap = image_file_byte_cap(max_image_pixels)
         keep = np.ones(len(paths), bool)
         for i, p in enumerate(paths):
-            try:
-                with open(p, "rb") as f:
-                    head = f.read(4)
-            except OSError as e:
-                self.bad.append(ImageFileError(p, None, "bad_image", f"unreadable file ({e})"))
+            head, problem = read_regular_file(p, self.byte_cap, head=4)
+            if problem is not None:
+                reason, detail = problem
+                self.bad.append(ImageFileError(p, None, "bad_image" if reason == "unreadable" else reason, detail))
                 keep[i] = False
-                continue
-            if not head:
+            elif not head:
                 self.bad.append(ImageFileError(p, None, "bad_image", "empty file"))
                 keep[i] = False
             elif not _has_image_signature(head):
@@ -197,14 +200,18 @@ class _FolderSource(_Source):
         self.file_names = [os.path.basename(p) for p in self.paths]
         self.image_hw = None
         for p in self.paths[:16]:
-            img, _ = decode_image(np.fromfile(p, np.uint8), max_image_pixels)
+            data, problem = read_regular_file(p, self.byte_cap)
+            img = None if problem is not None else decode_image(data, max_image_pixels)[0]
             if img is not None:
                 self.image_hw = tuple(img.shape[:2])
                 break
 
     def read(self, row):
-        with open(self.paths[row], "rb") as f:
-            return f.read()
+        data, problem = read_regular_file(self.paths[row], self.byte_cap)
+        if problem is not None:  # replaced since the scan (a FIFO, a huge file): refused, never read
+            reason, detail = problem
+            raise ImageFileError(self.paths[row], None, "bad_image" if reason == "unreadable" else reason, detail)
+        return data
 
     def where(self, row):
         return self.paths[row], None

@@ -44,6 +44,7 @@ from keras_facemargin.inference.gallery_files import (
     read_legacy_npz)
 from keras_facemargin.inference.gallery_search import DEFAULT_SCORE_BUDGET, top_k_search
 from keras_facemargin.inference.gallery_store import GALLERY_FORMAT, STORE_VERSION, GalleryStore
+from keras_facemargin.utils.folder_files import display_path
 from keras_facemargin.utils.untrusted import plain_text
 
 __all__ = ["Gallery", "add_photos", "add_embeddings", "remove_from_gallery", "check_writable", "photo_key",
@@ -57,17 +58,26 @@ _PROBE_MIN_COSINE = 0.999  # same model => the probe embeddings agree to float n
 
 
 def _list_gallery_files(root: Path):
-    idents, stray = {}, []
+    """``(identities, stray, refused)``: ``{name: sorted file paths}`` (hidden entries skipped), the
+    files directly under ``root``, and ``(path, reason, detail)`` of the entries never opened: FIFOs,
+    sockets, devices, dangling or looping links, links to folders and links out of ``root``."""
+    from keras_facemargin.utils.folder_files import classify_entry, list_tree
+
+    idents, stray, refused = {}, [], []
+    root_real = os.path.realpath(root)
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
-            files = sorted(str(p) for p in entry.rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(entry).parts))
-            idents[entry.name] = files
-        else:
+        kind, info = classify_entry(entry, root_real)
+        if kind == "dir":
+            files, bad = list_tree(entry)
+            idents[entry.name] = sorted(str(entry / rel) for rel in files)
+            refused += [(str(entry / r.path), r.reason, r.detail) for r in bad]
+        elif kind == "file":
             stray.append(str(entry))
-    return idents, stray
+        else:
+            refused.append((str(entry), kind, info))
+    return idents, stray, refused
 
 
 def photo_key(photo) -> str:
@@ -171,7 +181,10 @@ class Gallery:
             folder: root with one sub-folder per identity (images anywhere below it; hidden files ignored).
             on_error: ``"skip"`` (default): files that fail (not an image, unreadable, no face, several faces
                 with ``face_policy="error"``), files outside identity folders and identities left without
-                images are listed in ``skipped`` and logged; ``"raise"``: the first failure is raised.
+                images are listed in ``skipped`` and logged; entries that are not regular files inside
+                ``folder`` (FIFOs, sockets, devices, dangling or looping links, links to folders, links
+                out of ``folder``) are never opened and are listed with reason ``not_a_file`` /
+                ``outside_root``; ``"raise"``: the first failure is raised (a ``GalleryError``).
             progress: tqdm progress bar.
             chunk_size: images read and detected together.
 
@@ -194,17 +207,19 @@ class Gallery:
         root = Path(folder)
         if not root.is_dir():
             raise FileNotFoundError(f"Gallery folder not found: {root} (expected <folder>/<identity>/<images>).")
-        idents, stray = _list_gallery_files(root)
+        idents, stray, refused = _list_gallery_files(root)
         skipped = []
 
         def _skip(path, reason, message):
             if on_error == "raise":
                 raise GalleryError(reason, message, path)
             skipped.append({"path": str(path), "reason": reason, "message": message})
-            logger.warning("Gallery %s: skipping %s (%s: %s)", root, path, reason, message)
+            logger.warning("Gallery %s: skipping %s (%s: %s)", display_path(root), display_path(path), reason, message)
 
         for p in stray:
             _skip(p, "not_in_identity_folder", "file directly under the gallery root (expected <identity>/<images>)")
+        for p, reason, detail in refused:  # never opened
+            _skip(p, reason, detail)
         jobs = [(name, p) for name in idents for p in idents[name]]
         photos = {name: [] for name in idents}
         with tqdm(total=len(jobs), desc="gallery", unit="img", disable=not progress) as bar:

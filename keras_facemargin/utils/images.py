@@ -20,13 +20,14 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections import namedtuple
 
 import numpy as np
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageHeader", "image_header_size", "check_image_bytes",
-           "decode_image", "read_image_file", "check_max_pixels", "resize_image", "PIXEL_MEAN", "PIXEL_STD",
+           "decode_image", "read_image_file", "image_file_byte_cap", "check_max_pixels", "resize_image", "PIXEL_MEAN", "PIXEL_STD",
            "PACKAGE_NORMALIZATION", "normalize_images"]
 
 #: The package's input normalisation ``(x - PIXEL_MEAN) / PIXEL_STD`` (ArcFace/insightface's
@@ -269,14 +270,36 @@ def decode_image(data, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, rgb=True):
     return img, None
 
 
-def read_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, rgb=True):
-    """Read and :func:`decode_image` a file; ``OSError`` when it cannot be read.
+def image_file_byte_cap(max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> int:
+    """Largest file :func:`read_image_file` reads for a ``max_pixels`` cap: ``8 * max_pixels + 1 MiB``.
+
+    8 bytes a pixel is an uncompressed 16-bit RGBA image, the largest of the admitted formats; the
+    MiB leaves room for headers and metadata. A larger file cannot hold an admitted image, so it is
+    refused before it is read (129 MiB for :data:`DEFAULT_MAX_IMAGE_PIXELS`; a 4 GiB file is never read).
+    """
+    return 8 * int(max_pixels) + (1 << 20)
+
+
+def read_image_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, rgb=True, max_bytes=None):
+    """Read and :func:`decode_image` a file; ``OSError`` when it is missing or cannot be read.
+
+    Only a regular file is read (a FIFO, socket or device is refused without blocking), and only
+    up to ``max_bytes`` (default :func:`image_file_byte_cap` of ``max_pixels``).
 
     Returns:
         ``(image, None)`` or ``(None, reason)``.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    from keras_facemargin.utils.folder_files import read_regular_file
+
+    cap = image_file_byte_cap(max_pixels) if max_bytes is None else int(max_bytes)
+    data, problem = read_regular_file(path, cap)
+    if problem is not None:
+        reason, detail = problem
+        if reason == "not_found":
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        if reason == "unreadable":
+            raise OSError(f"{path}: {detail}")
+        return None, f"{reason}: {detail}"
     return decode_image(data, max_pixels, rgb)
 
 
@@ -420,28 +443,18 @@ def read_photo(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MAX_BYTES):
         rgb, problem = read_photo("face.jpg")
         if problem: print(*problem)
     """
-    import os
-    import stat
+    from keras_facemargin.utils.folder_files import read_regular_file
 
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None, ("not_found", "file not found (expected an image file)")
-    except OSError as e:
-        return None, ("unreadable", f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
-    if stat.S_ISDIR(st.st_mode):
-        return None, ("not_an_image", "is a directory, expected an image file")
-    if not stat.S_ISREG(st.st_mode):
-        return None, ("not_an_image", "is not a regular file (a FIFO, socket or device), expected an image file")
-    if st.st_size == 0:
+    data, problem = read_regular_file(path, max_bytes)
+    if problem is not None:
+        reason, detail = problem
+        if reason == "not_a_file":  # the reason code of earlier versions
+            return None, ("not_an_image", detail.replace("expected a regular file", "expected an image file"))
+        if reason == "too_large":
+            return None, ("too_large", detail.replace("the cap of", "the photo limit of"))
+        return None, problem
+    if not data:
         return None, ("unreadable", "empty file (0 bytes), expected an image")
-    if st.st_size > max_bytes:
-        return None, ("too_large", f"file of {st.st_size:,} bytes exceeds the photo limit of {max_bytes:,} bytes")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        return None, ("unreadable", f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
     return decode_photo(data, max_pixels)
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_facemargin.data.errors import BadRecordReport, check_on_error
-from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image
+from keras_facemargin.utils.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_pixels, decode_image, image_file_byte_cap
 from keras_facemargin.data.pipeline import (
     _check_common,
     _check_pipeline_args,
@@ -60,6 +60,7 @@ from keras_facemargin.data.pipeline import (
     resolve_shard,
 )
 from keras_facemargin.errors import ImageFileError
+from keras_facemargin.utils.folder_files import RefusedFile, classify_entry, read_regular_file
 
 __all__ = ["IMAGE_EXTENSIONS", "list_identity_folder", "scan_image_folder", "IdentityMerge",
            "merge_identity_roots", "make_folder_dataset", "escape_identity_name", "unescape_identity_name"]
@@ -120,7 +121,7 @@ def unescape_identity_name(text):
     return _UNESCAPE.sub(_unescape_match, str(text))
 
 
-def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
+def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None = None):
     """List ``<root>/<identity>/<image>``: the package's one identity-folder scanner.
 
     Identities are the non-hidden sub-folders of ``root``, sorted by name (string order: ``"10"``
@@ -130,9 +131,17 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
     -- is returned in ``ignored``. Only two levels are listed (nothing is walked recursively)
     and the error messages name ``root`` only, whatever the tree holds.
 
+    Nothing is opened. An entry that would be an identity or an image but is not a regular file
+    (folder) inside ``root`` -- a FIFO, socket or device, a dangling or looping symbolic link, a
+    link whose target lies outside ``root`` -- is left out and, with ``refused`` (a list), appended
+    there as a :class:`keras_facemargin.utils.folder_files.RefusedFile` (path relative to ``root``;
+    a refused identity folder ends with ``/``; reason ``not_a_file`` / ``outside_root`` /
+    ``unreadable``). Symbolic links inside ``root`` are followed as before.
+
     Args:
         root: folder holding one sub-folder per identity.
         extensions: accepted file suffixes (with the dot; compared in lower case).
+        refused: optional list receiving the refused entries.
 
     Returns:
         ``(identities, ignored)``: ``{identity: [paths relative to root]}`` (``"identity/file"``)
@@ -155,18 +164,26 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
             "root/<identity>/<image>.jpg|png."
         )
     exts = tuple(e.lower() for e in extensions)
+    root_real = os.path.realpath(root)
+    refused = [] if refused is None else refused
     ids, ignored = {}, []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir() and not entry.name.startswith("."):
+        kind, info = _entry_kind(entry, root_real)
+        if kind == "dir" and not entry.name.startswith("."):
             files = []
             for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
                 rel = f"{entry.name}/{sub.name}"
-                if sub.is_file() and sub.name.lower().endswith(exts):
+                sub_kind, sub_info = _entry_kind(sub, root_real)
+                if not sub.name.lower().endswith(exts) or sub_kind == "dir":
+                    ignored.append(rel + ("/" if sub_kind == "dir" or sub.is_dir() else ""))
+                elif sub_kind == "file":
                     files.append(rel)
                 else:
-                    ignored.append(rel + ("/" if sub.is_dir() else ""))
+                    refused.append(RefusedFile(rel, sub_kind, sub_info))
             ids[entry.name] = files
-        else:
+        elif kind not in ("dir", "file") and not entry.name.startswith(".") and entry.is_dir():
+            refused.append(RefusedFile(entry.name + "/", kind, info))  # a link to a folder out of root
+        else:  # top-level files (FIFOs, dangling links, ...: never an identity, never opened), hidden entries
             ignored.append(entry.name + ("/" if entry.is_dir() else ""))
     if not ids:
         raise ValueError(f"No identity sub-folders in {str(root)!r}; expected root/<identity>/<image>.jpg.")
@@ -175,7 +192,18 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS):
     return ids, sorted(ignored)
 
 
-def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = None):
+def _entry_kind(entry, root_real, follow_dirs=True):
+    """:func:`~keras_facemargin.utils.folder_files.classify_entry` with ``os.scandir``'s cached type
+    for the common case (a plain folder or regular file: no extra system call)."""
+    if not entry.is_symlink():
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None
+        if entry.is_file(follow_symlinks=False):
+            return "file", None
+    return classify_entry(entry.path, root_real, follow_dirs=follow_dirs)
+
+
+def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = None, refused: list | None = None):
     """List the images of an identity-per-folder tree as paths and labels.
 
     The classes, order and file selection of :func:`list_identity_folder`.
@@ -186,6 +214,7 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = 
         ignored: optional list; the entries that are not images of an identity folder
             (top-level files, other files, nested or hidden folders; paths relative to
             ``root``, folders with a trailing ``/``) are appended to it, sorted.
+        refused: optional list receiving :func:`list_identity_folder`'s refused entries (never opened).
 
     Returns:
         ``(paths, labels, class_names)``: list of image paths (str, class-major,
@@ -200,7 +229,7 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = 
         paths, labels, names = scan_image_folder("faces")   # names[labels[i]] owns paths[i]
     """
     root = Path(root)
-    ids, skipped = list_identity_folder(root, extensions)
+    ids, skipped = list_identity_folder(root, extensions, refused=refused)
     if ignored is not None:
         ignored.extend(skipped)
     class_names = list(ids)
@@ -311,14 +340,30 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
     resize = hw is not None
     cap = check_max_pixels(max_image_pixels)
     report = BadRecordReport() if report is None else report
-    paths, labels, class_names = scan_image_folder(root)
-    sizes = np.array([os.path.getsize(p) for p in paths])
-    valid = sizes > 0
-    for i in np.flatnonzero(~valid):
-        err = ImageFileError(paths[i], None, "bad_image", "empty file")
+    refused = []
+    paths, labels, class_names = scan_image_folder(root, refused=refused)
+    byte_cap = image_file_byte_cap(cap)
+    for r in refused:  # never opened: FIFOs, sockets, devices, links out of root, ...
+        err = ImageFileError(os.path.join(str(root), r.path.rstrip("/")), None, r.reason, r.detail)
         if on_error == "raise":
             raise err
         report.add_error(err, log=False)
+    valid = np.ones(len(paths), bool)
+    for i, p in enumerate(paths):
+        try:
+            size = os.stat(p).st_size
+            why = "empty file" if size == 0 else None
+            reason = "bad_image"
+            if size > byte_cap:
+                why, reason = f"file of {size:,} bytes exceeds the cap of {byte_cap:,} bytes (not read)", "too_large"
+        except OSError as e:
+            why, reason = f"unreadable file ({e})", "bad_image"
+        if why is not None:
+            valid[i] = False
+            err = ImageFileError(p, None, reason, why)
+            if on_error == "raise":
+                raise err
+            report.add_error(err, log=False)
     report.log_summary()
     positions = np.flatnonzero(valid).astype(np.int64)
     if positions.size == 0:
@@ -342,14 +387,12 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
         out = np.empty((idx.size, hw[0], hw[1], 3), np.uint8)
         ok = np.ones(idx.size, bool)
         for k, i in enumerate(idx):
-            try:
-                with open(paths[i], "rb") as f:
-                    data = f.read()
+            data, problem = read_regular_file(paths[i], byte_cap)
+            reason, why = ("bad_image", None) if problem is None else problem
+            if problem is None:
                 why = decode_image_into(data, out[k], resize, cap)
-            except OSError as e:
-                why = f"unreadable file ({e})"
             if why is not None:
-                err = ImageFileError(paths[i], None, "bad_image", why)
+                err = ImageFileError(paths[i], None, "bad_image" if reason == "unreadable" else reason, why)
                 if on_error == "raise":
                     raise err
                 report.add_error(err)
@@ -365,7 +408,5 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
 
 
 def _decode_file(path, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-    try:
-        return decode_image(np.fromfile(path, np.uint8), max_pixels)[0]
-    except OSError:
-        return None
+    data, problem = read_regular_file(path, image_file_byte_cap(max_pixels))
+    return None if problem is not None else decode_image(data, max_pixels)[0]
