@@ -31,6 +31,8 @@ import os
 import sys
 from pathlib import Path
 
+from keras_facemargin.utils.folder_files import display_path
+
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NO_FACE, EXIT_MULTIPLE_FACES, EXIT_UNREADABLE, EXIT_GALLERY = range(7)
 EXIT_CODES = {EXIT_OK: "a decision, or the work was done", EXIT_CHECK_FAILED: "a parity / --strict check failed",
               EXIT_USAGE: "configuration or usage error", EXIT_NO_FACE: "no face found",
@@ -197,6 +199,10 @@ def error_to_exit(error, args=None) -> int:
 
     if isinstance(error, FaceVerifierError):
         report, code = error.to_dict(), error.exit_code
+        if report.get("file") is not None and display_path(report["file"]) != report["file"]:
+            # a name with newlines or bytes that are not UTF-8: shown escaped, one line of UTF-8
+            report["file"] = display_path(report["file"])
+            report["message"] = f"{report['file']}: {error.detail}"
     elif isinstance(error, (PretrainedWeightsError, OSError, ValueError, pickle.UnpicklingError)):
         report = {"status": "error", "error": "configuration", "file": getattr(error, "filename", None),
                   "message": str(error)}
@@ -206,26 +212,49 @@ def error_to_exit(error, args=None) -> int:
     if args is not None and getattr(args, "json", None):
         emit(report)
     else:
-        print(f"kfm: error: {report['message']}", file=sys.stderr)
+        print(f"kfm: error: {_one_line(report['message'])}", file=sys.stderr)
     return code
 
 
-def expand_photos(paths) -> list:
+def _one_line(text) -> str:
+    """``text`` without line breaks or undecodable bytes (escaped), for one line on a terminal."""
+    return display_path(text).replace("\\\\", "\\")
+
+
+def reason_counts(failures) -> str:
+    """``"2 not_a_file, 1 no_face"``: failures (tuples whose second item, or objects whose ``reason``, is
+    the reason code) counted by reason, most frequent first."""
+    from collections import Counter
+
+    counts = Counter(f[1] if isinstance(f, tuple) else f.reason for f in failures)
+    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+
+
+def expand_photos(paths, refused=None) -> list:
     """``paths`` with every folder replaced by its image files (recursively, sorted; hidden ones skipped).
 
     A path that is not a folder is kept as it is (a missing file is then reported per photo, exit 5).
+    In a folder, an entry with an image suffix that is not a regular file inside the folder -- a FIFO,
+    socket or device, a dangling or looping symbolic link, a link to a folder, a link whose target
+    lies outside the folder -- is never opened: it is left out, and with ``refused`` (a list) its
+    :class:`~keras_facemargin.errors.ImageReadError` (reason ``not_a_file`` / ``outside_root`` /
+    ``unreadable``, exit 5) is appended there for the caller to report.
 
     Raises:
-        ValueError: a folder holds no image file.
+        ValueError: a folder holds no image file (and no refused entry).
     """
+    from keras_facemargin.errors import ImageReadError
+    from keras_facemargin.utils.folder_files import list_tree
+
     photos = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            if not found:
-                raise ValueError(f"{p}: no image file ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
-            photos += found
+            files, bad = list_tree(p, suffixes=IMAGE_SUFFIXES)
+            if not files and not bad:
+                raise ValueError(f"{display_path(p)}: no image file ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
+            photos += sorted(str(p / rel) for rel in files)  # the order of earlier versions
+            if refused is not None:
+                refused += [ImageReadError(r.reason, r.detail, str(p / r.path)) for r in bad]
         else:
             photos.append(str(p))
     return photos

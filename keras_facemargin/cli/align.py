@@ -16,15 +16,25 @@ Example::
     kfm align --input raw/ --output aligned/ --size 112
     kfm align --input raw/ --output aligned/ --landmarks landmarks.txt
 
-Exit status: 0 on success (even if some files failed; see the report), 1 with ``--strict`` when
-any file was not aligned, 2 on bad arguments.
+The job goes on past bad files: FIFOs, sockets, devices, dangling or looping symbolic links, links to
+folders and links out of RAW are never opened, files over the photo limits are never read, and each is
+listed under ``unreadable`` with its reason (``not_a_file``, ``outside_root``, ``too_large``,
+``not_an_image``, ``unreadable``). Any file name works (not UTF-8, newlines, 250 bytes); names are
+shown escaped (:func:`keras_facemargin.utils.folder_files.display_path`). ``--json``: one object
+``{"status": "error", "error": REASON, "file", "message"}`` per file not aligned, then the summary
+``{"status": "ok", "report", "total", "aligned", ...}``; otherwise a summary line on stderr.
+
+Exit status: 0 when the job finished, even if some files failed (each is reported; see the report),
+1 with ``--strict`` when any file was not aligned, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from keras_facemargin.cli import _common
+from keras_facemargin.utils.folder_files import display_path
 
 __all__ = ["register", "run_align"]
 
@@ -62,18 +72,27 @@ def run_align(args) -> int:
     report_path = args.report or os.path.join(args.output, "align_report.json")
     write_report(report, report_path)
     c = report["counts"]
+    failed = [(item["path"], item.get("reason") or "unreadable", item["error"]) for item in report["unreadable"]]
+    failed = [(p, r, d[len(r) + 2:] if d.startswith(f"{r}: ") else d) for p, r, d in failed]
+    failed += [(item["path"], "no_face", item["reason"]) for item in report["no_face"]]
     if args.json:
+        for path, reason, detail in failed:  # one object per file not aligned, then the summary
+            shown = display_path(os.path.join(args.input, path))
+            _common.emit({"status": "error", "error": reason, "file": shown, "message": f"{shown}: {detail}"})
         _common.emit({"status": "ok", "report": report_path, **c})
     else:
         print(f"total {c['total']}: aligned {c['aligned']}, no face {c['no_face']}, unreadable {c['unreadable']} "
               f"(multiple faces {c['multiple_faces']})")
         for item in report["no_face"]:
-            print(f"  no face:    {item['path']} ({item['reason']})")
+            print(f"  no face:    {display_path(item['path'])} ({item['reason']})")
         for item in report["unreadable"]:
-            print(f"  unreadable: {item['path']} ({item['error']})")
+            print(f"  unreadable: {display_path(item['path'])} ({item['error']})")
         for item in report["multiple_faces"]:
-            print(f"  multiple:   {item['path']} ({item['num_faces']} faces, kept #{item['chosen']})")
+            print(f"  multiple:   {display_path(item['path'])} ({item['num_faces']} faces, kept #{item['chosen']})")
         if report["unused_landmarks"]:
             print(f"  {len(report['unused_landmarks'])} landmark entries match no input file")
         print(f"report: {report_path}")
+        if failed:
+            print(f"kfm align: {len(failed)} of {c['total']} file(s) not aligned ({_common.reason_counts(failed)}); "
+                  f"see {report_path}", file=sys.stderr)
     return _common.EXIT_CHECK_FAILED if args.strict and c["aligned"] < c["total"] else _common.EXIT_OK

@@ -15,9 +15,19 @@ Example::
     kfm embed photos/ --output photos.npz
     kfm embed a.jpg b.jpg --model mbf_dlib_distill --output ab.npz --json
 
+In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO,
+socket or device, a dangling or looping symbolic link, a link out of the folder) is never opened:
+it is reported (reason ``not_a_file`` / ``outside_root``, exit code 5) and listed in the file like the
+photos that fail (``too_large``, ``not_an_image``, ``unreadable``, ``no_face``, ...). Any file name
+works; names that hold newlines or bytes that are not UTF-8 are shown escaped
+(:func:`keras_facemargin.utils.folder_files.display_path`), and kept as the file system's name
+(surrogate escapes) in ``paths`` / ``failed_paths``.
+
 ``--json``: one object per photo (``{"status": "ok", "source", "row", "box", "confidence",
-"num_faces"}`` or an error object), then ``{"status": "ok", "output", "embedded", "failed"}``.
-The exit status is 0 when the file is written, else (no photo embedded) the first failure's code.
+"num_faces"}`` or an error object ``{"status": "error", "error": REASON, "file", "message"}``), then
+``{"status": "ok", "output", "embedded", "failed", "failed_by_reason"}``; otherwise each failure is a
+line on stderr, then a summary line. The exit status is 0 when the file is written, even if some
+photos failed (each reported), else (no photo embedded) the first failure's code (3, 4 or 5).
 """
 
 from __future__ import annotations
@@ -70,9 +80,19 @@ def run_embed(args) -> int:
         raise ValueError(f"--output must end with .npz, got {args.output!r}")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    photos = _common.expand_photos(args.photos)
-    verifier = _common.build_verifier(args, need_threshold=False)
+    refused = []
+    photos = _common.expand_photos(args.photos, refused)
     rows, failures, first_code = [], [], None
+    for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
+        failures.append((err.file, err))
+        code = _common.error_to_exit(err, args)  # reported now, one by one
+        first_code = first_code or code
+    total = len(photos) + len(refused)
+    if not photos:
+        print(f"kfm embed: no photo to embed: {len(refused)} file(s) refused "
+              f"({_common.reason_counts(refused)}); {_common.display_path(args.output)} not written", file=sys.stderr)
+        return first_code
+    verifier = _common.build_verifier(args, need_threshold=False)
     for photo, face, embedding in _common.embed_photos(verifier, photos, args):
         if embedding is None:
             failures.append((photo, face))
@@ -81,17 +101,30 @@ def run_embed(args) -> int:
             continue
         rows.append((photo, face, embedding))
         if args.json:
-            _common.emit({"status": "ok", "source": photo, "row": len(rows) - 1,
+            _common.emit({"status": "ok", "source": _common.display_path(photo), "row": len(rows) - 1,
                           "box": None if face.box is None else list(face.box), "confidence": face.confidence,
                           "num_faces": face.num_faces})
+    if failures and not args.json:
+        print(f"kfm embed: {len(failures)} of {total} photo(s) failed ({_common.reason_counts(failures)})",
+              file=sys.stderr)
     if not rows:
-        print(f"kfm embed: no face embedded from {len(photos)} photo(s); {args.output} not written", file=sys.stderr)
+        print(f"kfm embed: no face embedded from {total} photo(s); {_common.display_path(args.output)} not written",
+              file=sys.stderr)
         return first_code
-    metadata = {"model": verifier.config(), "num_photos": len(photos), "command": "kfm embed"}
+    metadata = {"model": verifier.config(), "num_photos": total, "command": "kfm embed"}
     write_embeddings(args.output, rows, failures, metadata)
     if args.json:
-        _common.emit({"status": "ok", "output": args.output, "embedded": len(rows), "failed": len(failures)})
+        _common.emit({"status": "ok", "output": args.output, "embedded": len(rows), "failed": len(failures),
+                      "failed_by_reason": _reason_dict(failures)})
     else:
-        print(f"embedded {len(rows)} of {len(photos)} photo(s) ({verifier.embedding_dim}-d, model "
-              f"{verifier.model_name}) to {args.output}" + (f"; {len(failures)} failed" if failures else ""))
+        print(f"embedded {len(rows)} of {total} photo(s) ({verifier.embedding_dim}-d, model "
+              f"{verifier.model_name}) to {_common.display_path(args.output)}"
+              + (f"; {len(failures)} failed" if failures else ""))
     return _common.EXIT_OK
+
+
+def _reason_dict(failures) -> dict:
+    counts = {}
+    for _, err in failures:
+        counts[err.reason] = counts.get(err.reason, 0) + 1
+    return counts

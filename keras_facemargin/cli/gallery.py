@@ -23,8 +23,15 @@ Example::
     kfm gallery remove people.db bob
     kfm gallery import people.npz people.db
 
-Exit status: 0 done; 6 damaged gallery, one of another model, a legacy ``.npz`` asked to change, or
-no such identity (``remove``); ``add`` with no usable photo: the first photo's code (3 no face, 5
+In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO,
+socket or device, a dangling or looping symbolic link, a link out of the folder) is never opened; it
+is reported with the photos that fail (``--json``: one ``{"status": "error", "error": REASON, "file",
+"message"}`` object each, then the summary with ``failed`` and ``failed_by_reason``; otherwise a line
+each and a summary line on stderr), and the others are added. Names that hold newlines or bytes that
+are not UTF-8 are shown escaped (:func:`keras_facemargin.utils.folder_files.display_path`).
+
+Exit status: 0 done (even if some photos failed; each is reported); 6 damaged gallery, one of another
+model, a legacy ``.npz`` asked to change, or no such identity (``remove``); ``add`` with no usable photo: the first photo's code (3 no face, 5
 unreadable, ...).
 """
 
@@ -73,26 +80,44 @@ def run_add(args) -> int:
     check_identity_name(args.identity)
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    photos = _common.expand_photos(args.photos)
-    verifier = _common.build_verifier(args, need_threshold=False)
-    check_writable(args.gallery, verifier)  # another model's gallery fails before the photos are embedded
-    items, first_code = [], None
-    for photo, face, embedding in _common.embed_photos(verifier, photos, args, desc="gallery add"):
-        if embedding is None:
-            code = _common.error_to_exit(face, args)
-            first_code = first_code or code
-        else:
-            items.append((photo, embedding))
+    refused = []
+    photos = _common.expand_photos(args.photos, refused)
+    items, failures, first_code = [], [], None
+    for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
+        failures.append(err)
+        code = _common.error_to_exit(err, args)  # reported now, one by one
+        first_code = first_code or code
+    verifier = None
+    if photos:
+        verifier = _common.build_verifier(args, need_threshold=False)
+        check_writable(args.gallery, verifier)  # another model's gallery fails before the photos are embedded
+        for photo, face, embedding in _common.embed_photos(verifier, photos, args, desc="gallery add"):
+            if embedding is None:
+                failures.append(face)
+                code = _common.error_to_exit(face, args)
+                first_code = first_code or code
+            else:
+                items.append((photo, embedding))
+    total = len(photos) + len(refused)
+    if failures and not args.json:
+        print(f"kfm gallery add: {len(failures)} of {total} photo(s) failed ({_common.reason_counts(failures)})",
+              file=sys.stderr)
     if not items:  # every photo failed, and was reported
-        print(f"kfm gallery add: no usable photo of {args.identity!r}; {args.gallery} is unchanged", file=sys.stderr)
+        print(f"kfm gallery add: no usable photo of {_common.display_path(args.identity)!r}; "
+              f"{_common.display_path(args.gallery)} is unchanged", file=sys.stderr)
         return first_code
     report = add_embeddings(args.gallery, verifier, args.identity, items)
-    failed = len(photos) - len(items)
+    failed = len(failures)
     if args.json:
+        by_reason = {}
+        for err in failures:
+            by_reason[err.reason] = by_reason.get(err.reason, 0) + 1
         _common.emit({"status": "ok", "gallery": args.gallery, "identity": args.identity, "added": len(items),
-                      "failed": failed, "num_images": report["num_images"], "identities": report["identities"]})
+                      "failed": failed, "failed_by_reason": by_reason, "num_images": report["num_images"],
+                      "identities": report["identities"]})
     else:
-        print(f"{args.gallery}: added {len(items)} photo(s) of {args.identity!r} ({report['num_images']} in all; "
+        print(f"{_common.display_path(args.gallery)}: added {len(items)} photo(s) of "
+              f"{_common.display_path(args.identity)!r} ({report['num_images']} in all; "
               f"{report['identities']} identities)" + (f"; {failed} failed" if failed else ""))
     return _common.EXIT_OK
 

@@ -100,7 +100,14 @@ def run_identify(args) -> int:
         raise ValueError("give a photo to identify, or --save-gallery FILE to only build the gallery")
     if args.top_k <= 0:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
-    photos = _common.expand_photos(paths)
+    refused = []
+    photos = _common.expand_photos(paths, refused)
+    status = _common.EXIT_OK
+    for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
+        code = _common.error_to_exit(err, args)  # reported now, one by one
+        status = status or code
+    if refused and not photos and args.save_gallery is None:
+        return status
     verifier = _common.build_verifier(args)
     gallery, info = _gallery(args, verifier)
     if not photos:
@@ -109,8 +116,7 @@ def run_identify(args) -> int:
         else:
             print(f"gallery {info['path']}: {info['identities']} identities, {info['images']} images"
                   + (f", saved to {info['saved_to']}" if "saved_to" in info else ""))
-        return _common.EXIT_OK
-    status = _common.EXIT_OK
+        return status
     with _common.progress_bar(args, len(photos), "identify") as bar:
         for photo in photos:
             try:
@@ -133,6 +139,6 @@ def _print_identity(args, result, info) -> None:
         line = f"{result.identity} (score {result.score:.4f} > threshold {result.threshold:.4f})"
     else:
         line = f"unknown (best {best['identity']} {best['score']:.4f} <= threshold {result.threshold:.4f})"
-    print(f"{result.face.source}: {line}")
+    print(f"{_common.display_path(result.face.source)}: {line}")
     for cand in result.candidates[1:]:
         print(f"    {cand['identity']}: {cand['score']:.4f}")
