@@ -116,7 +116,10 @@ def main(mode, out):
             losses.append(logs["loss"] * (batch + 1) - sum(losses))
 
     loop = cs.ClassShardedLoop(backbone, make_head("arcface"), shards, optimizer, strategy, BATCH)
-    loop.fit(dataset_fn, epochs=1, steps_per_epoch=2, callbacks=[Losses()], verbose=0)
+    ckpt = cs.ShardCheckpoint(shards, loop.shard_optimizer, os.path.join(out, "ckpt"), every_steps=1, keep=1)
+    loop.fit(dataset_fn, epochs=1, steps_per_epoch=2, callbacks=[Losses(), ckpt], verbose=0)
+    result["checkpoints"] = sorted(os.path.relpath(os.path.join(d, f), os.path.join(out, "ckpt"))
+                                   for d, _, files in os.walk(os.path.join(out, "ckpt")) for f in files)
     result["train"] = {"losses": losses, "weights": [w.tolist() for w in backbone.get_weights()],
                        "centres": shards.gather_centres().tolist()}
 

@@ -160,6 +160,10 @@ def check_training(outputs):
 
 def test_mirrored_class_sharded_loop_equals_keras_sgd_on_one_device(mirrored):
     check_training(mirrored)
+    # ShardCheckpoint(every_steps=1, keep=1): step 1's files removed, step 2's shard 0 and 1 kept.
+    assert {c.split("/")[0] for c in mirrored[0]["checkpoints"]} == {"step-000000002"}
+    assert {c.split("/")[1].split(".")[0] for c in mirrored[0]["checkpoints"]} == {
+        "class-shard-00000-of-00002", "class-shard-00001-of-00002"}
     assert mirrored[0]["prefixes"] == ["class-shard-00000-of-00002", "class-shard-00001-of-00002"]
 
 
@@ -182,6 +186,34 @@ def test_two_loopback_workers_equal_single_device(multiworker):
     check_training(multiworker)
     prefixes = [o["prefixes"] for o in multiworker]  # each worker wrote its own shard
     assert prefixes == [["class-shard-00000-of-00002"], ["class-shard-00001-of-00002"]]
+
+
+def test_one_replica_default_strategy_equals_the_unsharded_head(tmp_path):
+    """N = 1 (no strategy): one shard of all C rows, no collective; the same loss and gradients."""
+    import tensorflow as tf
+
+    from keras_facemargin.errors import ClassShardingError
+    from keras_facemargin.training import class_sharding as cs
+
+    x, labels, dense_k, dense_b, centres = problem()
+    shards = cs.ClassShards(tf.distribute.get_strategy(), C, D)
+    assert shards.bounds == [(0, C)] and shards.replica_ids == [0]
+    shards.assign(centres)
+    kernel, first = shards.local()
+    emb = tf.constant(x[:BATCH] @ dense_k + dense_b)
+    with tf.GradientTape() as tape:
+        tape.watch(emb)
+        loss = cs.sharded_margin_loss(make_head("arcface"), emb, labels[:BATCH], kernel, first, C)
+    g_emb, g_w = tape.gradient(loss, [emb, kernel])
+    ref_loss, ref_emb, _, _, ref_w = reference("arcface")
+    np.testing.assert_allclose(float(loss), ref_loss, **TOL)
+    np.testing.assert_allclose(g_emb.numpy(), ref_emb, **TOL)
+    np.testing.assert_allclose(g_w.numpy(), ref_w, **TOL)
+    np.testing.assert_array_equal(shards.gather_centres(), centres)
+    with pytest.raises(ClassShardingError, match="another replica count"):
+        cs.restore_shards(shards, tmp_path)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope(), pytest.raises(ClassShardingError, match="outside"):
+        cs.ClassShards(tf.distribute.get_strategy(), C, D)
 
 
 def test_unsupported_heads_and_bounds_are_refused():

@@ -53,6 +53,7 @@ Example (2 GPUs, or 2 workers with TF_CONFIG and MultiWorkerMirroredStrategy):
     >>> save_shards(shards, "run/class_shards", loop.shard_optimizer)          # on every worker
 """
 
+import contextlib
 import math
 import os
 
@@ -124,6 +125,18 @@ def _replica_ids(strategy):
     return [int(v) for v in strategy.experimental_local_results(ids())]
 
 
+def _worker_devices(strategy):
+    """This worker's replica devices; [None] (no placement) for the default strategy."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:
+        return [None]
+
+
+def _on(device):
+    return tf.device(device) if device is not None else contextlib.nullcontext()
+
+
 def _static_replica_id(ctx):
     rid = tf.get_static_value(ctx.replica_id_in_sync_group)
     if rid is None:
@@ -170,11 +183,11 @@ class ClassShards:
         self.num_shards = strategy.num_replicas_in_sync
         self.bounds = shard_bounds(self.num_classes, self.num_shards)
         self.replica_ids = _replica_ids(strategy)
-        self.devices = dict(zip(self.replica_ids, strategy.extended.worker_devices))
+        self.devices = dict(zip(self.replica_ids, _worker_devices(strategy)))
         self.kernels = {}
         for rid in self.replica_ids:
             lo, hi = self.bounds[rid]
-            with tf.device(self.devices[rid]):
+            with _on(self.devices[rid]):
                 self.kernels[rid] = tf.Variable(
                     initial_rows(lo, hi, self.embedding_dim, seed, stddev, dtype), name=f"class_shard_{rid}"
                 )
@@ -312,7 +325,7 @@ class ShardSGD:
         self.weight_decay = float(weight_decay or 0.0)
         self.iterations, self.momenta = {}, {}
         for rid, kernel in shards.kernels.items():
-            with tf.device(shards.devices[rid]):
+            with _on(shards.devices[rid]):
                 self.iterations[rid] = tf.Variable(0, dtype="int64", name=f"class_shard_iterations_{rid}")
                 if self.momentum:
                     self.momenta[rid] = tf.Variable(tf.zeros_like(kernel), name=f"class_shard_momentum_{rid}")
@@ -446,6 +459,52 @@ def restore_shards(shards, directory, shard_optimizer=None):
                 "restore on the same N, or rebuild from gather_centres() / ClassShards.assign)."
             )
         _shard_checkpoint(shards, rid, shard_optimizer).read(path).assert_consumed()
+
+
+class ShardCheckpoint(keras.callbacks.Callback):
+    """Save this worker's shards (and their momentum) at every epoch end and every `every_steps` steps.
+
+    Each save goes to `directory/step-SSSSSSSSS/` (S: the shards' step counter, so it matches the
+    backbone checkpoint of the same step); the newest `keep` such folders are kept. Use it on every
+    worker of a multi-worker run (each saves its own shards), next to the backbone's checkpoint.
+    `ShardCheckpoint.latest(directory)` is the folder to `restore_shards` from.
+
+    Args:
+        shards, shard_optimizer: what to save (`ClassShardedLoop.shards`, `.shard_optimizer`).
+        directory: the root folder.
+        every_steps: also save every that many steps (None: epoch ends only).
+        keep: folders kept.
+    """
+
+    def __init__(self, shards, shard_optimizer, directory, every_steps=None, keep=2):
+        super().__init__()
+        self.shards, self.shard_optimizer = shards, shard_optimizer
+        self.directory, self.every_steps, self.keep = os.fspath(directory), every_steps, int(keep)
+
+    def _step(self):
+        return int(next(iter(self.shard_optimizer.iterations.values())).numpy())
+
+    def save(self):
+        folder = os.path.join(self.directory, f"step-{self._step():09d}")
+        save_shards(self.shards, folder, self.shard_optimizer)
+        for old in sorted(tf.io.gfile.glob(os.path.join(self.directory, "step-*")))[:-self.keep]:
+            mine = [_shard_path(old, r, self.shards.num_shards) for r in self.shards.replica_ids]
+            for path in (p for m in mine for p in tf.io.gfile.glob(m + ".*")):
+                tf.io.gfile.remove(path)  # only this worker's files: another worker removes its own
+        return folder
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_steps and self._step() % self.every_steps == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    @staticmethod
+    def latest(directory):
+        """The newest `step-*` folder under `directory`, or None."""
+        found = sorted(tf.io.gfile.glob(os.path.join(os.fspath(directory), "step-*")))
+        return found[-1] if found else None
 
 
 def memory_per_replica(num_classes, embedding_dim, num_replicas, momentum=True, bytes_per_value=4):
