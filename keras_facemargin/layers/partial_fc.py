@@ -9,76 +9,14 @@ from keras import ops
 
 from keras_facemargin.errors import SampleBudgetError  # noqa: F401  (re-exported)
 from keras_facemargin.layers import _state
+from keras_facemargin.layers.class_sampling import sample_classes  # noqa: F401  (re-exported)
 from keras_facemargin.layers.base import FaceHead, embedding_shape, prepare_indices, split_inputs
 from keras_facemargin.layers.cosine_dense import _is_real
-
-_POSITIVE_KEY = float(2**24)  # above every random key (24-bit integers, exact in float32)
 
 
 def sample_budget(sample_rate, num_classes):
     """`ceil(sample_rate * num_classes)`, computed exactly on the decimal value of `sample_rate`."""
     return min(num_classes, math.ceil(Fraction(repr(float(sample_rate))) * num_classes))
-
-
-def _i32(value):
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
-def _lsr(x, bits):
-    """Logical right shift of int32 bit patterns."""
-    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
-
-
-def _fmix32(x):
-    """MurmurHash3's 32-bit finaliser on int32 bit patterns (wrap-around multiplies), a bijection."""
-    x = ops.bitwise_xor(x, _lsr(x, 16))
-    x = ops.multiply(x, ops.convert_to_tensor(_i32(0x85EBCA6B), "int32"))
-    x = ops.bitwise_xor(x, _lsr(x, 13))
-    x = ops.multiply(x, ops.convert_to_tensor(_i32(0xC2B2AE35), "int32"))
-    return ops.bitwise_xor(x, _lsr(x, 16))
-
-
-def _fmix32_int(x):
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
-    x ^= x >> 13
-    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def sample_classes(labels, step, num_classes, num_sample, seed=0):
-    """The sampled class set of one step: every class in `labels`, then random others.
-
-    Each class gets a pseudo-random key, a hash of (class, `step`, `seed`) in
-    `keras.ops` integer arithmetic, so the set depends only on the labels, the
-    step counter and the seed (no RNG state: identical on every replica and
-    worker, after a resume and on every backend). The classes of `labels` get
-    the largest key; the `num_sample` largest keys are kept (insightface's
-    `topk` over `rand` with the positives set to 2).
-
-    Args:
-        labels: int class ids of the whole global batch, (N,).
-        step: int32 scalar step counter.
-        num_classes: C.
-        num_sample: K, the size of the set.
-        seed: Python int.
-
-    Returns:
-        (classes, num_positive): the sorted int32 class ids (K,) and the number
-        of distinct classes in `labels` (more than K means some were dropped).
-    """
-    step = ops.cast(step, "int32")
-    h1 = _fmix32(ops.bitwise_xor(ops.multiply(step, _i32(0x9E3779B1)), _i32(_fmix32_int(seed))))
-    h2 = _fmix32(ops.bitwise_xor(h1, _i32(0x5BD1E995)))
-    keys = _fmix32(ops.bitwise_xor(_fmix32(ops.arange(num_classes, dtype="int32") + h1), h2))
-    keys = ops.cast(_lsr(keys, 8), "float32")
-    labels = ops.cast(ops.reshape(labels, (-1, 1)), "int32")
-    keys = ops.scatter_update(keys, labels, ops.full((ops.shape(labels)[0],), _POSITIVE_KEY, "float32"))
-    num_positive = ops.sum(ops.cast(keys >= _POSITIVE_KEY, "int32"))
-    _, top = ops.top_k(keys, num_sample, sorted=False)
-    return ops.sort(ops.cast(top, "int32")), num_positive
 
 
 def _num_replicas():
@@ -105,8 +43,8 @@ class PartialFC(keras.layers.Layer):
     KappaFace's memory buffer and accumulators, CurricularFace's t and
     AdaFace's norm statistics see the whole batch, as without sampling.
 
-    Sampling is a hash of (class id, step counter, seed), not stateful RNG:
-    the counter `sample_step` is a layer variable, checkpointed with the model
+    Sampling is a hash of (draw or class id, step counter, seed), not stateful
+    RNG, in O(K log K) per step (`class_sampling.sample_classes`): the counter `sample_step` is a layer variable, checkpointed with the model
     and incremented by every training call, so a resumed run draws the same
     sets. Without labels, with `training=False`, or with `sample_rate=1` the
     wrapped head runs unchanged on all C classes (inference, export and
