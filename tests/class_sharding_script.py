@@ -134,6 +134,10 @@ def main(mode, out):
     result["momentum_restored"] = all(float(np.abs(loop.shard_optimizer.momenta[r].numpy()).sum()) > 0
                                       for r in shards.replica_ids)
     result["prefixes"] = [os.path.basename(p) for p in prefixes]
+    if mode == "mirrored":  # both shards are this process's: re-read the whole matrix, rows 3..9 across the boundary
+        rows = cs.saved_rows(os.path.join(out, "shards"), C, 2)
+        full = np.concatenate([saved[r] for r in shards.replica_ids])
+        result["saved_rows"] = bool(np.array_equal(rows(0, C), full) and np.array_equal(rows(3, 9), full[3:9]))
     print("RESULT " + json.dumps(result), flush=True)
 
 

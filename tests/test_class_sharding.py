@@ -162,6 +162,7 @@ def test_mirrored_class_sharded_loop_equals_keras_sgd_on_one_device(mirrored):
     check_training(mirrored)
     # ShardCheckpoint(every_steps=1, keep=1): step 1's files removed, step 2's shard 0 and 1 kept.
     assert {c.split("/")[0] for c in mirrored[0]["checkpoints"]} == {"step-000000002"}
+    assert mirrored[0]["saved_rows"]  # saved_rows re-reads rows across shard files (re-sharding)
     assert {c.split("/")[1].split(".")[0] for c in mirrored[0]["checkpoints"]} == {
         "class-shard-00000-of-00002", "class-shard-00001-of-00002"}
     assert mirrored[0]["prefixes"] == ["class-shard-00000-of-00002", "class-shard-00001-of-00002"]

@@ -461,6 +461,27 @@ def restore_shards(shards, directory, shard_optimizer=None):
         _shard_checkpoint(shards, rid, shard_optimizer).read(path).assert_consumed()
 
 
+def saved_rows(directory, num_classes, num_shards, name="centres"):
+    """`(lo, hi) -> rows` read from the `save_shards` files of a run with `num_shards` replicas.
+
+    For re-sharding onto another replica count: `ClassShards.assign(saved_rows(old_dir, C, old_n))`
+    (and `name="momentum"` for the momentum). Each call reads only the old shards it overlaps
+    (files of all old shards must be readable, e.g. on shared storage).
+    """
+    bounds = shard_bounds(num_classes, num_shards)
+    key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+
+    def rows(lo, hi):
+        parts = []
+        for r, (a, b) in enumerate(bounds):
+            if a < hi and lo < b:
+                values = tf.train.load_checkpoint(_shard_path(directory, r, num_shards)).get_tensor(key)
+                parts.append(values[max(lo, a) - a:min(hi, b) - a])
+        return np.concatenate(parts)
+
+    return rows
+
+
 class ShardCheckpoint(keras.callbacks.Callback):
     """Save this worker's shards (and their momentum) at every epoch end and every `every_steps` steps.
 
