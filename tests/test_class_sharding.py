@@ -19,7 +19,8 @@ from class_sharding_script import (
 from numpy_reference import arcface_target, margin_logits
 from testing import repo_env, result_of, run_workers
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+# One xdist worker for the module (each fixture built once); with test_multiworker's: TF_CONFIG workers never overlap.
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("tf_config_workers")]
 SCRIPT = __import__("pathlib").Path(__file__).with_name("class_sharding_script.py")
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -178,7 +179,6 @@ def test_initial_rows_do_not_depend_on_the_number_of_shards(mirrored):
     np.testing.assert_array_equal(initial_rows(4090, 4100, 3, seed=7).numpy(), initial_rows(0, 4100, 3, seed=7)[4090:])
 
 
-@pytest.mark.xdist_group("tf_config_workers")
 def test_two_loopback_workers_equal_single_device(multiworker):
     assert [o["replicas"] for o in multiworker] == [2, 2]
     assert [o["replica_ids"] for o in multiworker] == [[0], [1]]
