@@ -77,7 +77,7 @@ def job_align(tree):
     with open(os.path.join(tree, "report.json"), encoding="utf-8") as f:
         json.load(f)  # the report is valid JSON whatever the names hold
     return {"counts": report["counts"], "aligned": sorted(esc(i["path"]) for i in report["aligned"]),
-            "failed": {esc(i["path"]): i["reason"] for i in report["unreadable"]},
+            "failed": {esc(i["path"]): i.get("reason") or i["error"].split(":")[0] for i in report["unreadable"]},
             "no_face": sorted(esc(i["path"]) for i in report["no_face"])}
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from testing import REPO, repo_env, result_of
 
-from keras_facemargin.data.formats.folders import unescape_identity_name
+from keras_facemargin.data.formats.folders import list_identity_folder, unescape_identity_name
 from keras_facemargin.utils.folder_files import display_path, list_tree, read_regular_file
 
 WORKER = str(Path(__file__).with_name("folder_jobs_worker.py"))
@@ -157,6 +157,18 @@ def test_listing_and_reading_refuse_without_opening(tree):
     assert read_regular_file(tree / "raw" / "alice" / "loop.jpg", 1 << 20)[1][0] == "not_a_file"
     data, problem = read_regular_file(tree / "raw" / "alice" / "good.png", 1 << 20)
     assert problem is None and data[:4] == b"\x89PNG"
+
+
+def test_follow_links_accepts_links_out_of_the_root_only(tree):
+    """Opt-in for a folder of the user's own links to photos kept elsewhere: special files stay refused."""
+    files, refused = list_tree(tree / "raw", suffixes=(".jpg", ".png"), follow_links=True)
+    assert {"alice/out.png", "alice/passwd.jpg"} <= set(files)
+    assert {r.path: r.reason for r in refused} == {"alice/fifo.jpg": "not_a_file", "alice/loop.jpg": "not_a_file"}
+    ids, _ = list_identity_folder(tree / "train", follow_links=True)
+    assert sorted(ids["linked"]) == ["linked/o.png", "linked/o1.png", "linked/o2.png"]
+    refused = []
+    ids, _ = list_identity_folder(tree / "train", refused=refused)
+    assert "linked" not in ids and ("linked/", "outside_root") in [(r.path, r.reason) for r in refused]
 
 
 # ------------------------------------------------------------------------------- limited subprocesses

@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -135,13 +136,14 @@ def run_python(text, namespace):
 
 @pytest.fixture
 def photo_dir(tmp_path, monkeypatch):
-    """A working directory holding the README's photo names as symlinks to LFW photos."""
+    """A working directory holding the README's photo names as copies of LFW photos (not symbolic links:
+    `kfm embed photos/` refuses links out of the folder unless --follow-links)."""
     images = DATA_DIR / "lfw" / "images"
     if not images.is_dir():
         pytest.skip(f"LFW photos not found at {images} (set KFM_DATA_DIR)")
     for name, (person, number) in PHOTOS.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).symlink_to(images / person / f"{person}_{number:04d}.jpg")
+        shutil.copyfile(images / person / f"{person}_{number:04d}.jpg", tmp_path / name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

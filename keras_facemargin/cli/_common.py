@@ -230,7 +230,14 @@ def reason_counts(failures) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
 
 
-def expand_photos(paths, refused=None) -> list:
+def add_follow_links(parser) -> None:
+    """``--follow-links``: read symbolic links to photos outside the folders given (refused by default)."""
+    parser.add_argument("--follow-links", action="store_true",
+                        help="in folders, also read symbolic links to files outside the folder (default: such "
+                             "links are refused and reported as outside_root)")
+
+
+def expand_photos(paths, refused=None, follow_links=False) -> list:
     """``paths`` with every folder replaced by its image files (recursively, sorted; hidden ones skipped).
 
     A path that is not a folder is kept as it is (a missing file is then reported per photo, exit 5).
@@ -238,7 +245,8 @@ def expand_photos(paths, refused=None) -> list:
     socket or device, a dangling or looping symbolic link, a link to a folder, a link whose target
     lies outside the folder -- is never opened: it is left out, and with ``refused`` (a list) its
     :class:`~keras_facemargin.errors.ImageReadError` (reason ``not_a_file`` / ``outside_root`` /
-    ``unreadable``, exit 5) is appended there for the caller to report.
+    ``unreadable``, exit 5) is appended there for the caller to report. ``follow_links``
+    (``--follow-links``) accepts links to regular files outside the folder.
 
     Raises:
         ValueError: a folder holds no image file (and no refused entry).
@@ -249,7 +257,7 @@ def expand_photos(paths, refused=None) -> list:
     photos = []
     for p in map(Path, paths):
         if p.is_dir():
-            files, bad = list_tree(p, suffixes=IMAGE_SUFFIXES)
+            files, bad = list_tree(p, suffixes=IMAGE_SUFFIXES, follow_links=follow_links)
             if not files and not bad:
                 raise ValueError(f"{display_path(p)}: no image file ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
             photos += sorted(str(p / rel) for rel in files)  # the order of earlier versions

@@ -17,12 +17,13 @@ Example::
     kfm align --input raw/ --output aligned/ --landmarks landmarks.txt
 
 The job goes on past bad files: FIFOs, sockets, devices, dangling or looping symbolic links, links to
-folders and links out of RAW are never opened, files over the photo limits are never read, and each is
-listed under ``unreadable`` with its reason (``not_a_file``, ``outside_root``, ``too_large``,
-``not_an_image``, ``unreadable``). Any file name works (not UTF-8, newlines, 250 bytes); names are
-shown escaped (:func:`keras_facemargin.utils.folder_files.display_path`). ``--json``: one object
-``{"status": "error", "error": REASON, "file", "message"}`` per file not aligned, then the summary
-``{"status": "ok", "report", "total", "aligned", ...}``; otherwise a summary line on stderr.
+folders and links out of RAW (unless ``--follow-links``) are never opened, files over the photo limits
+are never read, and each is listed under ``unreadable`` with its reason (``not_a_file``,
+``outside_root``, ``too_large``, ``not_an_image``, ``unreadable``). Any file name works (not UTF-8,
+newlines, 250 bytes); names are shown escaped
+(:func:`keras_facemargin.utils.folder_files.display_path`). ``--json``: one object ``{"status": "error",
+"error": REASON, "file", "message"}`` per file not aligned, then the summary ``{"status": "ok",
+"report", "total", "aligned", ...}``; otherwise a summary line on stderr.
 
 Exit status: 0 when the job finished, even if some files failed (each is reported; see the report),
 1 with ``--strict`` when any file was not aligned, 2 on bad arguments.
@@ -53,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--min-confidence", type=float, default=0.0, help="MTCNN confidence threshold")
     p.add_argument("--batch-size", type=int, default=16, help="MTCNN batch size (same-shape images)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any file was not aligned")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also read symbolic links to files outside --input (default: refused, outside_root)")
     p.set_defaults(func=run_align)
 
 
@@ -68,7 +71,7 @@ def run_align(args) -> int:
         detector = MTCNNDetector(batch_size=args.batch_size, min_confidence=args.min_confidence)
     report = align_folder(args.input, args.output, landmarks=args.landmarks, image_size=args.size,
                           detector=detector, method=args.method, output_ext=args.ext,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, follow_links=args.follow_links)
     report_path = args.report or os.path.join(args.output, "align_report.json")
     write_report(report, report_path)
     c = report["counts"]

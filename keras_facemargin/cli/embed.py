@@ -15,17 +15,17 @@ Example::
     kfm embed photos/ --output photos.npz
     kfm embed a.jpg b.jpg --model mbf_dlib_distill --output ab.npz --json
 
-In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO,
-socket or device, a dangling or looping symbolic link, a link out of the folder) is never opened:
-it is reported (reason ``not_a_file`` / ``outside_root``, exit code 5) and listed in the file like the
-photos that fail (``too_large``, ``not_an_image``, ``unreadable``, ``no_face``, ...). Any file name
-works; names that hold newlines or bytes that are not UTF-8 are shown escaped
+In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO, socket
+or device, a dangling or looping symbolic link, a link out of the folder unless ``--follow-links``) is
+never opened: it is reported (reason ``not_a_file`` / ``outside_root``, exit code 5) and listed in the
+file like the photos that fail (``too_large``, ``not_an_image``, ``unreadable``, ``no_face``, ...). Any
+file name works; names that hold newlines or bytes that are not UTF-8 are shown escaped
 (:func:`keras_facemargin.utils.folder_files.display_path`), and kept as the file system's name
 (surrogate escapes) in ``paths`` / ``failed_paths``.
 
 ``--json``: one object per photo (``{"status": "ok", "source", "row", "box", "confidence",
 "num_faces"}`` or an error object ``{"status": "error", "error": REASON, "file", "message"}``), then
-``{"status": "ok", "output", "embedded", "failed", "failed_by_reason"}``; otherwise each failure is a
+``{"status": "ok", "output", "embedded", "failed"}``; otherwise each failure is a
 line on stderr, then a summary line. The exit status is 0 when the file is written, even if some
 photos failed (each reported), else (no photo embedded) the first failure's code (3, 4 or 5).
 """
@@ -47,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--output", required=True, help="the .npz to write")
     p.add_argument("--batch-size", type=int, default=16, help="photos detected and embedded together (default 16)")
     _common.add_model_arguments(p, verdict=False)
+    _common.add_follow_links(p)
     p.set_defaults(func=run_embed)
 
 
@@ -81,7 +82,7 @@ def run_embed(args) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     refused = []
-    photos = _common.expand_photos(args.photos, refused)
+    photos = _common.expand_photos(args.photos, refused, follow_links=args.follow_links)
     rows, failures, first_code = [], [], None
     for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
         failures.append((err.file, err))
@@ -114,17 +115,10 @@ def run_embed(args) -> int:
     metadata = {"model": verifier.config(), "num_photos": total, "command": "kfm embed"}
     write_embeddings(args.output, rows, failures, metadata)
     if args.json:
-        _common.emit({"status": "ok", "output": args.output, "embedded": len(rows), "failed": len(failures),
-                      "failed_by_reason": _reason_dict(failures)})
+        _common.emit({"status": "ok", "output": args.output, "embedded": len(rows), "failed": len(failures)})
     else:
         print(f"embedded {len(rows)} of {total} photo(s) ({verifier.embedding_dim}-d, model "
               f"{verifier.model_name}) to {_common.display_path(args.output)}"
               + (f"; {len(failures)} failed" if failures else ""))
     return _common.EXIT_OK
 
-
-def _reason_dict(failures) -> dict:
-    counts = {}
-    for _, err in failures:
-        counts[err.reason] = counts.get(err.reason, 0) + 1
-    return counts

@@ -23,12 +23,12 @@ Example::
     kfm gallery remove people.db bob
     kfm gallery import people.npz people.db
 
-In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO,
-socket or device, a dangling or looping symbolic link, a link out of the folder) is never opened; it
-is reported with the photos that fail (``--json``: one ``{"status": "error", "error": REASON, "file",
-"message"}`` object each, then the summary with ``failed`` and ``failed_by_reason``; otherwise a line
-each and a summary line on stderr), and the others are added. Names that hold newlines or bytes that
-are not UTF-8 are shown escaped (:func:`keras_facemargin.utils.folder_files.display_path`).
+In a folder, an entry with an image suffix that is not a regular file inside the folder (a FIFO, socket
+or device, a dangling or looping symbolic link, a link out of the folder unless ``--follow-links``) is
+never opened; it is reported with the photos that fail (``--json``: one ``{"status": "error", "error":
+REASON, "file", "message"}`` object each, then the summary with the count ``failed``; otherwise a line
+each and a summary line on stderr), and the others are added. Names that hold newlines or bytes that are
+not UTF-8 are shown escaped (:func:`keras_facemargin.utils.folder_files.display_path`).
 
 Exit status: 0 done (even if some photos failed; each is reported); 6 damaged gallery, one of another
 model, a legacy ``.npz`` asked to change, or no such identity (``remove``); ``add`` with no usable photo: the first photo's code (3 no face, 5
@@ -56,6 +56,7 @@ def register(sub) -> None:
     add.add_argument("photos", nargs="+", metavar="PHOTO", help="photos of the identity, or folders of them")
     add.add_argument("--batch-size", type=int, default=16, help="photos detected and embedded together")
     _common.add_model_arguments(add, verdict=False)
+    _common.add_follow_links(add)
     add.set_defaults(func=run_add)
     remove = _common.add_parser(actions, "remove", __doc__, [common], help="remove an identity, or some of its photos")
     remove.add_argument("gallery", help="the gallery file")
@@ -81,7 +82,7 @@ def run_add(args) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     refused = []
-    photos = _common.expand_photos(args.photos, refused)
+    photos = _common.expand_photos(args.photos, refused, follow_links=args.follow_links)
     items, failures, first_code = [], [], None
     for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
         failures.append(err)
@@ -109,11 +110,8 @@ def run_add(args) -> int:
     report = add_embeddings(args.gallery, verifier, args.identity, items)
     failed = len(failures)
     if args.json:
-        by_reason = {}
-        for err in failures:
-            by_reason[err.reason] = by_reason.get(err.reason, 0) + 1
         _common.emit({"status": "ok", "gallery": args.gallery, "identity": args.identity, "added": len(items),
-                      "failed": failed, "failed_by_reason": by_reason, "num_images": report["num_images"],
+                      "failed": failed, "num_images": report["num_images"],
                       "identities": report["identities"]})
     else:
         print(f"{_common.display_path(args.gallery)}: added {len(items)} photo(s) of "

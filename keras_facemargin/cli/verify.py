@@ -51,6 +51,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
     p.add_argument("--include-crops", action="store_true", help="add the aligned crop (base64 PNG) to the JSON")
     _common.add_model_arguments(p)
+    _common.add_follow_links(p)
     p.set_defaults(func=run_identify)
 
 
@@ -77,7 +78,8 @@ def _gallery(args, verifier):
     if args.save_gallery and os.path.exists(args.save_gallery):
         check_regular_file(args.save_gallery)  # a directory or FIFO is refused before any work
     if os.path.isdir(args.gallery):
-        gallery, built = Gallery.build(verifier, args.gallery, progress=not args.no_progress), True
+        gallery, built = Gallery.build(verifier, args.gallery, progress=not args.no_progress,
+                                       follow_links=getattr(args, "follow_links", False)), True
     else:
         gallery, built = Gallery.load(args.gallery, verifier), False
     info = {"path": args.gallery, "built": built, "identities": len(gallery), "images": int(gallery.counts.sum()),
@@ -101,7 +103,7 @@ def run_identify(args) -> int:
     if args.top_k <= 0:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
     refused = []
-    photos = _common.expand_photos(paths, refused)
+    photos = _common.expand_photos(paths, refused, follow_links=args.follow_links)
     status = _common.EXIT_OK
     for err in refused:  # entries of a folder never opened (FIFO, link out of the folder, ...)
         code = _common.error_to_exit(err, args)  # reported now, one by one

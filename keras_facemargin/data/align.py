@@ -471,13 +471,13 @@ def _natural_key(s):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s)] + [(2, 0, s)]
 
 
-def _list_files(root: Path):
+def _list_files(root: Path, follow_links=False):
     """``(files, refused)``: every regular file below ``root`` (hidden ones too), nothing opened.
 
     FIFOs, sockets, devices, dangling or looping links, links to folders and links out of ``root``
     are refused (:func:`keras_facemargin.utils.folder_files.list_tree`).
     """
-    files, refused = list_tree(root, include_hidden=True)
+    files, refused = list_tree(root, include_hidden=True, follow_links=follow_links)
     return sorted(files, key=_natural_key), refused
 
 
@@ -493,7 +493,7 @@ def read_rgb(path):
 
 def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, detector=None,
                  method: str = "lstsq", output_ext: str | None = None, jpeg_quality: int = 95,
-                 progress: bool = True, chunk_size: int = 64) -> dict:
+                 progress: bool = True, chunk_size: int = 64, follow_links: bool = False) -> dict:
     """Align every file under ``input_dir`` into ``output_dir`` with the same relative paths.
 
     Every file found (recursively, hidden files included) ends up in exactly one of
@@ -521,6 +521,8 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
         jpeg_quality: quality for JPEG outputs.
         progress: show a tqdm progress bar.
         chunk_size: images read (and detected) together.
+        follow_links: also read symbolic links to files outside ``input_dir`` (default: refused,
+            ``outside_root``).
 
     Returns:
         report dict: ``input_dir``, ``output_dir``, ``image_size``, ``landmarks_source``,
@@ -554,7 +556,7 @@ def align_folder(input_dir, output_dir, landmarks=None, image_size: int = 112, d
             lm_map, source = parse_landmarks_file(landmarks), str(landmarks)
     elif detector is None:
         detector = MTCNNDetector()
-    files, refused = _list_files(in_root)
+    files, refused = _list_files(in_root, follow_links)
     if output_ext is not None:  # e.g. a.jpg and a.png would both become a.png
         outputs = {}
         for rel in files:

@@ -133,7 +133,8 @@ def _crop_resize(img, box, size_hw):
 def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1, on_error: str = "raise",
                          max_identities: int | None = None, extensions=IMAGE_EXTENSIONS,
                          num_threads: int = 2, progress: bool = False,
-                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, exclude=()) -> IdentityFolderData:
+                         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, exclude=(),
+                         follow_links: bool = False) -> IdentityFolderData:
     """Load an identity-folder training set into memory as uint8 face crops.
 
     Args:
@@ -153,6 +154,9 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
             larger image (or a format other than JPEG/PNG/BMP/WebP) is an undecodable file.
         exclude: identity folder names to leave out; their files are not read (``excluded``
             counts them).
+        follow_links: also follow symbolic links whose target lies outside ``root`` (default: such
+            links, FIFOs, sockets and devices are never opened: ``unreadable`` lists them, or
+            ``on_error="raise"`` raises an :class:`~keras_facemargin.errors.ImageFileError`).
 
     Returns:
         :class:`IdentityFolderData` (``images, labels, class_names, class_counts = data``).
@@ -195,7 +199,7 @@ def load_identity_folder(root, image_size=112, crop="auto", min_images: int = 1,
         _resolve_box(crop, 89, 109)  # validates the name
     root = Path(root)
     refused = []
-    ids, ignored = list_identity_folder(root, extensions, refused=refused)
+    ids, ignored = list_identity_folder(root, extensions, refused=refused, follow_links=follow_links)
     for r in refused:  # never opened: FIFOs, sockets, devices, links out of root, ...
         if on_error == "raise":
             raise ImageFileError(root / r.path.rstrip("/"), None, r.reason, r.detail)
@@ -310,7 +314,8 @@ class CombinedIdentityData(IdentityFolderData):
 
 def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_images: int = 1,
                           on_error: str = "raise", num_threads: int = 2,
-                          progress: bool = False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> CombinedIdentityData:
+                          progress: bool = False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                          follow_links: bool = False) -> CombinedIdentityData:
     """Load several identity-folder roots into one label space.
 
     Identities are merged **by folder name** across roots (CelebA folders are CelebA identity
@@ -324,7 +329,8 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
 
     Args:
         roots: one root or a sequence of roots (each a folder of ``<identity>/`` sub-folders).
-        image_size, crop, on_error, num_threads, progress, max_image_pixels: as in :func:`load_identity_folder`
+        image_size, crop, on_error, num_threads, progress, max_image_pixels, follow_links: as in
+            :func:`load_identity_folder`
             (``crop="auto"`` is resolved per image, so 89x109 CelebA and 112x112 ArcFace crops mix).
         exclude: identity names to drop from every root (e.g.
             :func:`keras_facemargin.data.training_set.read_identity_list` of LFW-overlap candidates); names
@@ -353,7 +359,8 @@ def load_identity_folders(roots, image_size=112, crop="auto", exclude=(), min_im
     exclude = set(map(str, exclude))
     parts = [load_identity_folder(r, image_size=image_size, crop=crop, on_error=on_error,
                                   num_threads=num_threads, progress=progress,
-                                  max_image_pixels=max_image_pixels, exclude=exclude) for r in roots]
+                                  max_image_pixels=max_image_pixels, exclude=exclude,
+                                  follow_links=follow_links) for r in roots]
     excluded = {}
     for part in parts:
         for ident, n in part.excluded.items():

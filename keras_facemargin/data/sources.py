@@ -173,10 +173,10 @@ class _Source:
 class _FolderSource(_Source):
     kind = "image_folder"
 
-    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(self, path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, follow_links=False):
         super().__init__(path, max_image_pixels)
         refused = []
-        paths, labels, names = scan_image_folder(path, ignored=self.ignored, refused=refused)
+        paths, labels, names = scan_image_folder(path, ignored=self.ignored, refused=refused, follow_links=follow_links)
         for r in refused:  # never opened: FIFOs, sockets, devices, links out of the root, ...
             self.bad.append(ImageFileError(os.path.join(self.path, r.path.rstrip("/")), None, r.reason, r.detail))
         self.byte_cap = image_file_byte_cap(max_image_pixels)
@@ -342,12 +342,15 @@ class _TFRecordSource(_Source):
 _SOURCES = {"recordio": _RecordIOSource, "tfrecord": _TFRecordSource, "image_folder": _FolderSource}
 
 
-def open_source(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+def open_source(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, follow_links: bool = False):
     """Detect the kind of ``path`` and scan it (no image is decoded except one to find the size).
 
     Args:
         path: a data root (see :func:`detect_data_kind`).
         max_image_pixels: largest ``height * width`` decoded (read from each image header first).
+        follow_links: image-folder trees: also follow symbolic links out of the root (default: they
+            are bad records with reason ``outside_root``, never opened; see
+            :func:`keras_facemargin.data.formats.folders.list_identity_folder`).
 
     Returns:
         A source with ``kind``, ``path``, ``class_names``, ``labels`` (per row), ``bad``
@@ -358,7 +361,8 @@ def open_source(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         src = open_source("faces_emore"); print(src.summary())
     """
     kind = detect_data_kind(path)
-    src = _SOURCES[kind](path, check_max_pixels(max_image_pixels))
+    extra = {"follow_links": True} if follow_links and kind == "image_folder" else {}
+    src = _SOURCES[kind](path, check_max_pixels(max_image_pixels), **extra)
     if src.num_images == 0:
         raise DataSourceError(f"Training data {str(path)!r} ({DATA_KINDS[kind]}) holds no usable image "
                               f"({len(src.bad)} bad record(s){': ' + str(src.bad[0]) if src.bad else ''}).")

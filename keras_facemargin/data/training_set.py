@@ -487,7 +487,7 @@ def _error_dict(e):
 
 
 def load_training_set(paths, merge_identities="by_name", exclude_identities=(), image_size=None,
-                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, follow_links: bool = False):
     """Scan one or more data roots and combine them into one :class:`TrainingSet`.
 
     Args:
@@ -501,6 +501,11 @@ def load_training_set(paths, merge_identities="by_name", exclude_identities=(), 
             size (roots of different sizes then raise :class:`DataSourceError`).
         max_image_pixels: largest ``height * width`` of an image, checked on its header before
             decoding (larger ones are bad records).
+        follow_links: image-folder roots: also follow symbolic links whose target lies outside the
+            root (default: FIFOs, sockets, devices, dangling or looping links and links out of the
+            root are bad records -- ``not_a_file`` / ``outside_root`` -- listed in ``bad_records`` and
+            ``data_report.json``, never opened; files over
+            :func:`~keras_facemargin.utils.images.image_file_byte_cap` are ``too_large``, never read).
 
     Returns:
         :class:`TrainingSet`.
@@ -534,7 +539,7 @@ def load_training_set(paths, merge_identities="by_name", exclude_identities=(), 
     sources = []
     try:
         for p in paths:
-            sources.append(open_source(p, max_image_pixels))
+            sources.append(open_source(p, max_image_pixels, follow_links=follow_links))
         return TrainingSet(sources, merge_identities, exclude_identities, image_size)
     except BaseException:
         for s in sources:

@@ -57,7 +57,7 @@ _LEGACY_VERSION = 1
 _PROBE_MIN_COSINE = 0.999  # same model => the probe embeddings agree to float noise
 
 
-def _list_gallery_files(root: Path):
+def _list_gallery_files(root: Path, follow_links=False):
     """``(identities, stray, refused)``: ``{name: sorted file paths}`` (hidden entries skipped), the
     files directly under ``root``, and ``(path, reason, detail)`` of the entries never opened: FIFOs,
     sockets, devices, dangling or looping links, links to folders and links out of ``root``."""
@@ -70,7 +70,7 @@ def _list_gallery_files(root: Path):
             continue
         kind, info = classify_entry(entry, root_real)
         if kind == "dir":
-            files, bad = list_tree(entry)
+            files, bad = list_tree(entry, follow_links=follow_links)
             idents[entry.name] = sorted(str(entry / rel) for rel in files)
             refused += [(str(entry / r.path), r.reason, r.detail) for r in bad]
         elif kind == "file":
@@ -173,7 +173,7 @@ class Gallery:
 
     @classmethod
     def build(cls, verifier, folder, on_error: str = "skip", progress: bool = False,
-              chunk_size: int = 16) -> "Gallery":
+              chunk_size: int = 16, follow_links: bool = False) -> "Gallery":
         """Embed every image of ``folder/<identity>/...`` and average per identity.
 
         Args:
@@ -187,6 +187,8 @@ class Gallery:
                 ``outside_root``; ``"raise"``: the first failure is raised (a ``GalleryError``).
             progress: tqdm progress bar.
             chunk_size: images read and detected together.
+            follow_links: also read symbolic links to photos outside ``folder`` (default: refused,
+                ``outside_root``).
 
         Returns:
             :class:`Gallery` (in memory, with its per-photo embeddings; :meth:`save` writes it).
@@ -207,7 +209,7 @@ class Gallery:
         root = Path(folder)
         if not root.is_dir():
             raise FileNotFoundError(f"Gallery folder not found: {root} (expected <folder>/<identity>/<images>).")
-        idents, stray, refused = _list_gallery_files(root)
+        idents, stray, refused = _list_gallery_files(root, follow_links)
         skipped = []
 
         def _skip(path, reason, message):

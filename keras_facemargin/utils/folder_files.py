@@ -14,7 +14,9 @@ goes on past the bad ones, which it reports at the end with one of these reasons
 ================  ==========================================================================
 
 (the jobs add their own per-file reasons after reading: ``not_an_image``, ``unreadable``,
-``too_large``, ``no_face``, ...). A symbolic link to a regular file inside the root is followed.
+``too_large``, ``no_face``, ...). A symbolic link to a regular file inside the root is followed;
+one to a regular file outside it only when the job is asked to (``follow_links=True``, ``kfm ...
+--follow-links``: a folder of links the user made to photos kept elsewhere).
 
 File names are kept as the file system gives them (``str`` with PEP 383 surrogate escapes for
 bytes that are not UTF-8), so every file can be opened again; where a name is shown
@@ -120,13 +122,16 @@ def _inside(real, root_real) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def classify_entry(path, root_real, follow_dirs: bool = False):
+def classify_entry(path, root_real, follow_dirs: bool = False, follow_links: bool = False):
     """What ``path`` is, read from its metadata only (nothing is opened).
 
     Args:
         path: an entry of the tree.
         root_real: ``os.path.realpath`` of the tree's root.
         follow_dirs: a symbolic link to a folder inside the root is ``"dir"`` (else ``not_a_file``).
+        follow_links: also follow symbolic links whose target lies outside the root (the user's
+            own folder of links to photos kept elsewhere); their target must still be a regular file
+            (or a folder, with ``follow_dirs``).
 
     Returns:
         ``("file", st)`` for a regular file (or a link to one inside the root), ``("dir", st)`` for
@@ -148,10 +153,10 @@ def classify_entry(path, root_real, follow_dirs: bool = False):
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return "not_a_file", "a dangling symbolic link; expected a regular file"
             return "unreadable", f"cannot follow the symbolic link ({e.strerror or type(e).__name__})"
-        if not _inside(os.path.realpath(path), root_real):
+        if not follow_links and not _inside(os.path.realpath(path), root_real):
             what = "a folder" if stat.S_ISDIR(st.st_mode) else "a file"
             return "outside_root", (f"a symbolic link to {what} outside the folder (not opened); expected a file "
-                                    "inside the folder")
+                                    "inside the folder (follow_links=True / --follow-links to follow such links)")
         if stat.S_ISDIR(st.st_mode):
             if follow_dirs:
                 return "dir", st
@@ -178,7 +183,8 @@ def _kind(mode) -> str:
     return "a special file"
 
 
-def list_tree(root, suffixes=None, include_hidden: bool = False, max_bytes=None, recursive: bool = True):
+def list_tree(root, suffixes=None, include_hidden: bool = False, max_bytes=None, recursive: bool = True,
+              follow_links: bool = False):
     """The regular files under ``root`` (recursively) and the entries refused, nothing opened.
 
     Folders are walked in sorted name order; symbolic links to folders are not followed (as
@@ -192,6 +198,8 @@ def list_tree(root, suffixes=None, include_hidden: bool = False, max_bytes=None,
         include_hidden: also list names starting with ``"."`` (and what hidden folders hold).
         max_bytes: refuse regular files over this size (``too_large``), or ``None``.
         recursive: also list sub-folders.
+        follow_links: accept symbolic links to regular files outside ``root`` (default: refused,
+            ``outside_root``); links to folders are never followed.
 
     Returns:
         ``(files, refused)``: paths relative to ``root`` (``"a/b.jpg"``, ``str`` with surrogate
@@ -218,7 +226,7 @@ def list_tree(root, suffixes=None, include_hidden: bool = False, max_bytes=None,
             if not include_hidden and name.startswith("."):
                 continue
             rel = f"{rel_dir}/{name}" if rel_dir else name
-            kind, info = classify_entry(os.path.join(folder, name), root_real)
+            kind, info = classify_entry(os.path.join(folder, name), root_real, follow_links=follow_links)
             if kind == "dir":
                 if recursive:
                     walk(rel)

@@ -121,7 +121,7 @@ def unescape_identity_name(text):
     return _UNESCAPE.sub(_unescape_match, str(text))
 
 
-def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None = None):
+def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None = None, follow_links: bool = False):
     """List ``<root>/<identity>/<image>``: the package's one identity-folder scanner.
 
     Identities are the non-hidden sub-folders of ``root``, sorted by name (string order: ``"10"``
@@ -136,12 +136,15 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None
     link whose target lies outside ``root`` -- is left out and, with ``refused`` (a list), appended
     there as a :class:`keras_facemargin.utils.folder_files.RefusedFile` (path relative to ``root``;
     a refused identity folder ends with ``/``; reason ``not_a_file`` / ``outside_root`` /
-    ``unreadable``). Symbolic links inside ``root`` are followed as before.
+    ``unreadable``). Symbolic links inside ``root`` are followed as before; links out of ``root``
+    only with ``follow_links=True``.
 
     Args:
         root: folder holding one sub-folder per identity.
         extensions: accepted file suffixes (with the dot; compared in lower case).
         refused: optional list receiving the refused entries.
+        follow_links: also follow symbolic links (identity folders, images) whose target lies
+            outside ``root`` (default: refused, ``outside_root``).
 
     Returns:
         ``(identities, ignored)``: ``{identity: [paths relative to root]}`` (``"identity/file"``)
@@ -168,12 +171,12 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None
     refused = [] if refused is None else refused
     ids, ignored = {}, []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        kind, info = _entry_kind(entry, root_real)
+        kind, info = _entry_kind(entry, root_real, follow_links=follow_links)
         if kind == "dir" and not entry.name.startswith("."):
             files = []
             for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
                 rel = f"{entry.name}/{sub.name}"
-                sub_kind, sub_info = _entry_kind(sub, root_real)
+                sub_kind, sub_info = _entry_kind(sub, root_real, follow_links=follow_links)
                 if not sub.name.lower().endswith(exts) or sub_kind == "dir":
                     ignored.append(rel + ("/" if sub_kind == "dir" or sub.is_dir() else ""))
                 elif sub_kind == "file":
@@ -192,7 +195,7 @@ def list_identity_folder(root, extensions=IMAGE_EXTENSIONS, refused: list | None
     return ids, sorted(ignored)
 
 
-def _entry_kind(entry, root_real, follow_dirs=True):
+def _entry_kind(entry, root_real, follow_dirs=True, follow_links=False):
     """:func:`~keras_facemargin.utils.folder_files.classify_entry` with ``os.scandir``'s cached type
     for the common case (a plain folder or regular file: no extra system call)."""
     if not entry.is_symlink():
@@ -200,10 +203,11 @@ def _entry_kind(entry, root_real, follow_dirs=True):
             return "dir", None
         if entry.is_file(follow_symlinks=False):
             return "file", None
-    return classify_entry(entry.path, root_real, follow_dirs=follow_dirs)
+    return classify_entry(entry.path, root_real, follow_dirs=follow_dirs, follow_links=follow_links)
 
 
-def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = None, refused: list | None = None):
+def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = None, refused: list | None = None,
+                      follow_links: bool = False):
     """List the images of an identity-per-folder tree as paths and labels.
 
     The classes, order and file selection of :func:`list_identity_folder`.
@@ -215,6 +219,7 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = 
             (top-level files, other files, nested or hidden folders; paths relative to
             ``root``, folders with a trailing ``/``) are appended to it, sorted.
         refused: optional list receiving :func:`list_identity_folder`'s refused entries (never opened).
+        follow_links: as in :func:`list_identity_folder`.
 
     Returns:
         ``(paths, labels, class_names)``: list of image paths (str, class-major,
@@ -229,7 +234,7 @@ def scan_image_folder(root, extensions=IMAGE_EXTENSIONS, ignored: list | None = 
         paths, labels, names = scan_image_folder("faces")   # names[labels[i]] owns paths[i]
     """
     root = Path(root)
-    ids, skipped = list_identity_folder(root, extensions, refused=refused)
+    ids, skipped = list_identity_folder(root, extensions, refused=refused, follow_links=follow_links)
     if ignored is not None:
         ignored.extend(skipped)
     class_names = list(ids)
@@ -306,7 +311,8 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
                         augment_flip: bool = True, drop_remainder: bool = True, repeat: bool = False,
                         num_parallel_calls=tf.data.AUTOTUNE, on_error: str = "skip", shard="auto",
                         report: BadRecordReport | None = None,
-                        chunk_size: int = 32, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> tf.data.Dataset:
+                        chunk_size: int = 32, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                        follow_links: bool = False) -> tf.data.Dataset:
     """Training ``tf.data`` pipeline over an image folder tree.
 
     Yields ``({"images", "labels", "index"}, labels)``; ``index`` is the position
@@ -320,7 +326,10 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
         shuffle, seed, augment_flip, drop_remainder, repeat, num_parallel_calls,
             on_error, shard, report, chunk_size: as in
             :func:`keras_facemargin.data.formats.recordio.make_dataset`.
-        max_image_pixels: largest ``height * width`` decoded (read from the header first).
+        max_image_pixels: largest ``height * width`` decoded (read from the header first); files over
+            :func:`~keras_facemargin.utils.images.image_file_byte_cap` bytes are bad records, never read.
+        follow_links: as in :func:`list_identity_folder` (entries refused there are bad records
+            with reason ``not_a_file`` / ``outside_root``, never opened).
 
     Returns:
         ``tf.data.Dataset`` (with ``.bad_records``, ``.class_names`` attributes).
@@ -341,7 +350,7 @@ def make_folder_dataset(root, batch_size: int, image_size=None, shuffle: bool = 
     cap = check_max_pixels(max_image_pixels)
     report = BadRecordReport() if report is None else report
     refused = []
-    paths, labels, class_names = scan_image_folder(root, refused=refused)
+    paths, labels, class_names = scan_image_folder(root, refused=refused, follow_links=follow_links)
     byte_cap = image_file_byte_cap(cap)
     for r in refused:  # never opened: FIFOs, sockets, devices, links out of root, ...
         err = ImageFileError(os.path.join(str(root), r.path.rstrip("/")), None, r.reason, r.detail)
