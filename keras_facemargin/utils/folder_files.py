@@ -179,7 +179,7 @@ def _kind(mode) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISDIR(mode):
-        return "a folder"
+        return "a directory"
     return "a special file"
 
 
@@ -268,7 +268,7 @@ def read_regular_file(path, max_bytes, head=None):
     except FileNotFoundError:
         return None, ("not_found", "file not found (expected an image file)")
     except IsADirectoryError:
-        return None, ("not_a_file", "is a folder; expected a regular file")
+        return None, ("not_a_file", "is a directory; expected a regular file")
     except OSError as e:
         if e.errno == errno.ELOOP:
             return None, ("not_a_file", "a symbolic link loop; expected a regular file")
