@@ -171,6 +171,33 @@ def test_follow_links_accepts_links_out_of_the_root_only(tree):
     assert "linked" not in ids and ("linked/", "outside_root") in [(r.path, r.reason) for r in refused]
 
 
+def test_sockets_devices_and_unreadable_files(tmp_path):
+    import socket
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(folder / "s.jpg"))
+    except OSError:  # a path over the socket name limit
+        pytest.skip("cannot bind a UNIX socket here")
+    os.symlink("/dev/null", folder / "dev.jpg")
+    try:
+        _, refused = list_tree(folder, suffixes=(".jpg",))
+        assert {r.path: r.reason for r in refused} == {"s.jpg": "not_a_file", "dev.jpg": "outside_root"}
+        _, refused = list_tree(folder, suffixes=(".jpg",), follow_links=True)  # a device is never a photo
+        assert {r.path: r.detail for r in refused}["dev.jpg"].startswith("a symbolic link to a device")
+        assert read_regular_file("/dev/zero", 1 << 20)[1][0] == "not_a_file"  # never read (endless)
+    finally:
+        sock.close()
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode: the unreadable-file case does not apply")
+    locked = folder / "locked.jpg"
+    _write(locked, _face())
+    locked.chmod(0)
+    assert read_regular_file(locked, 1 << 20)[1][0] == "unreadable"
+
+
 # ------------------------------------------------------------------------------- limited subprocesses
 @pytest.mark.slow
 def test_align_folder_goes_on_and_reports_each_file(tree):
