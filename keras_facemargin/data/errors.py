@@ -30,6 +30,7 @@ import threading
 from collections import Counter
 
 from keras_facemargin.errors import BadRecordError  # noqa: F401  (defined there; a ValueError)
+from keras_facemargin.utils.folder_files import display_path
 
 __all__ = ["BadRecordError", "BadRecordReport", "check_on_error"]
 
@@ -98,7 +99,8 @@ class BadRecordReport:
                 self.examples.append({"file": str(file), "offset": offset, "reason": reason,
                                       "detail": detail, "key": key})
         if log and first:
-            where = str(file) if offset is None else f"{file} @ offset {offset}"
+            shown = display_path(file)  # one line whatever the name holds (newlines, bytes not UTF-8)
+            where = shown if offset is None else f"{shown} @ offset {offset}"
             logger.warning("Skipping bad record (%s) in %s%s", reason, where,
                            f": {detail}" if detail else "")
         return True
@@ -113,7 +115,7 @@ class BadRecordReport:
             return "no bad records"
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.by_reason.items()))
         where = "; ".join(
-            e["file"] if e["offset"] is None else f"{e['file']} @ {e['offset']}"
+            display_path(e["file"]) if e["offset"] is None else f"{display_path(e['file'])} @ {e['offset']}"
             for e in self.examples[:5]
         )
         return f"{self.count} bad record(s) skipped ({reasons}); first: {where}"
