@@ -38,13 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_facemargin.errors import FaceVerifierError, GalleryError
+from keras_facemargin.errors import FaceVerifierError, GalleryError, ImageReadError
 from keras_facemargin.inference.gallery_files import (
     check_config, check_identity_name, check_probe, check_regular_file, check_templates, gallery_kind,
     read_legacy_npz)
 from keras_facemargin.inference.gallery_search import DEFAULT_SCORE_BUDGET, top_k_search
 from keras_facemargin.inference.gallery_store import GALLERY_FORMAT, STORE_VERSION, GalleryStore
-from keras_facemargin.utils.folder_files import display_path
+from keras_facemargin.utils.folder_files import display_path, read_regular_file
+from keras_facemargin.utils.images import PHOTO_MAX_BYTES
 from keras_facemargin.utils.untrusted import plain_text
 
 __all__ = ["Gallery", "add_photos", "add_embeddings", "remove_from_gallery", "check_writable", "photo_key",
@@ -91,10 +92,11 @@ def photo_key(photo) -> str:
     if isinstance(photo, np.ndarray):
         h.update(repr((photo.shape, str(photo.dtype))).encode())
         h.update(np.ascontiguousarray(photo).tobytes())
-    else:
-        with open(photo, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+    else:  # the bounded, non-blocking reader: a file swapped for a FIFO after its decode cannot block
+        data, problem = read_regular_file(photo, PHOTO_MAX_BYTES)
+        if problem is not None:
+            raise ImageReadError("not_an_image" if problem[0] == "not_a_file" else problem[0], problem[1], str(photo))
+        h.update(data)
     return "sha256:" + h.hexdigest()
 
 
