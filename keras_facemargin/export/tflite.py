@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.utils.images import read_photo, resize_image
+from keras_facemargin.utils.tf_logs import quiet_native_logs
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -125,7 +126,8 @@ def export_tflite(model_or_savedmodel, path, quantize="float32", representative=
 
             converter.representative_dataset = gen
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        content = converter.convert()
+        with quiet_native_logs():  # the converter's absl INFO lines, whatever TF_CPP_MIN_LOG_LEVEL says
+            content = converter.convert()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -160,9 +162,15 @@ class TFLiteEmbedder:
         self._runner = self._interpreter.get_signature_runner(key)
         self._input = signatures[key]["inputs"][0]
         self._output = signatures[key]["outputs"][0]
+        self._first_call = True
 
     def __call__(self, images):
-        out = self._runner(**{self._input: np.asarray(images, np.float32)})
+        if self._first_call:  # the delegate is applied, and announced on stderr, at the first invoke
+            with quiet_native_logs():
+                out = self._runner(**{self._input: np.asarray(images, np.float32)})
+            self._first_call = False
+        else:
+            out = self._runner(**{self._input: np.asarray(images, np.float32)})
         return np.asarray(out[self._output])
 
     def shapes(self):

@@ -57,3 +57,54 @@ def import_keras_filtered() -> None:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+#: Native INFO / WARNING lines of TensorFlow's converters and runtimes (absl's ``I0000 00:00:... file.cc:N]``
+#: prefix, TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate"): progress chatter, not problems.
+NATIVE_CHATTER = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d?[\d.]* +\d+ [\w./-]+\.cc:\d+\]|INFO: )")
+
+
+class quiet_native_logs:
+    """Context manager: TensorFlow's native INFO / WARNING chatter of one call kept off stderr.
+
+    The TFLite converter and the LiteRT interpreter log from C++ (absl), whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. Inside the block, file descriptor 2 goes to a temporary file;
+    at exit every captured line that is not :data:`NATIVE_CHATTER` (errors, fatal lines, Python
+    warnings) is written back. ``KFM_TF_LOGS=1`` turns the filter off.
+
+    Example::
+
+        with quiet_native_logs():
+            content = converter.convert()
+    """
+
+    def __enter__(self):
+        self._saved = None
+        if os.environ.get("KFM_TF_LOGS") == "1":
+            return self
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            return self
+        self._capture = tempfile.TemporaryFile()
+        os.dup2(self._capture.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._capture.seek(0)
+        kept = [line for line in self._capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not NATIVE_CHATTER.search(line)]
+        self._capture.close()
+        if kept:
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+        return False
