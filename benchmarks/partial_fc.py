@@ -15,6 +15,14 @@ same run, then how each column grows with C (the log-log slope between consecuti
 
     python benchmarks/partial_fc.py                                   # 100k, 1M, 2M; 2 timed steps
     python benchmarks/partial_fc.py --classes 100000 1000000 --steps 3 --memory-budget-gb 8
+
+`--sampling-only` times the choice of the sampled classes alone (`class_sampling.sample_classes`,
+a batch of `--batch` random labels, in one `tf.function`), in this process: the default candidate
+sampler (O(K log K)), the exact O(C) radix-select sampler (`draws=0`, the fallback and the path for
+K > ~0.4 C) and the previous sampler (`top_k` over C float keys, kept here as a reference), with each
+time's ratio to the previous sampler and the log-log slope against C:
+
+    python benchmarks/partial_fc.py --sampling-only --classes 100000 500000 1000000 2000000
 """
 
 import argparse
@@ -158,6 +166,83 @@ def child(args):
     print("RESULT " + json.dumps(out), flush=True)
 
 
+# -- sampling only ------------------------------------------------------------------------------------
+def _topk_sampler(labels, step, num_classes, num_sample, seed=0):
+    """The previous sampler (before issue #24): a 24-bit hash key per class, positives set above
+    every key, `top_k` over the C keys, sorted."""
+    from keras import ops
+
+    from keras_facemargin.layers.class_sampling import _fmix32, _fmix32_int, _i32, _lsr
+
+    step = ops.cast(step, "int32")
+    h1 = _fmix32(ops.bitwise_xor(ops.multiply(step, _i32(0x9E3779B1)), _i32(_fmix32_int(seed))))
+    h2 = _fmix32(ops.bitwise_xor(h1, _i32(0x5BD1E995)))
+    keys = _fmix32(ops.bitwise_xor(_fmix32(ops.arange(num_classes, dtype="int32") + h1), h2))
+    keys = ops.cast(_lsr(keys, 8), "float32")
+    labels = ops.cast(ops.reshape(labels, (-1, 1)), "int32")
+    keys = ops.scatter_update(keys, labels, ops.full((ops.shape(labels)[0],), float(2**24), "float32"))
+    _, top = ops.top_k(keys, num_sample, sorted=False)
+    return ops.sort(ops.cast(top, "int32")), ops.sum(ops.cast(keys >= 2**24, "int32"))
+
+
+def sampling_only(args):
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_facemargin.layers.class_sampling import num_draws, sample_classes
+
+    methods = {
+        "default": lambda y, t, c, k: sample_classes(y, t, c, k, seed=1),
+        "exact O(C)": lambda y, t, c, k: sample_classes(y, t, c, k, seed=1, draws=0),
+        "previous top_k": lambda y, t, c, k: _topk_sampler(y, t, c, k, seed=1),
+    }
+    rng = np.random.default_rng(0)
+    rates = [r for r in args.rates if r < 1]
+    times, t0 = {}, time.time()
+    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f} on "
+          f"{os.cpu_count()} CPUs; TensorFlow {tf.__version__}, "
+          f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}", flush=True)
+    for c in args.classes:
+        for rate in rates:
+            k = math.ceil(rate * c)
+            y = tf.constant(rng.integers(0, c, args.batch).astype("int32"))
+            fns = {name: tf.function(lambda y, t, fn=fn, c=c, k=k: fn(y, t, c, k)) for name, fn in methods.items()}
+            for name, fn in fns.items():
+                fn(y, tf.constant(0))[0].numpy()  # trace + warm-up
+            samples = {name: [] for name in fns}
+            for step in range(1, args.steps + 1):  # round-robin: a drift of the shared machine hits all alike
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn(y, tf.constant(step))[0].numpy()
+                    samples[name].append(time.perf_counter() - start)
+            for name in fns:
+                times[(name, rate, c)] = 1000 * float(np.median(samples[name]))
+            print(f"# C={c:,} rate={rate:g} K={k:,} draws={num_draws(c, k):,}: "
+                  + ", ".join(f"{n} {times[(n, rate, c)]:.2f} ms" for n in fns), flush=True)
+    print(f"\nsampling only, batch {args.batch} labels, median of {args.steps} steps after a warm-up "
+          f"(round-robin), {time.time() - t0:.0f} s in all; ratios to the previous sampler in the same run.\n")
+    names = list(methods)
+    print("| C | rate | K | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for c in args.classes:
+        for rate in rates:
+            ref = times[("previous top_k", rate, c)]
+            cells = [f"{times[(n, rate, c)]:.2f} ms" + (f" ({times[(n, rate, c)] / ref:.2f}x)" if n != names[-1] else "")
+                     for n in names]
+            print(f"| {c:,} | {rate:g} | {math.ceil(rate * c):,} | " + " | ".join(cells) + " |")
+    print("\nGrowth with C (log-log slope between consecutive C, and over the whole range):")
+    for rate in rates:
+        for name in names:
+            pts = [(c, times[(name, rate, c)]) for c in sorted(args.classes)]
+            parts = [f"{c0 // 1000:,}k->{c1 // 1000:,}k C^{math.log(v1 / v0) / math.log(c1 / c0):.2f}"
+                     for (c0, v0), (c1, v1) in zip(pts, pts[1:])]
+            if len(pts) > 1:
+                (c0, v0), (c1, v1) = pts[0], pts[-1]
+                parts.append(f"overall C^{math.log(v1 / v0) / math.log(c1 / c0):.2f}")
+            print(f"- rate {rate:g}, {name}: " + "; ".join(parts))
+    return times
+
+
 # -- parent: run the grid, print the table -----------------------------------------------------------
 def run_child(args, classes, rate):
     cmd = [sys.executable, os.path.abspath(__file__), "--child-classes", str(classes), "--child-rate", str(rate),
@@ -229,18 +314,25 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classes", type=int, nargs="+", default=[100_000, 1_000_000, 2_000_000])
     p.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.1, 0.01])
-    p.add_argument("--steps", type=int, default=2, help="timed steps per phase (after one warm-up step)")
+    p.add_argument("--steps", type=int, default=2,
+                   help="timed steps per phase (after one warm-up step); 15 with --sampling-only unless given")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--memory-budget-gb", type=float, default=24.0,
                    help="phases estimated above this are not run (default 24, the issue's GPU)")
     p.add_argument("--optimizer", choices=["sgd", "row_sparse"], default="sgd",
                    help="sgd: Keras SGD (dense momentum); row_sparse: training.sparse_sgd.RowSparseSGD")
+    p.add_argument("--sampling-only", action="store_true",
+                   help="time only the choice of the sampled classes (three samplers), in this process")
     p.add_argument("--child-classes", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child-rate", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_classes is not None:
         return child(args)
+    if args.sampling_only:
+        if args.steps == 2:
+            args.steps = 15
+        return sampling_only(args)
     results, t0 = [], time.time()
     for c in args.classes:
         for rate in args.rates:

@@ -8,7 +8,7 @@ state), so every replica, worker, resumed run and backend draws the same set.
 Two exact algorithms, both with static shapes (TF graphs, XLA, jitted JAX, torch):
 
 - candidates, O(K log K), used when `K` is at most about 0.4 C: `M ~ -C ln(1 - K/C)` plus a margin
-  (about 1.05 K at K = 0.1 C) pseudo-random draws in [0, C) (a bijective 32-bit hash of the draw
+  (1.06 K at K = 0.01 C, 1.08 K at K = 0.1 C, for C = 1-2M) pseudo-random draws in [0, C) (a bijective 32-bit hash of the draw
   index, with rejection of the top `2^31 mod C` values so that each class is exactly equally
   likely), ordered by a second per-step bijective hash of the class id, so that repeats are
   adjacent and the distinct classes come in random order; the first `K - |P|` distinct draws that
