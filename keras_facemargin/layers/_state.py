@@ -157,7 +157,20 @@ def scatter_update_rows(variable, indices, updates):
 
 
 def gather_rows(variable, indices):
-    """`variable[indices]` as a tensor."""
+    """`variable[indices]` as a tensor.
+
+    On TensorFlow (outside a stateless or autocast scope) a gather from the resource variable
+    itself (`ResourceGather`), not from a full read of it: where a `ReadVariableOp` output is still
+    alive when the same step scatters into the variable (the KappaFace memory buffer, the Center-loss
+    centres, RowSparseSGD's kernel), TensorFlow copies the whole variable first. Measured in a
+    `tf.function` without outputs around `KappaMarginDense.observe_batch` with a 342,968 x 512 buffer:
+    58 ms per step (a 702 MB copy) against 0.3 ms. The gradient is the same IndexedSlices.
+    """
+    if _tf_direct(variable):
+        tf = _tf()
+        local = _local_tf_variable(variable)
+        if isinstance(local, tf.Variable):
+            return tf.gather(local, indices)
     return ops.take(read(variable), indices, axis=0)
 
 
