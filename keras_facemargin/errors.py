@@ -290,7 +290,7 @@ class MultipleFacesError(FaceVerifierError):
 
 
 class GalleryError(FaceVerifierError):
-    """A gallery file that is not one, is damaged, or belongs to another model (exit code 6)."""
+    """A gallery file that is not one, is damaged, belongs to another model, or could not be written (exit code 6)."""
 
     exit_code = 6
 

@@ -16,7 +16,9 @@ meaningless scores. Search is exact (:meth:`Gallery.search`: a chunked matmul,
 (:mod:`~keras_facemargin.inference.gallery_files`). ``GalleryError.reason``: ``gallery_format``
 (not a gallery, damaged or inconsistent), ``gallery_limit`` (a legacy member over a size or ratio
 limit), ``not_a_file`` (a directory, FIFO or device), ``legacy_gallery`` (a change asked of an
-``.npz``), ``gallery_mismatch``, ``gallery_empty``, ``unknown_identity``.
+``.npz``), ``gallery_mismatch``, ``gallery_empty``, ``unknown_identity``, ``write_failed`` (a full disk
+or an I/O error during a change: rolled back, the file as it was), ``gallery_busy`` (another writer
+held the file past the busy timeout).
 
 Example::
 

@@ -59,6 +59,8 @@ CREATE TABLE photos (id INTEGER PRIMARY KEY, identity_id INTEGER NOT NULL REFERE
 CREATE INDEX photos_by_identity ON photos(identity_id);
 """
 _TABLES = {"meta", "identities", "photos"}
+#: SQLite messages of a failed write (the transaction is rolled back; the file stays as it was).
+_WRITE_FAULTS = ("disk i/o error", "database or disk is full", "readonly database", "file is too large")
 
 
 def _now():
@@ -125,6 +127,14 @@ class GalleryStore:
         try:
             yield conn
         except sqlite3.Error as err:
+            text = str(err).lower()
+            if any(m in text for m in _WRITE_FAULTS):  # disk full, I/O error, read-only: the change was rolled back
+                raise GalleryError("write_failed", f"cannot write the gallery ({type(err).__name__}: "
+                                   f"{plain_text(str(err))}); the change was rolled back and the file is as it was",
+                                   self.path) from None
+            if "locked" in text or "busy" in text:
+                raise GalleryError("gallery_busy", f"another writer held the gallery for longer than the busy "
+                                   f"timeout ({plain_text(str(err))})", self.path) from None
             raise GalleryError("gallery_format", f"damaged or foreign SQLite gallery ({type(err).__name__}: "
                                f"{plain_text(str(err))})", self.path) from None
         finally:
@@ -145,7 +155,9 @@ class GalleryStore:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite has already rolled back after a full disk or an I/O error
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
