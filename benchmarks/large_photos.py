@@ -5,7 +5,7 @@ upscaled into a large canvas of noise, so detection must really find the face; t
 the big photo is compared with the box found on the small original, scaled (IoU printed).
 
 Cases (each: ``FaceVerifier(...).verify(big, small_original)`` in a new process; peak RSS from
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
+``VmHWM``, :func:`keras_facemargin.utils.memory.peak_rss_mb`; ``ru_maxrss`` would include the parent's memory):
 
 * ``baseline``: the small original against itself (the cost of TensorFlow, the model, MTCNN);
 * ``photo_48mpx``: an 8000x6000 JPEG (face upscaled 8x);
@@ -101,6 +101,8 @@ def worker(args):
     if args.limit_gb:
         cap = int(args.limit_gb * (1 << 30))
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    from keras_facemargin.utils.memory import peak_rss_mb
+
     t0 = time.perf_counter()
     out = {"case": args.case}
     try:
@@ -116,7 +118,7 @@ def worker(args):
     except BaseException as e:  # noqa: BLE001  (reported: MemoryError and TF resource errors included)
         out.update(status="failed", error=f"{type(e).__name__}: {str(e)[:200]}")
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -97,12 +97,13 @@ BOMBS = {"bomb.png": (png_bomb, "too_large"), "bomb.jpg": (jpeg_bomb, "too_large
 WORKER = r"""
 import json, resource, sys, time
 from keras_facemargin.utils.images import read_photo
+from keras_facemargin.utils.memory import peak_rss_mb  # not ru_maxrss: it inherits the parent's
 for path in sys.argv[1:]:
     t = time.perf_counter()
     image, problem = read_photo(path)
     print(json.dumps({"file": path, "reason": problem[0] if problem else "ok", "detail": problem[1] if problem else "",
                       "seconds": time.perf_counter() - t,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+                      "peak_rss_mb": peak_rss_mb()}), flush=True)
 """
 
 

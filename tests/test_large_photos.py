@@ -42,11 +42,12 @@ sys.path.insert(0, "benchmarks")
 import large_photos as lp
 from keras_facemargin.data.align import MTCNNDetector
 from keras_facemargin.utils.images import read_photo
+from keras_facemargin.utils.memory import peak_rss_mb
 src, big, kw = {src!r}, {big!r}, {kw!r}
 det = MTCNNDetector(**kw)
 small, _ = read_photo(src)
 ref = det.detect(small)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = peak_rss_mb()
 rgb, _ = read_photo(big)
 try:
     found = det.detect(rgb)
@@ -55,7 +56,7 @@ try:
 except BaseException as e:
     out = {{"error": type(e).__name__}}
 out["before_mb"] = before
-out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_mb"] = peak_rss_mb()
 print("RESULT " + json.dumps(out))
 """
 
