@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testing import JAX_TWO_CPU_XLA_FLAGS
 
 WORKER = Path(__file__).with_name("jax_checkpoint_worker.py")
 pytestmark = pytest.mark.xdist_group("jax_checkpoint")  # the two worker subprocesses run once per module
@@ -29,7 +30,7 @@ STEPS = 3
 
 
 def _worker(mode, out, cache):
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=JAX_TWO_CPU_XLA_FLAGS,
                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, str(WORKER), mode, str(out)], env=env, capture_output=True, text=True,

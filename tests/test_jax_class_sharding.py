@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testing import JAX_TWO_CPU_XLA_FLAGS
 
 WORKER = Path(__file__).with_name("jax_class_sharding_worker.py")
 pytestmark = pytest.mark.xdist_group("jax_class_sharding")  # one worker subprocess for the module
@@ -27,7 +28,7 @@ KINDS = ("arcface", "kappaface")
 def runs(tmp_path_factory):
     pytest.importorskip("jax")
     out = tmp_path_factory.mktemp("jax_shard") / "result.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=JAX_TWO_CPU_XLA_FLAGS,
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(WORKER), str(out), "trainer"], env=env, capture_output=True,
                           text=True, timeout=900, cwd=str(WORKER.parents[1]))

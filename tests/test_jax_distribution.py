@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testing import JAX_TWO_CPU_XLA_FLAGS
 
 pytest.importorskip("jax")
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.backend, pytest.mark.distributed, pytest.mark.slow,
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("jax_dp") / "result.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=JAX_TWO_CPU_XLA_FLAGS,
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(WORKER), str(out)], env=env, capture_output=True, text=True,
                           timeout=900, cwd=str(WORKER.parents[1]))

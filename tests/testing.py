@@ -149,3 +149,11 @@ def inputs_with_angles(kernel, labels, thetas, rng, norm_range=(0.5, 3.0)):
         v /= np.linalg.norm(v)
         xs.append(np.cos(t) * c + np.sin(t) * v)
     return (np.stack(xs) * rng.uniform(*norm_range, (len(labels), 1))).astype("float32")
+
+
+#: XLA_FLAGS for 2 JAX CPU devices. XLA's CPU collectives abort the process when a participant is
+#: late by more than 40 s (rendezvous "termination timeout"): on a loaded 2-core machine, with another
+#: test worker computing, one device thread can miss that; the timeouts are raised to 10 minutes.
+JAX_TWO_CPU_XLA_FLAGS = ("--xla_force_host_platform_device_count=2 "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                         "--xla_cpu_collective_timeout_seconds=600")
