@@ -37,46 +37,29 @@ def import_keras_filtered() -> None:
     """
     if "keras" in sys.modules or os.environ.get("KFM_TF_LOGS") == "1":
         return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
+    with filtered_stderr(BANNER):
         import keras  # noqa: F401
-
-        return
-    with tempfile.TemporaryFile() as capture:
-        try:
-            os.dup2(capture.fileno(), 2)
-            import keras  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if not BANNER.search(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
 
 #: Native INFO / WARNING lines of TensorFlow's converters and runtimes (absl's ``I0000 00:00:... file.cc:N]``
 #: prefix, TFLite's "INFO: Created TensorFlow Lite XNNPACK delegate"): progress chatter, not problems.
 NATIVE_CHATTER = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d?[\d.]* +\d+ [\w./-]+\.cc:\d+\]|INFO: )")
 
 
-class quiet_native_logs:
-    """Context manager: TensorFlow's native INFO / WARNING chatter of one call kept off stderr.
+class filtered_stderr:
+    """Context manager: lines matching ``pattern`` kept off stderr (file descriptor 2) inside the block.
 
-    The TFLite converter and the LiteRT interpreter log from C++ (absl), whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says. Inside the block, file descriptor 2 goes to a temporary file;
-    at exit every captured line that is not :data:`NATIVE_CHATTER` (errors, fatal lines, Python
-    warnings) is written back. ``KFM_TF_LOGS=1`` turns the filter off.
+    File descriptor 2 goes to a temporary file (native code writes there, not to ``sys.stderr``);
+    at exit every captured line that does not match is written back. A no-op when
+    ``KFM_TF_LOGS=1`` or when file descriptor 2 cannot be duplicated.
 
     Example::
 
-        with quiet_native_logs():
-            content = converter.convert()
+        with filtered_stderr(BANNER):
+            import keras
     """
+
+    def __init__(self, pattern):
+        self.pattern = pattern
 
     def __enter__(self):
         self._saved = None
@@ -102,9 +85,24 @@ class quiet_native_logs:
         os.close(self._saved)
         self._capture.seek(0)
         kept = [line for line in self._capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-                if not NATIVE_CHATTER.search(line)]
+                if not self.pattern.search(line)]
         self._capture.close()
         if kept:
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
         return False
+
+
+def quiet_native_logs() -> filtered_stderr:
+    """Context manager: TensorFlow's native INFO / WARNING chatter of one call kept off stderr.
+
+    The TFLite converter and the LiteRT interpreter log from C++ (absl), whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says; every line that is not :data:`NATIVE_CHATTER` (errors, fatal
+    lines, Python warnings) is written back. ``KFM_TF_LOGS=1`` turns the filter off.
+
+    Example::
+
+        with quiet_native_logs():
+            content = converter.convert()
+    """
+    return filtered_stderr(NATIVE_CHATTER)
