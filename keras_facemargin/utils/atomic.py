@@ -69,6 +69,33 @@ def fsync_directory(directory):
 
 
 @contextlib.contextmanager
+def _replace_on_success(tmp, path):
+    """The shared tail of `atomic_writer` and `atomic_path`: when the block ends normally, rename
+    `tmp` onto `path` and fsync the directory; on any exception (``BaseException``) remove `tmp`
+    (if it exists) and re-raise, leaving `path` untouched.
+
+    The block is expected to have written and fsync-ed `tmp` itself.
+
+    Args:
+        tmp: the temporary file (a ``Path`` beside `path`, see `temporary_path`).
+        path: the final file (a ``Path``).
+
+    Example::
+
+        with _replace_on_success(tmp, path):
+            write_and_fsync(tmp)
+    """
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
 def atomic_writer(path, mode="wb", encoding=None, newline=None):
     """Context manager: a file object whose content replaces `path` atomically when the block ends.
 
@@ -91,7 +118,7 @@ def atomic_writer(path, mode="wb", encoding=None, newline=None):
     path = Path(path)
     tmp = temporary_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-    try:
+    with _replace_on_success(tmp, path):
         try:
             f = open(fd, "w", encoding=encoding or "utf-8", newline=newline) if mode == "w" else open(fd, "wb")
         except BaseException:
@@ -101,12 +128,6 @@ def atomic_writer(path, mode="wb", encoding=None, newline=None):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
 
 
 @contextlib.contextmanager
@@ -125,19 +146,13 @@ def atomic_path(path, suffix=".tmp"):
     """
     path = Path(path)
     tmp = temporary_path(path, suffix)
-    try:
+    with _replace_on_success(tmp, path):
         yield tmp
         fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path, data):
