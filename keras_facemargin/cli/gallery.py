@@ -98,7 +98,7 @@ def run_add(args) -> int:
                 code = _common.error_to_exit(face, args)
                 first_code = first_code or code
             else:
-                items.append((photo, embedding))
+                items.append((photo, embedding, face))  # the face's sha256: the photo is not read again
     total = len(photos) + len(refused)
     if failures and not args.json:
         print(f"kfm gallery add: {len(failures)} of {total} photo(s) failed ({_common.reason_counts(failures)})",

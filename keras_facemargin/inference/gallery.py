@@ -86,6 +86,10 @@ def _list_gallery_files(root: Path, follow_links=False):
 def photo_key(photo) -> str:
     """The key of a photo in a gallery: the sha256 of its file's bytes (or of an array's shape and bytes).
 
+    Reads the file. The add paths (:meth:`Gallery.build`, :func:`add_photos`, :func:`add_embeddings`
+    given the photo's face) take the same ``'sha256:<hex>'`` key from the bytes the photo decoder read
+    instead (:func:`keras_facemargin.utils.images.read_photo_with_sha256`), so each photo is read once.
+
     Example::
 
         photo_key("alice1.jpg")      # 'sha256:9f8...'
@@ -100,6 +104,17 @@ def photo_key(photo) -> str:
             raise ImageReadError("not_an_image" if problem[0] == "not_a_file" else problem[0], problem[1], str(photo))
         h.update(data)
     return "sha256:" + h.hexdigest()
+
+
+def _decoded_photo_key(photo, face=None) -> str:
+    """:func:`photo_key` of ``photo``, taken from the sha256 of the bytes ``face`` was decoded from when it
+    carries one (:attr:`Face.file_sha256 <keras_facemargin.inference.results.Face>`): the file is not read
+    again, and the key is that of the content embedded. Falls back to :func:`photo_key` (arrays, or a
+    face without the digest)."""
+    digest = getattr(face, "file_sha256", None)
+    if digest is not None and not isinstance(photo, np.ndarray):
+        return "sha256:" + digest
+    return photo_key(photo)
 
 
 def _photo_source(photo) -> str:
@@ -239,10 +254,10 @@ class Gallery:
                         _skip(face.file, face.reason, face.detail)
                     else:
                         crops.append(face.crop)
-                        owners.append((name, path))
+                        owners.append((name, path, _decoded_photo_key(path, face)))
                 if crops:
-                    for (name, path), e in zip(owners, verifier.embed_crops(np.stack(crops))):
-                        photos[name].append((photo_key(path), _photo_source(path), 1, np.asarray(e, np.float32)))
+                    for (name, path, key), e in zip(owners, verifier.embed_crops(np.stack(crops))):
+                        photos[name].append((key, _photo_source(path), 1, np.asarray(e, np.float32)))
                 bar.update(len(chunk))
         names = []
         for name in idents:
@@ -417,7 +432,10 @@ def add_embeddings(path, verifier, identity, items) -> dict:
         verifier: the :class:`~keras_facemargin.FaceVerifier` that made the embeddings (checked against
             the gallery's model inside the transaction).
         identity: the identity's name (created if new; a photo added again replaces its earlier embedding).
-        items: ``[(photo, embedding)]``: a path or RGB array, and its unit embedding.
+        items: ``[(photo, embedding)]`` or ``[(photo, embedding, face)]``: a path or RGB array, its unit
+            embedding and optionally the :class:`~keras_facemargin.inference.results.Face` it was embedded
+            from, whose ``file_sha256`` (the bytes decoded) gives the photo's key without reading the file
+            again; without it the key is :func:`photo_key` (the file is read).
 
     Returns:
         ``{"path", "identity", "added", "num_images", "identities"}``.
@@ -428,13 +446,14 @@ def add_embeddings(path, verifier, identity, items) -> dict:
     Example::
 
         emb, face = verifier.embed("alice1.jpg")
-        add_embeddings("people.db", verifier, "alice", [("alice1.jpg", emb)])
+        add_embeddings("people.db", verifier, "alice", [("alice1.jpg", emb, face)])
     """
     check_identity_name(identity)
     store = check_writable(path, verifier)
     if store is None:
         store = GalleryStore.create(path, verifier.config(), verifier.probe_embedding(), source="kfm gallery add")
-    rows = [(photo_key(p), _photo_source(p), 1, np.asarray(e, np.float32)) for p, e in items]
+    rows = [(_decoded_photo_key(p, face[0] if face else None), _photo_source(p), 1, np.asarray(e, np.float32))
+            for p, e, *face in items]
     report = store.add_photos(identity, rows, check=lambda meta: _compare(meta["config"], meta["probe"], verifier,
                                                                           path))
     return {"path": str(path), **report}
@@ -478,7 +497,7 @@ def add_photos(path, verifier, identity, photos, batch_size: int = 16, progress:
             failed += [f for f in faces if isinstance(f, FaceVerifierError)]
             if good:
                 embeddings = verifier.embed_crops(np.stack([faces[i].crop for i in good]))
-                items += [(part[i], e) for i, e in zip(good, embeddings)]
+                items += [(part[i], e, faces[i]) for i, e in zip(good, embeddings)]
             bar.update(len(part))
     if not items:
         return {"path": str(path), "identity": identity, "added": 0, "failed": failed}

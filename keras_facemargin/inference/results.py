@@ -41,6 +41,8 @@ class Face:
         num_faces: faces detected in the image.
         index: which of them was used.
         image_shape: ``(H, W)`` of the source image.
+        file_sha256: hex sha256 of the photo file's bytes that were decoded (``None`` for an array);
+            a gallery's photo key (``"sha256:" + file_sha256``) without a second read of the file.
     """
 
     source: str
@@ -52,6 +54,7 @@ class Face:
     num_faces: int = 1
     index: int = 0
     image_shape: tuple = ()
+    file_sha256: str = field(default=None, repr=False)
 
     def to_dict(self, include_crop: bool = False) -> dict:
         """JSON-friendly dict; ``include_crop=True`` adds ``crop_png_base64`` (the crop as a base64 PNG)."""

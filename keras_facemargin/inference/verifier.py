@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.data.align import align_face, estimate_transform, select_face, transform_points
-from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo, resize_image
+from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo_with_sha256, resize_image
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
 from keras_facemargin.utils.images import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
@@ -115,14 +115,20 @@ def read_image(image, name=None):
 
         rgb, name = read_image("photo.jpg")
     """
+    rgb, label, _ = _read_image_with_sha256(image, name)
+    return rgb, label
+
+
+def _read_image_with_sha256(image, name=None):
+    """:func:`read_image` plus the hex sha256 of the file bytes decoded (``None`` for an array): ``(rgb, name, sha256)``."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         label = str(image) if name is None else str(name)
-        rgb, problem = read_photo(path)
+        rgb, problem, digest = read_photo_with_sha256(path)
         if problem is not None:
             reason, detail = problem
             raise (_ImageNotFoundError if reason == "not_found" else ImageReadError)(reason, detail, label)
-        return rgb, label
+        return rgb, label, digest
     if isinstance(image, np.ndarray):
         label = "<array>" if name is None else str(name)
         if image.dtype != np.uint8:
@@ -134,7 +140,7 @@ def read_image(image, name=None):
             image = image[:, :, :3]
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"{label}: image arrays must be RGB uint8 (H, W, 3), got shape {image.shape}.")
-        return np.ascontiguousarray(image), label
+        return np.ascontiguousarray(image), label, None
     raise TypeError(f"Expected an image path (str / Path) or an RGB uint8 array, got {type(image).__name__}.")
 
 
@@ -375,7 +381,7 @@ class FaceVerifier:
         out = []
         for im, n in zip(images, names):
             try:
-                out.append(read_image(im, n))
+                out.append(_read_image_with_sha256(im, n))
             except ImageReadError as e:
                 if errors == "raise":
                     raise
@@ -383,9 +389,10 @@ class FaceVerifier:
         todo = [i for i, r in enumerate(out) if isinstance(r, tuple)]
         dets = self._detect([out[i][0] for i in todo]) if todo else []
         for i, d in zip(todo, dets):
-            rgb, label = out[i]
+            rgb, label, digest = out[i]
             try:
                 out[i] = self._face(rgb, d, label)
+                out[i].file_sha256 = digest  # the bytes decoded: a gallery keys the photo without reading it again
             except (NoFaceError, MultipleFacesError) as e:
                 if errors == "raise":
                     raise

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import errno
+import hashlib
 import struct
 from collections import namedtuple
 
@@ -443,19 +444,43 @@ def read_photo(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MAX_BYTES):
         rgb, problem = read_photo("face.jpg")
         if problem: print(*problem)
     """
+    image, problem, _ = read_photo_with_sha256(path, max_pixels, max_bytes)
+    return image, problem
+
+
+def read_photo_with_sha256(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MAX_BYTES):
+    """:func:`read_photo`, plus the sha256 of the very bytes decoded (the file is read once).
+
+    For callers that key a photo by its content (a gallery's ``sha256:<hex>`` photo key): hashing
+    the bytes that were decoded, rather than reading the file again, reads it once and keys exactly
+    the content that was embedded, even if the file changes afterwards.
+
+    Args:
+        path, max_pixels, max_bytes: as :func:`read_photo`.
+
+    Returns:
+        ``(image, problem, sha256_hex)``: :func:`read_photo`'s pair, and the hex sha256 of the file's
+        bytes (``None`` when the file could not be read; set when the bytes were read but do not decode).
+
+    Example::
+
+        rgb, problem, digest = read_photo_with_sha256("face.jpg")   # digest: 'e3b0c442...'
+    """
     from keras_facemargin.utils.folder_files import read_regular_file
 
     data, problem = read_regular_file(path, max_bytes)
     if problem is not None:
         reason, detail = problem
         if reason == "not_a_file":  # the reason code of earlier versions
-            return None, ("not_an_image", detail.replace("expected a regular file", "expected an image file"))
+            return None, ("not_an_image", detail.replace("expected a regular file", "expected an image file")), None
         if reason == "too_large":
-            return None, ("too_large", detail.replace("the cap of", "the photo limit of"))
-        return None, problem
+            return None, ("too_large", detail.replace("the cap of", "the photo limit of")), None
+        return None, problem, None
+    digest = hashlib.sha256(data).hexdigest()
     if not data:
-        return None, ("unreadable", "empty file (0 bytes), expected an image")
-    return decode_photo(data, max_pixels)
+        return None, ("unreadable", "empty file (0 bytes), expected an image"), digest
+    image, problem = decode_photo(data, max_pixels)
+    return image, problem, digest
 
 
 def decode_photo(data, max_pixels=PHOTO_MAX_PIXELS):
