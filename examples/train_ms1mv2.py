@@ -22,7 +22,7 @@ does better, see docs/results.md).
 Millions of identities: `--sample-rate 0.1` trains with Partial FC (An et al., ICCVW 2021): each step
 computes the logits on the batch's classes plus random others, 10% of the classes in all, and only
 those rows of the class-centre matrix get a gradient (keras_facemargin.layers.PartialFC; every --loss
-composes). `--experiment glint360k` is insightface's Glint360K recipe (360,232 identities: CosFace
+composes); on TensorFlow only those rows and their momentum are updated (training.RowSparseSGD). `--experiment glint360k` is insightface's Glint360K recipe (360,232 identities: CosFace
 m=0.4, batch 1024, 20 epochs, lr / 10 at 8, 12, 15, 18, fp16, sample rate 0.1).
 
 More identities than one device holds: `--backend jax --shard-classes` trains on JAX under a

@@ -76,7 +76,9 @@ class TrainConfig:
         encoder_momentum: KappaFace momentum-encoder EMA momentum.
         sample_rate: Partial FC rate in (0, 1]: below 1 every step computes the logits on the
             batch's classes plus random others, ceil(sample_rate * C) in all
-            (`keras_facemargin.layers.PartialFC`); 1 = the full classifier.
+            (`keras_facemargin.layers.PartialFC`); 1 = the full classifier. Below 1 on TensorFlow
+            the trainer uses `training.RowSparseSGD` (only the sampled rows of the class matrix and
+            of its momentum move; PartialFC v1); on JAX, Keras SGD (dense momentum, every row).
         batch_size: global batch size (all replicas, all workers).
         epochs: number of epochs.
         lr: learning rate at `lr_reference_batch`; the run uses `lr * batch_size / lr_reference_batch`.

@@ -62,15 +62,17 @@ class RowSparseSGD(keras.optimizers.SGD):
         if self.built:
             return
         sparse = [v for v in variables if is_row_sparse(v)]
-        self._sparse_keys = {k for v in sparse for k in _keys(v)}
+        self._sparse_keys = {self._var_key(v) for v in sparse}
         if sparse and self.weight_decay is not None:
             self.exclude_from_weight_decay(var_list=sparse)  # decayed row-wise in update_step
         super().build(variables)
         if self.momentum != 0:
-            self._sparse_slots = {k: m for v, m in zip(variables, self.momentums) if is_row_sparse(v) for k in _keys(v)}
+            self._sparse_slots = {self._var_key(v): m for v, m in zip(variables, self.momentums) if is_row_sparse(v)}
 
     def update_step(self, gradient, variable, learning_rate):
-        if id(variable) not in self._sparse_keys:
+        # `_var_key`: the same key for the Keras variable, its tf.Variable and, under tf.distribute,
+        # each replica's component (what `update_step` gets inside `extended.update`).
+        if self._var_key(variable) not in self._sparse_keys:
             return super().update_step(gradient, variable, learning_rate)
         if not _is_indexed_slices(gradient):
             if not self.dense_fallback:
@@ -99,7 +101,7 @@ class RowSparseSGD(keras.optimizers.SGD):
             w = w - w * tf.cast(self.weight_decay, dtype) * lr
         if self.momentum != 0:
             mu = tf.cast(self.momentum, dtype)
-            slot = self._sparse_slots[id(variable)]
+            slot = self._sparse_slots[self._var_key(variable)]
             m = mu * tf.gather(slot.value, rows) - lr * g
             slot = slot.value
             slot.scatter_update(tf.IndexedSlices(m, rows))
@@ -112,14 +114,6 @@ class RowSparseSGD(keras.optimizers.SGD):
         config = super().get_config()
         config["dense_fallback"] = self.dense_fallback
         return config
-
-
-def _keys(variable):
-    """ids under which the optimizer may see `variable` (the Keras variable; on TF its tf.Variable)."""
-    keys = [id(variable)]
-    if keras.backend.backend() == "tensorflow":
-        keys.append(id(variable.value))
-    return keys
 
 
 def _is_indexed_slices(x):

@@ -77,6 +77,31 @@ def jax_distribution(config, head, devices=None):
     return None
 
 
+def make_optimizer(config, learning_rate):
+    """The run's SGD: `RowSparseSGD` for Partial FC on TensorFlow, `keras.optimizers.SGD` otherwise.
+
+    With `config.sample_rate < 1` on TensorFlow the class-centre matrix gets a row gradient
+    (`IndexedSlices`) and `keras_facemargin.training.sparse_sgd.RowSparseSGD` updates only the
+    sampled rows of it and of its momentum (insightface PartialFC v1: a row not sampled keeps its
+    centre and momentum bit-identical; the backbone gets plain SGD). On JAX (and at rate 1) the
+    gradient is dense and Keras SGD moves every row (PartialFC v2's dense momentum). Both keep
+    the momentum slots of Keras SGD, so checkpoints hold the same variables.
+
+    Args:
+        config: the `TrainConfig` (`sample_rate`, `backend`, `momentum`, `weight_decay`).
+        learning_rate: a float or a `LearningRateSchedule`.
+
+    Example:
+        >>> make_optimizer(get_experiment("glint360k"), 0.1)  # RowSparseSGD on TensorFlow
+    """
+    kwargs = dict(momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.sample_rate < 1 and config.backend == "tensorflow":
+        from keras_facemargin.training.sparse_sgd import RowSparseSGD
+
+        return RowSparseSGD(learning_rate, **kwargs)
+    return keras.optimizers.SGD(learning_rate, **kwargs)
+
+
 def epoch_seed(seed, epoch):
     """Data-order seed of `epoch`: the order depends only on (seed, epoch), so a resumed run sees the same batches."""
     return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
@@ -356,7 +381,8 @@ class Trainer:
 
     # -- pieces --------------------------------------------------------------------
     def build_model(self):
-        """Backbone + head + SGD with the epoch step decay, created in the strategy's scope.
+        """Backbone + head + SGD (`make_optimizer`: `RowSparseSGD` for Partial FC on TensorFlow) with
+        the epoch step decay, created in the strategy's scope.
 
         On JAX the head is made first and `jax_distribution(config, head)` set as the global
         distribution before any variable exists, so the class-sharded layout applies to them all.
@@ -397,7 +423,7 @@ class Trainer:
             else:
                 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             schedule = EpochStepDecay(cfg.effective_lr, spec.steps_per_epoch, cfg.lr_steps, cfg.lr_factor)
-            optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            optimizer = make_optimizer(cfg, schedule)
             if cfg.mixed_precision:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             # TF: no XLA (the scatter state updates and tf.data-fed steps run as graph ops); JAX: jax.jit,
