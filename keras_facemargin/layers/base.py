@@ -43,6 +43,7 @@ import keras
 from keras import ops
 
 from keras_facemargin.layers import _state
+from keras_facemargin.layers.normalized_matmul import normalized_matmul
 
 #: Axis roles of `FaceHead.variable_axes`: the class axis and the training-sample axis.
 CLASSES = "classes"
@@ -126,22 +127,11 @@ def class_centres(layer):
 def sampled_cosine(embeddings, centres, dtype):
     """cos(theta) between the embeddings (B, d) and sampled class centres stored as rows (K, d), (B, K).
 
-    Both are L2-normalised (in `dtype`; the centres through `_inverse_norm`) and the product is
+    Both are L2-normalised (in `dtype`; the centres inside `normalized_matmul`) and the product is
     clipped to [-1, 1].
     """
     x = ops.normalize(ops.cast(embeddings, dtype), axis=-1, epsilon=1e-12)
-    w = ops.cast(centres, dtype)
-    return ops.clip(ops.matmul(x, ops.transpose(w)) * _inverse_norm(w, axis=-1), -1.0, 1.0)
-
-
-def _inverse_norm(w, axis, epsilon=1e-12):
-    """`1 / ||w||` along `axis` (no keepdims), exactly the scale of `ops.normalize(w, axis, epsilon=epsilon)`.
-
-    The cosine heads multiply `x_n @ W` by it instead of normalising W: the same function, but the
-    class-centre matrix is only read (a reduction and the matmul), not copied into a normalised C x d
-    tensor whose forward and backward passes dominated the head at 85k classes on the CPU.
-    """
-    return ops.minimum(ops.rsqrt(ops.sum(ops.square(w), axis=axis)), 1.0 / epsilon)
+    return ops.clip(normalized_matmul(x, ops.cast(centres, dtype), class_axis=0), -1.0, 1.0)
 
 
 def _defining_class(cls, names):
