@@ -1,6 +1,7 @@
 """Partial FC's class sampler (`keras_facemargin.layers.class_sampling`): positives kept, K distinct
 classes, negatives uniform (chi-square, with NumPy's own without-replacement sampler as the control),
-the O(C) exact path and the fallback, and the same sets on TF, JAX and torch.
+the O(C) exact path and the fallback, the per-shard use of `training.class_sharding`, and the same
+sets on TF, JAX and torch.
 """
 
 import json
@@ -105,6 +106,36 @@ def test_default_draws_are_about_k_over_log():
     assert num_draws(2_000_000, 20_000) < 1.02 * 20_000 + 1200
     assert num_draws(1_000_000, 100_000) < 1.09 * 100_000  # -ln(0.9) = 1.054, + 8 sigma
     assert num_draws(1000, 500) == 0 and num_draws(10, 10) == 0
+
+
+@pytest.mark.parametrize("rows, num_sample", [(300, 30), (50, 35)], ids=["candidates", "exact"])
+def test_class_sharding_shard_sample_keeps_its_positives_and_draws_uniform_others(rows, num_sample):
+    """`class_sharding._sampled_rows`: a shard [lo, lo + rows) of the global classes; the batch labels
+    in it are its positives (local ids), the others are not part of its sample."""
+    from keras_facemargin.training.class_sharding import _sampled_rows
+
+    lo, T = 1000, 400
+    labels = np.array([1003, 1003, 7, 1000 + rows - 1, 1020, 5000, 999], "int32")  # 3 in the shard, 3 not
+    local = labels - lo
+    owned_local = np.where((local >= 0) & (local < rows), local, rows).astype("int32")
+    positives = np.unique(local[(local >= 0) & (local < rows)])
+    assert len(positives) == 3
+
+    def draw(owned, shard, steps):
+        fn = tf.function(lambda t: _sampled_rows(owned, rows, num_sample, t, 11, shard))
+        return np.stack([fn(tf.constant(t, "int64")).numpy() for t in range(steps)])
+
+    sets = draw(owned_local, 1, T)
+    check_sets(sets, rows, num_sample, labels=positives)  # sorted, K distinct rows of the shard, positives kept
+    assert chi_square_p(sets, rows, num_sample, positives) > 1e-4
+    none_here = draw(np.full(7, rows, "int32"), 1, T)  # no label in the shard: K uniform rows
+    check_sets(none_here, rows, num_sample, labels=[])
+    assert chi_square_p(none_here, rows, num_sample, []) > 1e-4
+    np.testing.assert_array_equal(draw(owned_local, 1, 3), sets[:3])  # a function of (labels, step, seed, shard)
+    assert not np.array_equal(draw(owned_local, 0, 3), sets[:3])
+    too_many = np.arange(num_sample + 1, dtype="int32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more distinct classes than its Partial FC sample"):
+        _sampled_rows(too_many, rows, num_sample, 0, 11, 1)
 
 
 _WORKER = """

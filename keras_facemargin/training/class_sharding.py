@@ -25,8 +25,9 @@ all-reduce) and w.r.t. its own shard are exact; the shard gradient is never comm
 the network carries B x d embeddings and their gradient, and a few B-vectors, never C x d values.
 
 With `sample_rate < 1` each shard trains on a Partial FC sample of its own rows (PartialFC v2):
-every row of the shard that is a label of the global batch, plus random others (stateless keys
-from (seed, shard, step)), `ceil(sample_rate * C_r)` rows in all, so the loss is the softmax over
+every row of the shard that is a label of the global batch, plus uniformly random others
+(`layers.class_sampling.sample_classes` on the shard's rows: hashes of (seed, shard, step), O(K_r log K_r),
+no `top_k` over the shard), `ceil(sample_rate * C_r)` rows in all, so the loss is the softmax over
 the union of the shards' samples.
 
 The shards are N plain `tf.Variable`s, one per local device (`strategy.extended.worker_devices`),
@@ -63,6 +64,7 @@ import tensorflow as tf
 
 from keras_facemargin.errors import ClassShardingError
 from keras_facemargin.layers.base import FaceHead
+from keras_facemargin.layers.class_sampling import sample_classes
 from keras_facemargin.layers.cosine_dense import CosineDense
 from keras_facemargin.layers.softmax import SoftmaxDense
 from keras_facemargin.training.custom_loop import CustomLoop
@@ -230,17 +232,21 @@ def sample_size(sample_rate, rows):
 
 
 def _sampled_rows(owned_local, rows, num_sample, step, seed, shard):
-    """Partial FC per shard: the sorted local rows (K_r,) of the sample: every row in `owned_local`, then
-    random others (stateless keys from (seed, shard, step): the same on a rerun and after a resume)."""
-    key_seed = tf.stack([tf.constant(seed * 1_000_003 + shard, "int64"), tf.cast(step, "int64")])
-    keys = tf.random.stateless_uniform((rows,), seed=key_seed)
-    positive = tf.math.unsorted_segment_max(tf.ones_like(owned_local, "float32"), owned_local, rows + 1)[:rows] > 0
-    keys = tf.where(positive, 2.0, keys)
+    """Partial FC per shard: the sorted local rows (K_r,) of the sample: every row in `owned_local`
+    (the shard's positives; `rows` marks a label of another shard), then uniformly random others.
+
+    `layers.class_sampling.sample_classes` (O(K_r log K_r), no `top_k` over the shard) over the
+    `rows + 1` ids of the shard plus the marker, which is always a positive (appended) and the
+    largest id: the first K_r of its K_r + 1 sorted classes are the sample. Hashes of (seed, shard,
+    step), no RNG state: the same on a rerun and after a resume.
+    """
+    positives = tf.concat([tf.cast(owned_local, "int32"), tf.constant([rows], "int32")], 0)
+    classes, num_positive = sample_classes(positives, step, rows + 1, num_sample + 1, seed=seed * 1_000_003 + shard)
     tf.debugging.assert_less_equal(
-        tf.reduce_sum(tf.cast(positive, "int32")), num_sample,
+        num_positive - 1, num_sample,
         message="A shard's global batch holds more distinct classes than its Partial FC sample; raise sample_rate.",
     )
-    return tf.sort(tf.math.top_k(keys, num_sample, sorted=False).indices)
+    return classes[:num_sample]
 
 
 def sharded_margin_loss(head, embeddings, labels, kernel, first_class, num_classes, sample_rate=1.0, step=0,
