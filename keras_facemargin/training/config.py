@@ -62,6 +62,9 @@ class TrainConfig:
             or `"per_root"` (different identities).
         exclude_identities: image-folder identity names left out of training (e.g. LFW-overlap
             candidates; `keras_facemargin.data.sources.read_identity_list` reads a list file).
+        follow_links: image-folder roots: also read symbolic links whose target lies outside the
+            root (default: such links are refused, never opened, and listed as `outside_root` bad
+            records in `data_report.json`; FIFOs, sockets, devices and dangling links stay refused).
         augment_flip: random horizontal flips of the training images.
         loss: margin head, a registered name (`loss_names()`, read when the config is checked).
         estimator: KappaFace feature estimator, `"memory_buffer"` or `"momentum_encoder"`.
@@ -118,6 +121,7 @@ class TrainConfig:
     data: Optional[tuple] = None
     merge_identities: str = "by_name"
     exclude_identities: tuple = ()
+    follow_links: bool = False
     augment_flip: bool = True
     loss: str = "kappaface"
     estimator: str = "memory_buffer"
@@ -183,6 +187,8 @@ class TrainConfig:
         _choice("backend", self.backend, BACKENDS)
         if not isinstance(self.augment_flip, bool):
             raise ValueError(f"`augment_flip` must be True or False. Received: augment_flip={self.augment_flip!r}")
+        if not isinstance(self.follow_links, bool):
+            raise ValueError(f"`follow_links` must be True or False. Received: follow_links={self.follow_links!r}")
         from keras_facemargin.backbones.presets import BACKBONE_PRESETS
 
         _choice("backbone", self.backbone, tuple(BACKBONE_PRESETS))

@@ -207,7 +207,8 @@ def _file_data(config, num_workers):
     from keras_facemargin.data.training_set import load_training_set
 
     ts = load_training_set(config.data, merge_identities=config.merge_identities,
-                           exclude_identities=config.exclude_identities, image_size=config.image_size)
+                           exclude_identities=config.exclude_identities, image_size=config.image_size,
+                           follow_links=config.follow_links)
     report = BadRecordReport()
 
     def make(epoch, batch_size, shard):
