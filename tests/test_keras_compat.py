@@ -68,6 +68,15 @@ def test_optimizer_learning_rate_is_the_schedule_or_the_rate_given():
     assert float(keras.ops.convert_to_numpy(rate)) == pytest.approx(0.25)
 
 
+def test_optimizer_variable_key_is_one_key_per_variable_whatever_object_is_passed():
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    a, b = keras.Variable(np.zeros(2, "float32")), keras.Variable(np.zeros(2, "float32"))
+    optimizer.build([a, b])
+    key = keras_compat.optimizer_variable_key(optimizer, a)
+    assert key == keras_compat.optimizer_variable_key(optimizer, a.value), _moved("BaseOptimizer._var_key")
+    assert key != keras_compat.optimizer_variable_key(optimizer, b), _moved("BaseOptimizer._var_key")
+
+
 def test_replica_local_value_is_the_replicas_own_variable():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():

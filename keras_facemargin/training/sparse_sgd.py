@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from keras_facemargin.errors import SparseUpdateError
+from keras_facemargin.utils.keras_compat import optimizer_variable_key
 
 _MARK = "_kfm_row_sparse"
 
@@ -62,17 +63,17 @@ class RowSparseSGD(keras.optimizers.SGD):
         if self.built:
             return
         sparse = [v for v in variables if is_row_sparse(v)]
-        self._sparse_keys = {self._var_key(v) for v in sparse}
+        self._sparse_keys = {optimizer_variable_key(self, v) for v in sparse}
         if sparse and self.weight_decay is not None:
             self.exclude_from_weight_decay(var_list=sparse)  # decayed row-wise in update_step
         super().build(variables)
         if self.momentum != 0:
-            self._sparse_slots = {self._var_key(v): m for v, m in zip(variables, self.momentums) if is_row_sparse(v)}
+            self._sparse_slots = {optimizer_variable_key(self, v): m for v, m in zip(variables, self.momentums) if is_row_sparse(v)}
 
     def update_step(self, gradient, variable, learning_rate):
-        # `_var_key`: the same key for the Keras variable, its tf.Variable and, under tf.distribute,
+        # `optimizer_variable_key`: the same key for the Keras variable, its tf.Variable and, under tf.distribute,
         # each replica's component (what `update_step` gets inside `extended.update`).
-        if self._var_key(variable) not in self._sparse_keys:
+        if optimizer_variable_key(self, variable) not in self._sparse_keys:
             return super().update_step(gradient, variable, learning_rate)
         if not _is_indexed_slices(gradient):
             if not self.dense_fallback:
@@ -101,7 +102,7 @@ class RowSparseSGD(keras.optimizers.SGD):
             w = w - w * tf.cast(self.weight_decay, dtype) * lr
         if self.momentum != 0:
             mu = tf.cast(self.momentum, dtype)
-            slot = self._sparse_slots[self._var_key(variable)]
+            slot = self._sparse_slots[optimizer_variable_key(self, variable)]
             m = mu * tf.gather(slot.value, rows) - lr * g
             slot = slot.value
             slot.scatter_update(tf.IndexedSlices(m, rows))

@@ -31,6 +31,7 @@ __all__ = [
     "in_stateless_scope",
     "in_symbolic_scope",
     "optimizer_learning_rate",
+    "optimizer_variable_key",
     "replica_local_value",
     "symbolic_build",
     "tensorflow_conv_replaced",
@@ -110,6 +111,21 @@ def optimizer_learning_rate(optimizer):
         optimizer: a Keras optimizer (not a `LossScaleOptimizer`: pass its `inner_optimizer`).
     """
     return optimizer._learning_rate if hasattr(optimizer, "_learning_rate") else optimizer.learning_rate
+
+
+def optimizer_variable_key(optimizer, variable):
+    """The key under which `optimizer` files `variable`'s slots: the same for a Keras variable, its
+    `tf.Variable` and, under `tf.distribute`, each replica's component.
+
+    Why private (`BaseOptimizer._var_key`): `update_step` receives a replica's component inside
+    `extended.update`, a different Python object per replica; only this key maps it back to the
+    variable the optimizer was built with (`training.sparse_sgd.RowSparseSGD`).
+
+    Args:
+        optimizer: a built or building Keras optimizer.
+        variable: a Keras variable, its backend variable, or a replica's component of it.
+    """
+    return optimizer._var_key(variable)
 
 
 def replica_local_value(value):
