@@ -63,45 +63,22 @@ def normalized_matmul(x, w, class_axis=1, epsilon=EPSILON):
     """
     if class_axis not in (0, 1):
         raise ValueError(f"`class_axis` must be 0 or 1. Received: class_axis={class_axis!r}")
-    # Two compiled variants, one per layout (custom_gradient functions take tensors only).
-    return (_class_major if class_axis == 0 else _class_minor)(x, w, epsilon)
+    major = class_axis == 0  # w is (C, d)
 
-
-def _radial_coefficients(gr, z, norms, r, epsilon):
-    """`-r^2 * sum_b gr_bj z_bj` per class, 0 where the norm is clamped at epsilon (constant scale)."""
-    return ops.where(norms > epsilon, -ops.square(r), 0.0) * ops.sum(gr * z, axis=0)
-
-
-def _class_minor(x, w, epsilon):
     @ops.custom_gradient
     def forward(x, w):
-        z = ops.matmul(x, w)
-        norms = column_norms(w, 0)
+        z = ops.matmul(x, ops.transpose(w) if major else w)
+        norms = column_norms(w, 1 if major else 0)
         r = 1.0 / ops.maximum(norms, epsilon)
 
         def grad(*args, upstream=None):
             g = args[0] if upstream is None else upstream
             gr = g * r
-            c = _radial_coefficients(gr, z, norms, r, epsilon)
+            # -r^2 * sum_b gr_bj z_bj per class; 0 where the norm is clamped (constant scale).
+            c = ops.where(norms > epsilon, -ops.square(r), 0.0) * ops.sum(gr * z, axis=0)
+            if major:
+                return ops.matmul(gr, w), ops.matmul(ops.transpose(gr), x) + w * ops.expand_dims(c, -1)
             return ops.matmul(gr, ops.transpose(w)), ops.matmul(ops.transpose(x), gr) + w * c
-
-        return z * r, grad
-
-    return forward(x, w)
-
-
-def _class_major(x, w, epsilon):
-    @ops.custom_gradient
-    def forward(x, w):
-        z = ops.matmul(x, ops.transpose(w))
-        norms = column_norms(w, 1)
-        r = 1.0 / ops.maximum(norms, epsilon)
-
-        def grad(*args, upstream=None):
-            g = args[0] if upstream is None else upstream
-            gr = g * r
-            c = _radial_coefficients(gr, z, norms, r, epsilon)
-            return ops.matmul(gr, w), ops.matmul(ops.transpose(gr), x) + w * ops.expand_dims(c, -1)
 
         return z * r, grad
 
