@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_facemargin.data.align import align_face, estimate_transform, select_face, transform_points
-from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo_with_sha256, resize_image
+from keras_facemargin.utils.images import PACKAGE_NORMALIZATION, read_photo, read_photo_with_sha256, resize_image
 from keras_facemargin.inference.results import Face, IdentifyResult, VerifyResult
 from keras_facemargin.utils.images import normalize_images
 from keras_facemargin.evaluation.verification import embed_images, kfold_verification, pair_scores
@@ -115,16 +115,17 @@ def read_image(image, name=None):
 
         rgb, name = read_image("photo.jpg")
     """
-    rgb, label, _ = _read_image_with_sha256(image, name)
+    rgb, label, _ = _read_image(image, name, with_sha256=False)
     return rgb, label
 
 
-def _read_image_with_sha256(image, name=None):
-    """:func:`read_image` plus the hex sha256 of the file bytes decoded (``None`` for an array): ``(rgb, name, sha256)``."""
+def _read_image(image, name=None, with_sha256=True):
+    """:func:`read_image` plus, when asked, the hex sha256 of the file bytes decoded (``None`` for an array
+    or when not asked): ``(rgb, name, sha256)``."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         label = str(image) if name is None else str(name)
-        rgb, problem, digest = read_photo_with_sha256(path)
+        rgb, problem, digest = read_photo_with_sha256(path) if with_sha256 else (*read_photo(path), None)
         if problem is not None:
             reason, detail = problem
             raise (_ImageNotFoundError if reason == "not_found" else ImageReadError)(reason, detail, label)
@@ -381,7 +382,7 @@ class FaceVerifier:
         out = []
         for im, n in zip(images, names):
             try:
-                out.append(_read_image_with_sha256(im, n))
+                out.append(_read_image(im, n))
             except ImageReadError as e:
                 if errors == "raise":
                     raise

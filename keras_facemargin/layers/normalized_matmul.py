@@ -40,11 +40,6 @@ def column_norms(w, axis):
     return ops.norm(w, axis=axis)
 
 
-def inverse_norms(w, axis, epsilon=EPSILON):
-    """`1 / max(||w||, epsilon)` along `axis`: exactly the scale `ops.normalize(w, axis, epsilon)` applies."""
-    return 1.0 / ops.maximum(column_norms(w, axis), epsilon)
-
-
 def normalized_matmul(x, w, class_axis=1, epsilon=EPSILON):
     """`x @ normalize(W)`: (B, d) embeddings times unit class centres, (B, C).
 

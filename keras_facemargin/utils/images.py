@@ -444,7 +444,7 @@ def read_photo(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MAX_BYTES):
         rgb, problem = read_photo("face.jpg")
         if problem: print(*problem)
     """
-    image, problem, _ = read_photo_with_sha256(path, max_pixels, max_bytes)
+    image, problem, _ = _read_photo(path, max_pixels, max_bytes, with_sha256=False)
     return image, problem
 
 
@@ -466,6 +466,12 @@ def read_photo_with_sha256(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MA
 
         rgb, problem, digest = read_photo_with_sha256("face.jpg")   # digest: 'e3b0c442...'
     """
+    return _read_photo(path, max_pixels, max_bytes, with_sha256=True)
+
+
+def _read_photo(path, max_pixels, max_bytes, with_sha256):
+    """The one reader behind :func:`read_photo` and :func:`read_photo_with_sha256`; hashes the bytes only
+    when asked (the photo paths that do not key photos skip the hash)."""
     from keras_facemargin.utils.folder_files import read_regular_file
 
     data, problem = read_regular_file(path, max_bytes)
@@ -476,7 +482,7 @@ def read_photo_with_sha256(path, max_pixels=PHOTO_MAX_PIXELS, max_bytes=PHOTO_MA
         if reason == "too_large":
             return None, ("too_large", detail.replace("the cap of", "the photo limit of")), None
         return None, problem, None
-    digest = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest() if with_sha256 else None
     if not data:
         return None, ("unreadable", "empty file (0 bytes), expected an image"), digest
     image, problem = decode_photo(data, max_pixels)

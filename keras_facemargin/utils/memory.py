@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import resource
+import sys
 
 __all__ = ["peak_rss_mb"]
 
@@ -27,4 +28,4 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if __import__("sys").platform == "darwin" else rss / 1024
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
